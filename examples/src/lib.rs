@@ -1,0 +1,1 @@
+//! Runnable examples of the outbox toolkit; see the `examples/` folder.

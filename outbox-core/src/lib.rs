@@ -1,0 +1,27 @@
+#![doc = include_str!("../README.md")]
+
+pub mod duration_serde;
+pub mod envelope;
+pub mod error;
+pub mod memory;
+pub mod metrics;
+pub mod publisher;
+pub mod relay;
+pub mod retry;
+pub mod schema;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use envelope::{Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeParts, EventId, Headers, TraceContext, ValidationLimits};
+pub use error::{Error, ErrorKind, Result};
+pub use memory::{InMemoryPublisher, InMemoryStore};
+pub use metrics::{CountingMetrics, NoMetrics, RelayMetrics};
+pub use publisher::{DynPublisher, PublishOutcome, Publisher};
+pub use relay::{BatchReport, Relay, RelayConfig};
+pub use retry::RetryPolicy;
+pub use schema::{Dialect, RowStatus, TableName};
+pub use store::{
+    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, DynStore, DynWakeUp,
+    Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+};

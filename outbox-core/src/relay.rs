@@ -1,0 +1,612 @@
+//! The relay: claim due rows under a lease, publish them, mark the outcome.
+//!
+//! ```text
+//! pending --claim(lease, fencing token)--> in flight --publish ok--> published
+//!    ^                                         |
+//!    |   available_at = now + backoff(attempt) +--retryable error--> pending (attempts+1)
+//!    +-----------------------------------------+--permanent error or attempts exhausted--> dead
+//! ```
+//!
+//! # Ordering
+//!
+//! A claim may hold several events of one ordering key (the store only hands them out in
+//! `seq` order and never while an earlier one is unfinished). The relay publishes a batch
+//! in *waves*: wave `n` holds the `n`-th event of every key in the batch, so one publish
+//! call never carries two events of the same key and may pipeline freely. When an event
+//! fails with a retryable error, the later events of its key in the batch are released
+//! untouched; its retry time then blocks its key, and only its key.
+//!
+//! # Where duplicates can happen
+//!
+//! Delivery is at least once. An event can reach the broker more than once only when
+//! (a) the relay stops or crashes after the broker accepted it and before the store
+//! recorded that, (b) the lease expired while the event was being published (another
+//! relay then claims it again), or (c) the broker accepted it but the acknowledgement was
+//! lost (timeout). Every copy carries the same event id, which publishers pass on as the
+//! broker's dedupe id where one exists.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, timeout, Instant};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::envelope::{Envelope, EventId};
+use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{NoMetrics, RelayMetrics};
+use crate::publisher::{PublishOutcome, Publisher};
+use crate::retry::RetryPolicy;
+use crate::store::{BacklogStats, Claim, DeadLetter, DynWakeUp, Retry, Store, StoreStats};
+
+/// Relay settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Most rows per claim (default 100).
+    pub batch_size: usize,
+    /// Most batches in flight at once (default 4).
+    pub concurrency: usize,
+    /// How long a claim is held before another relay may take its rows (default 30 s).
+    #[serde(with = "crate::duration_serde")]
+    pub lease: Duration,
+    /// Longest wait for one publish call; must be shorter than `lease` (default 10 s).
+    #[serde(with = "crate::duration_serde")]
+    pub publish_timeout: Duration,
+    /// Wait after an empty claim; doubles while idle (default 100 ms).
+    #[serde(with = "crate::duration_serde")]
+    pub poll_interval: Duration,
+    /// Longest wait between polls while idle (default 2 s).
+    #[serde(with = "crate::duration_serde")]
+    pub max_poll_interval: Duration,
+    /// On shutdown, how long in-flight batches may take to finish before their rows are
+    /// released (default 10 s).
+    #[serde(with = "crate::duration_serde")]
+    pub shutdown_timeout: Duration,
+    /// Retry and dead-letter policy.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 100,
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            max_poll_interval: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Checks the settings; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(Error::new(ErrorKind::InvalidInput, format!("relay setting `{field}` {why}")));
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1");
+        }
+        if self.publish_timeout.is_zero() {
+            return bad("publish_timeout", "must be greater than zero");
+        }
+        if self.publish_timeout >= self.lease {
+            return bad("publish_timeout", "must be shorter than `lease`, or rows could be claimed twice while still being published");
+        }
+        if self.poll_interval.is_zero() {
+            return bad("poll_interval", "must be greater than zero");
+        }
+        if self.poll_interval > self.max_poll_interval {
+            return bad("poll_interval", "must not exceed `max_poll_interval`");
+        }
+        self.retry.validate()
+    }
+}
+
+/// What one batch came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Events published and marked.
+    pub published: usize,
+    /// Events scheduled for retry.
+    pub retried: usize,
+    /// Events dead-lettered.
+    pub dead_lettered: usize,
+    /// Events released untouched (a key's earlier event failed, or shutdown).
+    pub released: usize,
+    /// Marks refused because the lease was lost.
+    pub fenced: u64,
+}
+
+impl BatchReport {
+    fn add(&mut self, other: &BatchReport) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.released += other.released;
+        self.fenced += other.fenced;
+    }
+}
+
+type StatsFn = Arc<dyn Fn() -> BoxFuture<'static, Result<BacklogStats>> + Send + Sync>;
+
+struct Shared<S, P> {
+    store: S,
+    publisher: P,
+    config: RelayConfig,
+    metrics: Arc<dyn RelayMetrics>,
+    name: String,
+}
+
+/// Moves rows from a [`Store`] to a [`Publisher`]. See the module docs.
+pub struct Relay<S, P> {
+    shared: Arc<Shared<S, P>>,
+    wakeup: Option<Arc<dyn DynWakeUp>>,
+    stats: Option<(StatsFn, Duration)>,
+}
+
+impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
+    /// A relay over `store` and `publisher`; the config is validated.
+    pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Relay {
+            shared: Arc::new(Shared {
+                store,
+                publisher,
+                config,
+                metrics: Arc::new(NoMetrics),
+                name: "outbox".to_owned(),
+            }),
+            wakeup: None,
+            stats: None,
+        })
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared<S, P> {
+        // Only called by the builders before the relay runs, when no clone exists.
+        Arc::get_mut(&mut self.shared).expect("builders run before the relay is shared")
+    }
+
+    /// Reports to these metrics.
+    pub fn with_metrics(mut self, metrics: Arc<dyn RelayMetrics>) -> Self {
+        self.shared_mut().metrics = metrics;
+        self
+    }
+
+    /// Names the relay in logs and spans.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.shared_mut().name = name.into();
+        self
+    }
+
+    /// Wakes up on store notifications instead of waiting out the poll interval.
+    pub fn with_wakeup(mut self, wakeup: Arc<dyn DynWakeUp>) -> Self {
+        self.wakeup = Some(wakeup);
+        self
+    }
+
+    /// Samples backlog figures from `stats` every `every` and reports them to the metrics.
+    pub fn with_backlog_sampling<T: StoreStats + 'static>(mut self, stats: Arc<T>, every: Duration) -> Self {
+        let f: StatsFn = Arc::new(move || {
+            let stats = Arc::clone(&stats);
+            Box::pin(async move { stats.stats().await })
+        });
+        self.stats = Some((f, every));
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RelayConfig {
+        &self.shared.config
+    }
+
+    /// Claims one batch and processes it to the end. Returns what happened; an empty report
+    /// means nothing was due.
+    pub async fn run_once(&self) -> Result<BatchReport> {
+        let claim = self.shared.claim().await?;
+        if claim.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        Ok(self.shared.process(claim, stop_rx).await)
+    }
+
+    /// Runs [`run_once`](Self::run_once) until a claim comes back empty. For tests, tools
+    /// and draining a backlog from a script.
+    pub async fn drain(&self) -> Result<BatchReport> {
+        let mut total = BatchReport::default();
+        loop {
+            let report = self.run_once().await?;
+            if report.claimed == 0 {
+                return Ok(total);
+            }
+            total.add(&report);
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then lets in-flight batches finish within
+    /// `shutdown_timeout`; rows of batches still running then are released.
+    ///
+    /// Store errors do not stop the relay: they are logged, counted and retried after a
+    /// back-off.
+    pub async fn run_until<F: Future<Output = ()> + Send>(self, shutdown: F) -> BatchReport {
+        let shared = Arc::clone(&self.shared);
+        let span = tracing::info_span!("outbox.relay", relay = %shared.name);
+        async move {
+            let cfg = &shared.config;
+            info!(batch_size = cfg.batch_size, concurrency = cfg.concurrency, "relay started");
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let permits = Arc::new(Semaphore::new(cfg.concurrency));
+            let mut tasks: JoinSet<BatchReport> = JoinSet::new();
+            let mut total = BatchReport::default();
+            let mut idle = cfg.poll_interval;
+            let sampler = self.stats.clone().map(|(f, every)| {
+                let metrics = Arc::clone(&shared.metrics);
+                tokio::spawn(async move {
+                    loop {
+                        match f().await {
+                            Ok(stats) => metrics.backlog(&stats),
+                            Err(e) => warn!(error = %e, "backlog sample failed"),
+                        }
+                        sleep(every).await;
+                    }
+                })
+            });
+            tokio::pin!(shutdown);
+            loop {
+                while let Some(done) = tasks.try_join_next() {
+                    collect(&mut total, done);
+                }
+                let permit = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let claimed = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    c = shared.claim() => c,
+                };
+                match claimed {
+                    Ok(claim) if !claim.is_empty() => {
+                        idle = cfg.poll_interval;
+                        let shared = Arc::clone(&shared);
+                        let stop = stop_rx.clone();
+                        tasks.spawn(async move {
+                            let _permit = permit;
+                            shared.process(claim, stop).await
+                        });
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e.to_report(), "claim failed; backing off");
+                    }
+                }
+                drop(permit);
+                let woke = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = sleep(idle) => false,
+                    r = wait_for(&self.wakeup) => match r {
+                        Ok(()) => true,
+                        Err(e) => {
+                            warn!(error = %e, "wake-up source failed; polling");
+                            tokio::select! {
+                                _ = &mut shutdown => break,
+                                _ = sleep(idle) => false,
+                            }
+                        }
+                    },
+                };
+                idle = if woke {
+                    cfg.poll_interval
+                } else {
+                    (idle * 2).min(cfg.max_poll_interval)
+                };
+            }
+            info!(in_flight = tasks.len(), "shutdown requested; finishing in-flight batches");
+            let finished = timeout(cfg.shutdown_timeout, async {
+                while let Some(done) = tasks.join_next().await {
+                    collect(&mut total, done);
+                }
+            })
+            .await;
+            if finished.is_err() {
+                warn!(in_flight = tasks.len(), "shutdown deadline passed; releasing unfinished batches");
+                let _ = stop_tx.send(true);
+                let released = timeout(Duration::from_secs(5), async {
+                    while let Some(done) = tasks.join_next().await {
+                        collect(&mut total, done);
+                    }
+                })
+                .await;
+                if released.is_err() {
+                    error!(in_flight = tasks.len(), "batches did not release in time; their leases will expire");
+                    tasks.abort_all();
+                }
+            }
+            if let Some(s) = sampler {
+                s.abort();
+            }
+            info!(published = total.published, retried = total.retried, dead = total.dead_lettered, "relay stopped");
+            total
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn wait_for(wakeup: &Option<Arc<dyn DynWakeUp>>) -> Result<()> {
+    match wakeup {
+        Some(w) => w.wait_dyn().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn collect(total: &mut BatchReport, done: std::result::Result<BatchReport, tokio::task::JoinError>) {
+    match done {
+        Ok(report) => total.add(&report),
+        Err(e) if e.is_panic() => error!("a batch task panicked; its rows return when the lease expires"),
+        Err(_) => {}
+    }
+}
+
+/// One event of a wave, with what the relay needs after publishing it.
+struct Wave {
+    envelopes: Vec<Envelope>,
+    attempts: Vec<u32>,
+}
+
+/// Splits a claim into waves: wave `n` holds the `n`-th event of each ordering key.
+fn waves(claim_events: Vec<crate::store::ClaimedEvent>) -> Vec<Wave> {
+    let mut depth: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Wave> = Vec::new();
+    for ev in claim_events {
+        let d = depth.entry(ev.envelope.ordering_key().to_owned()).or_insert(0);
+        if out.len() <= *d {
+            out.push(Wave {
+                envelopes: Vec::new(),
+                attempts: Vec::new(),
+            });
+        }
+        out[*d].envelopes.push(ev.envelope);
+        out[*d].attempts.push(ev.attempts);
+        *d += 1;
+    }
+    out
+}
+
+impl<S: Store, P: Publisher> Shared<S, P> {
+    async fn claim(&self) -> Result<Claim> {
+        let span = tracing::debug_span!("outbox.claim", limit = self.config.batch_size);
+        let res = self
+            .store
+            .claim(self.config.batch_size, self.config.lease)
+            .instrument(span)
+            .await;
+        match &res {
+            Ok(c) => self.metrics.claimed(c.len()),
+            Err(e) => self.metrics.store_error(e),
+        }
+        res
+    }
+
+    async fn process(&self, claim: Claim, mut stop: watch::Receiver<bool>) -> BatchReport {
+        // The lease is measured from before the claim returned, on our own clock, so it
+        // never outlives the store's.
+        let deadline = Instant::now() + self.config.lease;
+        let lease = claim.lease;
+        let span = tracing::info_span!("outbox.batch", size = claim.len(), lease = lease.token.as_i64());
+        async move {
+            let mut report = BatchReport {
+                claimed: claim.len(),
+                ..BatchReport::default()
+            };
+            let mut published: Vec<EventId> = Vec::new();
+            let mut retries: Vec<Retry> = Vec::new();
+            let mut dead: Vec<DeadLetter> = claim
+                .undecodable
+                .into_iter()
+                .map(|u| {
+                    warn!(event_id = %u.id, error = %u.error, "row cannot be decoded; dead-lettering it");
+                    DeadLetter {
+                        id: u.id,
+                        error: u.error.to_report(),
+                    }
+                })
+                .collect();
+            let mut released: Vec<EventId> = Vec::new();
+            let mut failed_keys: HashSet<String> = HashSet::new();
+            let mut stopped = false;
+
+            for wave in waves(claim.events) {
+                // Later events of a key whose earlier event failed wait for it.
+                let (mut envs, mut attempts) = (Vec::new(), Vec::new());
+                for (env, a) in wave.envelopes.into_iter().zip(wave.attempts) {
+                    if stopped || failed_keys.contains(env.ordering_key()) {
+                        released.push(env.id());
+                    } else {
+                        envs.push(env);
+                        attempts.push(a);
+                    }
+                }
+                if envs.is_empty() {
+                    continue;
+                }
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if *stop.borrow() || remaining < Duration::from_millis(1) {
+                    // Shutting down, or the lease ran out: publish no more.
+                    stopped = true;
+                    released.extend(envs.iter().map(Envelope::id));
+                    continue;
+                }
+                let started = Instant::now();
+                let limit = self.config.publish_timeout.min(remaining);
+                let outcome = tokio::select! {
+                    r = timeout(limit, self.publisher.publish(&envs)) => Some(r),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let outcomes = match outcome {
+                    None => {
+                        stopped = true;
+                        released.extend(envs.iter().map(Envelope::id));
+                        continue;
+                    }
+                    Some(Err(_)) => envs
+                        .iter()
+                        .map(|_| {
+                            PublishOutcome::Failed(Error::new(
+                                ErrorKind::Timeout,
+                                format!("publish did not finish within {limit:?}"),
+                            ))
+                        })
+                        .collect(),
+                    Some(Ok(o)) => o,
+                };
+                let latency = started.elapsed();
+                if outcomes.len() != envs.len() {
+                    error!(outcomes = outcomes.len(), events = envs.len(), "publisher returned the wrong number of outcomes; treating unreported events as failed");
+                }
+                let mut outcomes = outcomes.into_iter();
+                let mut ok = 0usize;
+                for (env, prior) in envs.iter().zip(attempts) {
+                    let outcome = outcomes.next().unwrap_or_else(|| {
+                        PublishOutcome::Failed(Error::new(ErrorKind::Unavailable, "publisher reported no outcome for this event"))
+                    });
+                    match outcome {
+                        PublishOutcome::Published => {
+                            ok += 1;
+                            published.push(env.id());
+                        }
+                        PublishOutcome::Failed(err) => {
+                            let attempt = prior.saturating_add(1);
+                            if err.is_retryable() && !self.config.retry.exhausted(attempt) {
+                                failed_keys.insert(env.ordering_key().to_owned());
+                                let delay = self.config.retry.delay(attempt);
+                                debug!(event_id = %env.id(), attempt, ?delay, error = %err, "publish failed; will retry");
+                                retries.push(Retry {
+                                    id: env.id(),
+                                    delay,
+                                    error: err.to_report(),
+                                });
+                            } else {
+                                warn!(event_id = %env.id(), attempt, error = %err, "publish failed for good; dead-lettering");
+                                dead.push(DeadLetter {
+                                    id: env.id(),
+                                    error: err.to_report(),
+                                });
+                            }
+                        }
+                    }
+                }
+                self.metrics.published(ok, latency);
+            }
+
+            report.published = published.len();
+            report.retried = retries.len();
+            report.dead_lettered = dead.len();
+            report.released = released.len();
+            let expected = (published.len() + retries.len() + dead.len() + released.len()) as u64;
+            let mut changed = 0u64;
+            // Published first: it is the mark whose loss costs a duplicate.
+            if !published.is_empty() {
+                changed += self.mark(deadline, "mark_published", || self.store.mark_published(&lease, &published)).await;
+            }
+            if !dead.is_empty() {
+                changed += self.mark(deadline, "dead_letter", || self.store.dead_letter(&lease, &dead)).await;
+                self.metrics.dead_lettered(dead.len());
+            }
+            if !retries.is_empty() {
+                changed += self.mark(deadline, "schedule_retry", || self.store.schedule_retry(&lease, &retries)).await;
+                self.metrics.retried(retries.len());
+            }
+            if !released.is_empty() {
+                changed += self.mark(deadline, "release", || self.store.release(&lease, &released)).await;
+            }
+            report.fenced = expected.saturating_sub(changed);
+            if report.fenced > 0 {
+                warn!(rows = report.fenced, "lease lost before marking; those rows will be claimed again");
+                self.metrics.fenced(report.fenced);
+            }
+            report
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs a mark, retrying store errors until the lease deadline (after which the store
+    /// would refuse it anyway). Returns rows changed, 0 if it never succeeded.
+    async fn mark<F, Fut>(&self, deadline: Instant, what: &'static str, op: F) -> u64
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<u64>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(n) => return n,
+                Err(e) => {
+                    self.metrics.store_error(&e);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left <= pause {
+                        error!(op = what, error = %e.to_report(), "store mark failed until the lease ran out; rows will be claimed again");
+                        return 0;
+                    }
+                    warn!(op = what, error = %e.to_report(), "store mark failed; retrying");
+                    sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let c = RelayConfig {
+            publish_timeout: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
+            ..RelayConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("`publish_timeout`"), "{err}");
+        let c = RelayConfig {
+            batch_size: 0,
+            ..RelayConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("`batch_size`"));
+        RelayConfig::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn config_reads_human_durations() {
+        let c: RelayConfig = serde_json::from_str(r#"{"lease":"45s","publish_timeout":"5s","retry":{"max_attempts":3}}"#)
+            .expect("valid json");
+        assert_eq!(c.lease, Duration::from_secs(45));
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.batch_size, 100);
+        let err = serde_json::from_str::<RelayConfig>(r#"{"leese":"45s"}"#).unwrap_err();
+        assert!(err.to_string().contains("leese"), "{err}");
+    }
+}

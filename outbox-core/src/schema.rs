@@ -1,0 +1,404 @@
+//! The canonical outbox table, defined once so that rows written through sqlx, diesel and
+//! SeaORM services are relayed by one relay.
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `seq` | insertion order; per-key order follows it |
+//! | `id` | event id (UUIDv7), unique |
+//! | `aggregate_type`, `aggregate_id`, `event_type` | what happened to what |
+//! | `destination` | topic / subject / queue / `exchange/routing-key` |
+//! | `ordering_key` | events of one key are published in `seq` order |
+//! | `payload`, `content_type` | the body |
+//! | `headers` | JSON object of string values |
+//! | `traceparent`, `tracestate` | W3C trace context |
+//! | `created_at`, `available_at` | creation; not published before `available_at` |
+//! | `status` | [`RowStatus`] code |
+//! | `attempts` | failed publish attempts so far |
+//! | `lease_token`, `lease_until` | the claiming relay's fencing token and lease expiry |
+//! | `last_error` | the latest failure, for operators |
+//! | `processed_at` | when it was published or dead-lettered |
+//!
+//! Times are `timestamptz` on PostgreSQL, `DATETIME(6)` in UTC on MySQL/MariaDB and
+//! integer microseconds since the Unix epoch on SQLite (which has no time type; integers
+//! compare and index exactly).
+
+use std::fmt;
+
+use crate::error::{Error, ErrorKind};
+
+/// The SQL dialects the toolkit supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL 12 or later.
+    Postgres,
+    /// MySQL 8 or MariaDB 10.6 or later.
+    MySql,
+    /// SQLite 3.35 or later.
+    Sqlite,
+}
+
+/// Default table name.
+pub const DEFAULT_TABLE: &str = "outbox_events";
+
+/// The lifecycle state of a row, stored as a small integer in `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(i16)]
+pub enum RowStatus {
+    /// Waiting to be published (possibly after `available_at`).
+    Pending = 0,
+    /// Claimed by a relay under a lease.
+    InFlight = 1,
+    /// Published; kept until the retention purge.
+    Published = 2,
+    /// Given up on (permanent error or attempts exhausted); kept for operators.
+    Dead = 3,
+}
+
+impl RowStatus {
+    /// The stored code.
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    /// Reads a stored code.
+    pub fn from_code(code: i16) -> Option<RowStatus> {
+        match code {
+            0 => Some(RowStatus::Pending),
+            1 => Some(RowStatus::InFlight),
+            2 => Some(RowStatus::Published),
+            3 => Some(RowStatus::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A validated table reference: `table` or `schema.table`, each part 1 to 63 characters of
+/// ASCII letters, digits and `_`, not starting with a digit. Validation is what makes
+/// interpolating it into SQL safe: a name that fails it is an error, never SQL.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    schema: Option<String>,
+    table: String,
+}
+
+impl fmt::Debug for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableName({self})")
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.table),
+            None => f.write_str(&self.table),
+        }
+    }
+}
+
+impl Default for TableName {
+    fn default() -> Self {
+        TableName {
+            schema: None,
+            table: DEFAULT_TABLE.to_owned(),
+        }
+    }
+}
+
+fn check_ident(what: &str, ident: &str) -> Result<(), Error> {
+    let ok = !ident.is_empty()
+        && ident.len() <= 63
+        && ident.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !ident.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{what} {ident:?} is not a valid identifier: use 1 to 63 ASCII letters, digits or '_', not starting with a digit"
+            ),
+        ))
+    }
+}
+
+impl TableName {
+    /// Parses `table` or `schema.table`.
+    pub fn parse(name: &str) -> Result<TableName, Error> {
+        match name.split_once('.') {
+            Some((schema, table)) => TableName::with_schema(schema, table),
+            None => {
+                check_ident("table name", name)?;
+                Ok(TableName {
+                    schema: None,
+                    table: name.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// A table in a schema (PostgreSQL schema, MySQL database).
+    pub fn with_schema(schema: &str, table: &str) -> Result<TableName, Error> {
+        check_ident("schema name", schema)?;
+        check_ident("table name", table)?;
+        Ok(TableName {
+            schema: Some(schema.to_owned()),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The schema, if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The bare table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The name quoted for `dialect`, ready to interpolate.
+    pub fn quoted(&self, dialect: Dialect) -> String {
+        let q = |s: &str| match dialect {
+            Dialect::MySql => format!("`{s}`"),
+            Dialect::Postgres | Dialect::Sqlite => format!("\"{s}\""),
+        };
+        match &self.schema {
+            Some(s) => format!("{}.{}", q(s), q(&self.table)),
+            None => q(&self.table),
+        }
+    }
+
+    /// A derived object name (index, trigger, channel): `<table>_<suffix>`, quoted, in the
+    /// table's schema where the dialect scopes such names to one.
+    pub fn derived(&self, suffix: &str) -> String {
+        format!("{}_{}", self.table, suffix)
+    }
+}
+
+/// One column of the canonical table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Column name.
+    pub name: &'static str,
+    /// Type on PostgreSQL.
+    pub postgres: &'static str,
+    /// Type on MySQL/MariaDB.
+    pub mysql: &'static str,
+    /// Type on SQLite.
+    pub sqlite: &'static str,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+    /// Default expression (the same on every dialect), if any.
+    pub default: Option<&'static str>,
+}
+
+impl Column {
+    /// The type on `dialect`.
+    pub fn sql_type(&self, dialect: Dialect) -> &'static str {
+        match dialect {
+            Dialect::Postgres => self.postgres,
+            Dialect::MySql => self.mysql,
+            Dialect::Sqlite => self.sqlite,
+        }
+    }
+}
+
+const fn col(
+    name: &'static str,
+    postgres: &'static str,
+    mysql: &'static str,
+    sqlite: &'static str,
+    nullable: bool,
+    default: Option<&'static str>,
+) -> Column {
+    Column {
+        name,
+        postgres,
+        mysql,
+        sqlite,
+        nullable,
+        default,
+    }
+}
+
+/// The columns, in table order. `seq` is the identity primary key; its definition differs
+/// per dialect and is written by [`create_table_sql`].
+pub const COLUMNS: &[Column] = &[
+    col("seq", "BIGINT", "BIGINT", "INTEGER", false, None),
+    col("id", "UUID", "CHAR(36)", "TEXT", false, None),
+    col("aggregate_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col("aggregate_id", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col("event_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col("destination", "TEXT", "VARCHAR(512)", "TEXT", false, None),
+    col("ordering_key", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col("payload", "BYTEA", "LONGBLOB", "BLOB", false, None),
+    col("content_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col("headers", "TEXT", "TEXT", "TEXT", false, None),
+    col("traceparent", "TEXT", "VARCHAR(64)", "TEXT", true, None),
+    col("tracestate", "TEXT", "VARCHAR(512)", "TEXT", true, None),
+    col("created_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", false, None),
+    col("available_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", false, None),
+    col("status", "SMALLINT", "SMALLINT", "INTEGER", false, Some("0")),
+    col("attempts", "INTEGER", "INTEGER", "INTEGER", false, Some("0")),
+    col("lease_token", "BIGINT", "BIGINT", "INTEGER", true, None),
+    col("lease_until", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", true, None),
+    col("last_error", "TEXT", "TEXT", "TEXT", true, None),
+    col("processed_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", true, None),
+];
+
+/// The comma-separated column list, for `SELECT` and `INSERT` statements.
+pub fn column_list() -> String {
+    COLUMNS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+/// One index of the canonical table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Index {
+    /// Suffix after `<table>_`.
+    pub suffix: &'static str,
+    /// Indexed columns.
+    pub columns: &'static [&'static str],
+    /// Unique index.
+    pub unique: bool,
+    /// Row filter on dialects with partial indexes (PostgreSQL, SQLite); MySQL indexes
+    /// every row.
+    pub partial: Option<&'static str>,
+}
+
+/// The indexes: the unique event id, claiming due rows, finding a key's earliest unfinished
+/// row, and the retention purge. The partial ones stay small however long the published
+/// history grows.
+pub const INDEXES: &[Index] = &[
+    Index {
+        suffix: "id_key",
+        columns: &["id"],
+        unique: true,
+        partial: None,
+    },
+    Index {
+        suffix: "due_idx",
+        columns: &["status", "available_at", "seq"],
+        unique: false,
+        partial: Some("status IN (0, 1)"),
+    },
+    Index {
+        suffix: "key_idx",
+        columns: &["ordering_key", "seq"],
+        unique: false,
+        partial: Some("status IN (0, 1)"),
+    },
+    Index {
+        suffix: "processed_idx",
+        columns: &["status", "processed_at"],
+        unique: false,
+        partial: Some("status IN (2, 3)"),
+    },
+];
+
+/// The statements that create the table and its indexes on `dialect`, idempotently
+/// (`IF NOT EXISTS`). Run them in order.
+pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
+    let quoted = table.quoted(dialect);
+    let mut defs = Vec::new();
+    for c in COLUMNS {
+        if c.name == "seq" {
+            defs.push(match dialect {
+                Dialect::Postgres => "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".to_owned(),
+                Dialect::MySql => "seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY".to_owned(),
+                Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT".to_owned(),
+            });
+            continue;
+        }
+        let mut def = format!("{} {}", c.name, c.sql_type(dialect));
+        if !c.nullable {
+            def.push_str(" NOT NULL");
+        }
+        if let Some(d) = c.default {
+            def.push_str(" DEFAULT ");
+            def.push_str(d);
+        }
+        defs.push(def);
+    }
+    if dialect == Dialect::MySql {
+        // MySQL 8 has no CREATE INDEX IF NOT EXISTS: indexes go inside CREATE TABLE.
+        for idx in INDEXES {
+            defs.push(format!(
+                "{}INDEX `{}` ({})",
+                if idx.unique { "UNIQUE " } else { "" },
+                table.derived(idx.suffix),
+                idx.columns.join(", ")
+            ));
+        }
+    }
+    let mut out = vec![format!(
+        "CREATE TABLE IF NOT EXISTS {quoted} (\n    {}\n){}",
+        defs.join(",\n    "),
+        if dialect == Dialect::MySql {
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        } else {
+            ""
+        }
+    )];
+    if dialect != Dialect::MySql {
+        for idx in INDEXES {
+            // PostgreSQL and SQLite put an index in its table's schema; the name is bare.
+            let schema_prefix = match (dialect, table.schema()) {
+                (Dialect::Sqlite, Some(s)) => format!("\"{s}\"."),
+                _ => String::new(),
+            };
+            let on = match dialect {
+                Dialect::Sqlite => format!("\"{}\"", table.table()),
+                _ => quoted.clone(),
+            };
+            let mut stmt = format!(
+                "CREATE {}INDEX IF NOT EXISTS {schema_prefix}\"{}\" ON {on} ({})",
+                if idx.unique { "UNIQUE " } else { "" },
+                table.derived(idx.suffix),
+                idx.columns.join(", ")
+            );
+            if let Some(filter) = idx.partial {
+                stmt.push_str(" WHERE ");
+                stmt.push_str(filter);
+            }
+            out.push(stmt);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_names_are_refused() {
+        for bad in ["", "a;drop table x", "a b", "1abc", "x\"y", "s.t.u", "`x`", &"a".repeat(64)] {
+            let err = TableName::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+        let t = TableName::parse("app.outbox_events").expect("valid");
+        assert_eq!(t.schema(), Some("app"));
+        assert_eq!(t.quoted(Dialect::Postgres), "\"app\".\"outbox_events\"");
+        assert_eq!(t.quoted(Dialect::MySql), "`app`.`outbox_events`");
+    }
+
+    #[test]
+    fn ddl_has_every_column_on_every_dialect() {
+        for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+            let sql = create_table_sql(&TableName::default(), dialect);
+            assert_eq!(sql.len(), if dialect == Dialect::MySql { 1 } else { 1 + INDEXES.len() });
+            for c in COLUMNS {
+                assert!(sql[0].contains(&format!("\n    {} ", c.name)), "{dialect:?} {}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        for s in [RowStatus::Pending, RowStatus::InFlight, RowStatus::Published, RowStatus::Dead] {
+            assert_eq!(RowStatus::from_code(s.code()), Some(s));
+        }
+        assert_eq!(RowStatus::from_code(9), None);
+    }
+}

@@ -1,0 +1,316 @@
+//! The store: where the outbox rows live, and what the relay asks of it.
+//!
+//! [`Store`] is the small required surface (claim under a lease, then mark). Optional
+//! abilities are separate traits: [`WakeUp`] (notifications instead of polling only),
+//! [`Retention`] (purge published history), [`DeadLetterAdmin`] (list, requeue, purge dead
+//! letters) and [`StoreStats`] (backlog figures).
+//!
+//! # The contract every store keeps (the conformance suite checks it)
+//!
+//! - `claim` returns only committed rows that are pending (or in flight under an expired
+//!   lease) and due (`available_at <= now`), oldest `seq` first.
+//! - **Per-key order**: a row is claimable only if every row of its ordering key with a
+//!   lower `seq` is published or dead, or is claimed in the same batch ahead of it. A key
+//!   whose head waits for a retry or a delay blocks only itself.
+//! - Two claims never hold the same row at once: concurrent claimers get disjoint batches.
+//! - Every claim gets a fresh fencing token. `mark_published`, `schedule_retry`,
+//!   `dead_letter` and `release` change only rows that are still in flight under that
+//!   token **and** whose lease has not expired; they return how many rows they changed.
+//!   A relay that lost its lease therefore cannot mark rows.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use crate::envelope::{Envelope, EventId};
+use crate::error::{Error, Result};
+
+/// A fencing token: unique per claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseToken(i64);
+
+impl LeaseToken {
+    /// A fresh random token (63 bits, positive: it is stored in a signed `BIGINT`).
+    pub fn generate() -> Self {
+        LeaseToken(fastrand::i64(1..i64::MAX))
+    }
+
+    /// Wraps a stored value.
+    pub fn from_i64(v: i64) -> Self {
+        LeaseToken(v)
+    }
+
+    /// The stored value.
+    pub fn as_i64(self) -> i64 {
+        self.0
+    }
+}
+
+/// The lease under which a batch was claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Fencing token written on every claimed row.
+    pub token: LeaseToken,
+    /// The lease ends at this instant (store clock); after it, marks are refused.
+    pub until: DateTime<Utc>,
+}
+
+/// One claimed row.
+#[derive(Clone, Debug)]
+pub struct ClaimedEvent {
+    /// The event.
+    pub envelope: Envelope,
+    /// The row's insertion sequence number.
+    pub seq: i64,
+    /// Failed attempts before this claim.
+    pub attempts: u32,
+    /// The latest failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// A claimed row that could not be decoded into a valid envelope (written by another tool,
+/// or corrupted). The relay dead-letters it with the error.
+#[derive(Debug)]
+pub struct Undecodable {
+    /// The row's event id.
+    pub id: EventId,
+    /// Why it could not be decoded.
+    pub error: Error,
+}
+
+/// A batch claimed under one lease.
+#[derive(Debug)]
+pub struct Claim {
+    /// The lease.
+    pub lease: Lease,
+    /// Claimed events, in `seq` order.
+    pub events: Vec<ClaimedEvent>,
+    /// Claimed rows that failed to decode.
+    pub undecodable: Vec<Undecodable>,
+}
+
+impl Claim {
+    /// An empty claim (nothing was due).
+    pub fn empty(lease: Lease) -> Self {
+        Claim {
+            lease,
+            events: Vec::new(),
+            undecodable: Vec::new(),
+        }
+    }
+
+    /// Whether nothing was claimed.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.undecodable.is_empty()
+    }
+
+    /// Number of rows claimed.
+    pub fn len(&self) -> usize {
+        self.events.len() + self.undecodable.len()
+    }
+}
+
+/// A failed event to try again later.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// The event.
+    pub id: EventId,
+    /// Not claimable for this long, counted from the store's own clock when the retry is
+    /// recorded (so relay and database clocks need not agree).
+    pub delay: Duration,
+    /// The failure, stored in `last_error`.
+    pub error: String,
+}
+
+/// An event to give up on.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// The event.
+    pub id: EventId,
+    /// The failure, stored in `last_error`.
+    pub error: String,
+}
+
+/// The store the relay works against. Implementations are cheap to share (`Send + Sync`);
+/// see the module docs for the contract.
+pub trait Store: Send + Sync {
+    /// Claims up to `limit` due rows under a new lease lasting `lease_for`.
+    fn claim(&self, limit: usize, lease_for: Duration) -> impl Future<Output = Result<Claim>> + Send;
+
+    /// Marks rows published. Returns how many rows changed (fenced rows do not).
+    fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Returns rows to pending with `attempts + 1`, `last_error` and
+    /// `available_at = now + delay` (store clock).
+    fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Moves rows to the dead letters with `attempts + 1` and `last_error`.
+    fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Returns rows to pending untouched (no attempt counted), e.g. on shutdown or when an
+    /// earlier event of the same key failed in the same batch.
+    fn release(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Wake-ups: resolves when new rows may have been committed (PostgreSQL `LISTEN`, an
+/// in-process signal). The relay still polls as a fallback, so a lost wake-up only costs
+/// latency.
+pub trait WakeUp: Send + Sync {
+    /// Waits for the next wake-up. A wake-up that arrived while nobody waited is kept, so
+    /// none is lost between a claim and the next wait.
+    fn wait(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Retention: deletes published rows, in bounded batches so no purge holds long locks.
+pub trait Retention: Send + Sync {
+    /// Deletes at most `limit` rows published before `before`; returns how many.
+    fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Which dead letters an admin operation applies to. Empty fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// Only these event types.
+    pub event_type: Option<String>,
+    /// Only this ordering key.
+    pub ordering_key: Option<String>,
+    /// Only rows dead-lettered at or after this instant.
+    pub dead_since: Option<DateTime<Utc>>,
+    /// Only rows dead-lettered before this instant.
+    pub dead_before: Option<DateTime<Utc>>,
+    /// Only these ids.
+    pub ids: Option<Vec<EventId>>,
+}
+
+/// A dead letter as operators see it.
+#[derive(Clone, Debug)]
+pub struct DeadLetterRecord {
+    /// The event.
+    pub envelope: Envelope,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The final failure.
+    pub last_error: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+/// Dead-letter administration.
+pub trait DeadLetterAdmin: Send + Sync {
+    /// Lists at most `limit` dead letters matching `filter`, oldest first.
+    fn list_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetterRecord>>> + Send;
+
+    /// Returns matching dead letters to pending with attempts reset; returns how many.
+    fn requeue_dead(&self, filter: &DeadLetterFilter) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Deletes matching dead letters; returns how many.
+    fn purge_dead(&self, filter: &DeadLetterFilter) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Backlog figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BacklogStats {
+    /// Rows waiting to be published (including delayed and retrying ones).
+    pub pending: u64,
+    /// Rows claimed by a relay right now.
+    pub in_flight: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// `created_at` of the oldest pending or in-flight row.
+    pub oldest_unpublished: Option<DateTime<Utc>>,
+}
+
+/// Reports backlog figures.
+pub trait StoreStats: Send + Sync {
+    /// Counts rows by state.
+    fn stats(&self) -> impl Future<Output = Result<BacklogStats>> + Send;
+}
+
+/// The object-safe twin of [`Store`], for choosing a store at run time
+/// (`Arc<dyn DynStore>` is itself a [`Store`]). Every `Store` is a `DynStore`.
+pub trait DynStore: Send + Sync {
+    /// See [`Store::claim`].
+    fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>>;
+    /// See [`Store::mark_published`].
+    fn mark_published_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>>;
+    /// See [`Store::schedule_retry`].
+    fn schedule_retry_dyn<'a>(&'a self, lease: &'a Lease, retries: &'a [Retry]) -> BoxFuture<'a, Result<u64>>;
+    /// See [`Store::dead_letter`].
+    fn dead_letter_dyn<'a>(&'a self, lease: &'a Lease, dead: &'a [DeadLetter]) -> BoxFuture<'a, Result<u64>>;
+    /// See [`Store::release`].
+    fn release_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>>;
+}
+
+impl<S: Store> DynStore for S {
+    fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>> {
+        Box::pin(self.claim(limit, lease_for))
+    }
+    fn mark_published_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.mark_published(lease, ids))
+    }
+    fn schedule_retry_dyn<'a>(&'a self, lease: &'a Lease, retries: &'a [Retry]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.schedule_retry(lease, retries))
+    }
+    fn dead_letter_dyn<'a>(&'a self, lease: &'a Lease, dead: &'a [DeadLetter]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.dead_letter(lease, dead))
+    }
+    fn release_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(self.release(lease, ids))
+    }
+}
+
+impl Store for Arc<dyn DynStore> {
+    async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
+        (**self).claim_dyn(limit, lease_for).await
+    }
+    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        (**self).mark_published_dyn(lease, ids).await
+    }
+    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
+        (**self).schedule_retry_dyn(lease, retries).await
+    }
+    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
+        (**self).dead_letter_dyn(lease, dead).await
+    }
+    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        (**self).release_dyn(lease, ids).await
+    }
+}
+
+/// The object-safe twin of [`WakeUp`].
+pub trait DynWakeUp: Send + Sync {
+    /// See [`WakeUp::wait`].
+    fn wait_dyn(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+impl<W: WakeUp> DynWakeUp for W {
+    fn wait_dyn(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.wait())
+    }
+}
+
+/// A shared store is a store (so a relay and an admin task can use one pool).
+impl<S: Store> Store for Arc<S> {
+    fn claim(&self, limit: usize, lease_for: Duration) -> impl Future<Output = Result<Claim>> + Send {
+        (**self).claim(limit, lease_for)
+    }
+    fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send {
+        (**self).mark_published(lease, ids)
+    }
+    fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> impl Future<Output = Result<u64>> + Send {
+        (**self).schedule_retry(lease, retries)
+    }
+    fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> impl Future<Output = Result<u64>> + Send {
+        (**self).dead_letter(lease, dead)
+    }
+    fn release(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send {
+        (**self).release(lease, ids)
+    }
+}
