@@ -121,15 +121,18 @@ impl InMemoryTransaction {
                 return Err(Error::new(ErrorKind::Rejected, format!("duplicate event id {}", env.id())));
             }
         }
+        let now = self.store.now();
         for env in self.pending {
             st.next_seq += 1;
             let seq = st.next_seq;
             st.by_id.insert(env.id(), seq);
+            // The delay is counted on the store's clock, which may be a paused test clock.
+            let delay = (env.available_at() - env.created_at()).max(chrono::Duration::zero());
             st.rows.insert(
                 seq,
                 Row {
                     seq,
-                    available_at: env.available_at(),
+                    available_at: now + delay,
                     envelope: env,
                     status: RowStatus::Pending,
                     attempts: 0,

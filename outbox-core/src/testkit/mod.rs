@@ -1,0 +1,102 @@
+//! The conformance test kit (feature `testkit`).
+//!
+//! Every store adapter implements [`StoreHarness`] for its real database and calls
+//! [`run_store_suite`]; every publisher adapter implements [`PublisherHarness`] for its real
+//! broker and calls [`run_publisher_suite`]. Each test of a suite gets a fresh harness, which
+//! must isolate itself (its own table, schema, topic, subject, stream or queue) so that
+//! suites of different adapters run in parallel against shared services.
+//!
+//! [`service_url`] is the gate integration tests pass first: it finds the service's URL,
+//! checks that it answers, and either skips the test with a printed notice or, under
+//! `OUTBOX_REQUIRE_SERVICES=1`, fails it.
+
+mod publisher_suite;
+mod store_suite;
+
+pub use publisher_suite::{Received, PublisherHarness, run_publisher_suite};
+pub use store_suite::{StoreHarness, run_store_suite};
+
+use std::time::Duration;
+
+/// The environment variable that turns a missing service into a test failure.
+pub const REQUIRE_SERVICES_VAR: &str = "OUTBOX_REQUIRE_SERVICES";
+
+/// Whether missing services fail tests (`OUTBOX_REQUIRE_SERVICES=1`) instead of skipping them.
+pub fn services_required() -> bool {
+    std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Finds a service for an integration test.
+///
+/// Reads the URL from `env_var` (falling back to `default_url`), and checks that its host
+/// and port accept a TCP connection within two seconds. Returns the URL if so. If not, it
+/// prints that the test `name` is skipped and returns `None`, or panics when
+/// [`services_required`].
+pub async fn service_url(name: &str, env_var: &str, default_url: &str) -> Option<String> {
+    let url = std::env::var(env_var).unwrap_or_else(|_| default_url.to_owned());
+    let addr = host_port(&url);
+    let reachable = match &addr {
+        Some(addr) => matches!(
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr.as_str())).await,
+            Ok(Ok(_))
+        ),
+        None => false,
+    };
+    if reachable {
+        return Some(url);
+    }
+    let shown = addr.unwrap_or_else(|| "<no host:port in URL>".to_owned());
+    if services_required() {
+        panic!("{name}: service at {shown} (from {env_var} or its default) is not reachable, and {REQUIRE_SERVICES_VAR}=1");
+    }
+    eprintln!("SKIPPED {name}: no service at {shown}; set {env_var} or start it (scripts/test.sh does)");
+    None
+}
+
+/// `host:port` of a URL such as `postgres://user:pw@127.0.0.1:5432/db` or `nats://h:4222`.
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = hostport.rsplit_once(':')?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return None;
+    }
+    Some(format!("{host}:{port}"))
+}
+
+/// A name for an isolated test resource: `prefix_` and 10 random lowercase letters and
+/// digits, valid as an SQL identifier, topic, subject token or queue name.
+pub fn unique_name(prefix: &str) -> String {
+    let mut rng = fastrand::Rng::new();
+    let suffix: String = (0..10).map(|_| rng.alphanumeric().to_ascii_lowercase()).collect();
+    format!("{prefix}_{suffix}")
+}
+
+/// Runs one named check, printing its name, so a failure in a long suite says where.
+pub(crate) async fn step<F: std::future::Future<Output = ()>>(suite: &str, name: &str, f: F) {
+    eprintln!("[{suite}] {name} ...");
+    f.await;
+    eprintln!("[{suite}] {name} ok");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parses_urls() {
+        assert_eq!(host_port("postgres://u:p@127.0.0.1:5432/test").as_deref(), Some("127.0.0.1:5432"));
+        assert_eq!(host_port("mysql://root@localhost:3306/test?x=1").as_deref(), Some("localhost:3306"));
+        assert_eq!(host_port("nats://127.0.0.1:4222").as_deref(), Some("127.0.0.1:4222"));
+        assert_eq!(host_port("127.0.0.1:9092").as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(host_port("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn unique_names_are_identifiers() {
+        let a = unique_name("t");
+        assert!(crate::schema::TableName::parse(&a).is_ok(), "{a}");
+        assert_ne!(a, unique_name("t"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The publisher conformance suite.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, EventId, Headers};
+use crate::error::Result;
+use crate::publisher::{PublishOutcome, Publisher};
+
+use super::step;
+use super::store_suite::event;
+
+/// A message as a consumer of the real broker received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The event id, decoded from the broker's header or attribute.
+    pub event_id: Option<EventId>,
+    /// The broker's own dedupe id as delivered (`Nats-Msg-Id`, AMQP `message_id`, SQS
+    /// `MessageDeduplicationId`, ...), where the broker exposes it to consumers.
+    pub dedupe_id: Option<String>,
+    /// The message key / group, where the broker has one.
+    pub key: Option<String>,
+    /// The body.
+    pub payload: Bytes,
+    /// The user headers (without the toolkit's own `outbox-*` headers).
+    pub headers: Headers,
+}
+
+/// What a publisher adapter provides to run the suite against its real broker.
+pub trait PublisherHarness: Send + Sync + 'static {
+    /// The publisher under test.
+    type Publisher: Publisher;
+
+    /// The publisher.
+    fn publisher(&self) -> &Self::Publisher;
+
+    /// A destination created for this harness alone (topic, subject, queue, exchange).
+    fn destination(&self) -> String;
+
+    /// Waits up to `within` until at least `n` messages arrived at [`destination`]
+    /// (fewer if time runs out), and returns everything received so far, in arrival order.
+    ///
+    /// [`destination`]: PublisherHarness::destination
+    fn receive(&self, n: usize, within: Duration) -> impl Future<Output = Result<Vec<Received>>> + Send;
+
+    /// Whether the broker drops a message whose dedupe id it has already stored.
+    fn broker_dedupes(&self) -> bool;
+
+    /// A destination that does not exist, if the broker can tell (then publishing to it
+    /// must be a permanent error).
+    fn missing_destination(&self) -> Option<String>;
+}
+
+/// Runs every publisher check, each on a fresh harness from `make`.
+pub async fn run_publisher_suite<H, F, Fut>(make: F)
+where
+    H: PublisherHarness,
+    F: Fn() -> Fut,
+    Fut: Future<Output = H>,
+{
+    const S: &str = "publisher conformance";
+    step(S, "batch published, one outcome per event", async { batch_outcomes(&make().await).await }).await;
+    step(S, "per-key order across calls", async { per_key_order(&make().await).await }).await;
+    step(S, "event id passed on as the dedupe id", async { dedupe_id_passed(&make().await).await }).await;
+    step(S, "missing destination is a permanent error", async { missing_destination(&make().await).await }).await;
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn assert_all_published(outcomes: &[PublishOutcome], n: usize) {
+    assert_eq!(outcomes.len(), n, "one outcome per event");
+    for (i, o) in outcomes.iter().enumerate() {
+        assert!(o.is_published(), "event {i} was not published: {o:?}");
+    }
+}
+
+/// Twenty events in one call: twenty outcomes, twenty messages with the right payload,
+/// headers and event id.
+pub async fn batch_outcomes<H: PublisherHarness>(h: &H) {
+    let dest = h.destination();
+    let events: Vec<Envelope> = (0..20)
+        .map(|i| {
+            let e = event(&format!("b{i}"), i, &dest);
+            Envelope::builder(e.aggregate_type(), e.aggregate_id(), e.event_type(), &dest)
+                .with_payload(e.payload().clone(), e.content_type())
+                .with_header("x-index", i.to_string())
+                .build()
+                .expect("valid")
+        })
+        .collect();
+    let outcomes = h.publisher().publish(&events).await;
+    assert_all_published(&outcomes, events.len());
+    let got = h.receive(events.len(), WAIT).await.expect("receive");
+    assert_eq!(got.len(), events.len(), "every published event must arrive");
+    let by_id: HashMap<EventId, &Received> = got.iter().filter_map(|r| r.event_id.map(|id| (id, r))).collect();
+    for e in &events {
+        let r = by_id.get(&e.id()).unwrap_or_else(|| panic!("event {} arrived without its event id", e.id()));
+        assert_eq!(r.payload, *e.payload(), "payload of {}", e.id());
+        assert_eq!(r.headers.get("x-index"), e.headers().get("x-index"), "header of {}", e.id());
+    }
+}
+
+/// One key's events published in successive calls (as the relay does) arrive in order.
+pub async fn per_key_order<H: PublisherHarness>(h: &H) {
+    let dest = h.destination();
+    let mut expected = Vec::new();
+    for round in 0..5 {
+        let batch: Vec<Envelope> = vec![event("hot", round, &dest), event(&format!("cold{round}"), round, &dest)];
+        expected.push(batch[0].id());
+        assert_all_published(&h.publisher().publish(&batch).await, 2);
+    }
+    let got = h.receive(10, WAIT).await.expect("receive");
+    let hot: Vec<EventId> = got
+        .iter()
+        .filter_map(|r| r.event_id)
+        .filter(|id| expected.contains(id))
+        .collect();
+    assert_eq!(hot, expected, "one key's events arrived out of order");
+}
+
+/// Publishing one event twice: a deduplicating broker stores it once; any broker delivers
+/// every copy with the same event id, and exposes it as the dedupe id where it can.
+pub async fn dedupe_id_passed<H: PublisherHarness>(h: &H) {
+    let dest = h.destination();
+    let e = event("dup", 0, &dest);
+    assert_all_published(&h.publisher().publish(std::slice::from_ref(&e)).await, 1);
+    assert_all_published(&h.publisher().publish(std::slice::from_ref(&e)).await, 1);
+    let marker = event("dup-marker", 1, &dest);
+    assert_all_published(&h.publisher().publish(std::slice::from_ref(&marker)).await, 1);
+    let got = h.receive(if h.broker_dedupes() { 2 } else { 3 }, WAIT).await.expect("receive");
+    // Give a wrongly kept duplicate time to show up.
+    let got = if h.broker_dedupes() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.receive(got.len(), Duration::from_millis(100)).await.expect("receive")
+    } else {
+        got
+    };
+    let copies: Vec<&Received> = got.iter().filter(|r| r.event_id == Some(e.id())).collect();
+    if h.broker_dedupes() {
+        assert_eq!(copies.len(), 1, "the broker must drop the duplicate");
+    } else {
+        assert_eq!(copies.len(), 2, "both copies must arrive");
+    }
+    for c in copies {
+        if let Some(d) = &c.dedupe_id {
+            assert_eq!(d, &e.id().to_string(), "the dedupe id must be the event id");
+        }
+    }
+    assert!(got.iter().any(|r| r.event_id == Some(marker.id())));
+}
+
+/// Publishing to a destination that does not exist fails, permanently.
+pub async fn missing_destination<H: PublisherHarness>(h: &H) {
+    let Some(dest) = h.missing_destination() else {
+        eprintln!("(the broker cannot tell a missing destination; check not applicable)");
+        return;
+    };
+    let e = event("missing", 0, &dest);
+    let outcomes = h.publisher().publish(std::slice::from_ref(&e)).await;
+    assert_eq!(outcomes.len(), 1);
+    match &outcomes[0] {
+        PublishOutcome::Failed(err) => assert!(!err.is_retryable(), "a missing destination must be permanent: {err}"),
+        PublishOutcome::Published => panic!("publishing to missing destination {dest:?} reported success"),
+    }
+}
