@@ -3,22 +3,24 @@
 
 use std::time::Duration;
 
-use serde::{de, Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serializer, de};
 
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of milliseconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration {text:?} must be a whole number followed by ms, s, m or h"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("duration {text:?} must be a whole number followed by ms, s, m or h")
+    })?;
     match unit.trim() {
         "" | "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
         "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        other => Err(format!("duration {text:?} has unknown unit {other:?}; use ms, s, m or h")),
+        other => Err(format!(
+            "duration {text:?} has unknown unit {other:?}; use ms, s, m or h"
+        )),
     }
 }
 

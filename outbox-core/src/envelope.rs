@@ -78,17 +78,25 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// Validates a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`) and an optional `tracestate`.
-    pub fn new(traceparent: impl Into<String>, tracestate: Option<String>) -> Result<Self, EnvelopeError> {
+    pub fn new(
+        traceparent: impl Into<String>,
+        tracestate: Option<String>,
+    ) -> Result<Self, EnvelopeError> {
         let traceparent = traceparent.into();
         if !valid_traceparent(&traceparent) {
-            return Err(EnvelopeError::InvalidTraceParent(traceparent.chars().take(80).collect()));
+            return Err(EnvelopeError::InvalidTraceParent(
+                traceparent.chars().take(80).collect(),
+            ));
         }
         if let Some(state) = &tracestate {
             if state.len() > 512 || state.chars().any(|c| c.is_control()) {
                 return Err(EnvelopeError::InvalidTraceState);
             }
         }
-        Ok(TraceContext { traceparent, tracestate })
+        Ok(TraceContext {
+            traceparent,
+            tracestate,
+        })
     }
 
     /// The `traceparent` header value.
@@ -104,7 +112,11 @@ impl TraceContext {
 
 fn valid_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -422,7 +434,9 @@ impl EnvelopeParts {
         check_name("event_type", &self.event_type, MAX_NAME_BYTES)?;
         check_name("destination", &self.destination, MAX_DESTINATION_BYTES)?;
         check_name("content_type", &self.content_type, MAX_NAME_BYTES)?;
-        let ordering_key = self.ordering_key.unwrap_or_else(|| self.aggregate_id.clone());
+        let ordering_key = self
+            .ordering_key
+            .unwrap_or_else(|| self.aggregate_id.clone());
         check_name("ordering_key", &ordering_key, MAX_NAME_BYTES)?;
         if self.payload.len() > limits.max_payload_bytes {
             return Err(EnvelopeError::PayloadTooLarge {
@@ -503,17 +517,23 @@ fn check_header(name: &str, value: &str, limits: &ValidationLimits) -> Result<()
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(bad("only ASCII letters, digits, '-', '_' and '.' are allowed"));
+        return Err(bad(
+            "only ASCII letters, digits, '-', '_' and '.' are allowed",
+        ));
     }
     if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
         return Err(bad("'.' may not lead, trail or repeat"));
     }
     let lower = name.to_ascii_lowercase();
     if lower.starts_with("aws.") || lower.starts_with("amazon.") {
-        return Err(bad("names starting with 'AWS.' or 'Amazon.' are reserved by SQS"));
+        return Err(bad(
+            "names starting with 'AWS.' or 'Amazon.' are reserved by SQS",
+        ));
     }
     if lower.starts_with(RESERVED_HEADER_PREFIX) {
-        return Err(bad("names starting with 'outbox-' are reserved for the toolkit"));
+        return Err(bad(
+            "names starting with 'outbox-' are reserved for the toolkit",
+        ));
     }
     if value.len() > limits.max_header_value_bytes {
         return Err(EnvelopeError::InvalidHeaderValue {
@@ -555,7 +575,11 @@ impl EnvelopeBuilder {
         self
     }
     /// Raw payload bytes and their MIME type.
-    pub fn with_payload(mut self, payload: impl Into<Bytes>, content_type: impl Into<String>) -> Self {
+    pub fn with_payload(
+        mut self,
+        payload: impl Into<Bytes>,
+        content_type: impl Into<String>,
+    ) -> Self {
         self.parts.payload = payload.into();
         self.parts.content_type = content_type.into();
         self
@@ -651,20 +675,46 @@ mod tests {
 
     #[test]
     fn empty_destination_is_named() {
-        let err = Envelope::builder("order", "o-1", "order.placed", " ").build().unwrap_err();
-        assert_eq!(err, EnvelopeError::Empty { field: "destination" });
+        let err = Envelope::builder("order", "o-1", "order.placed", " ")
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            EnvelopeError::Empty {
+                field: "destination"
+            }
+        );
         assert!(err.to_string().contains("`destination`"));
     }
 
     #[test]
     fn header_names_brokers_reject_are_refused() {
-        for name in ["", "has space", "colon:", "a..b", ".lead", "AWS.trace", "amazon.x", "Outbox-Event-Id", "nüm"] {
+        for name in [
+            "",
+            "has space",
+            "colon:",
+            "a..b",
+            ".lead",
+            "AWS.trace",
+            "amazon.x",
+            "Outbox-Event-Id",
+            "nüm",
+        ] {
             let err = base().with_header(name, "v").build().unwrap_err();
-            assert!(matches!(err, EnvelopeError::InvalidHeaderName { .. }), "{name:?}: {err}");
+            assert!(
+                matches!(err, EnvelopeError::InvalidHeaderName { .. }),
+                "{name:?}: {err}"
+            );
         }
-        let err = base().with_header("x-ok", "line\nbreak").build().unwrap_err();
+        let err = base()
+            .with_header("x-ok", "line\nbreak")
+            .build()
+            .unwrap_err();
         assert!(matches!(err, EnvelopeError::InvalidHeaderValue { .. }));
-        base().with_header("x-tenant_id.v2", "acme").build().expect("valid header");
+        base()
+            .with_header("x-tenant_id.v2", "acme")
+            .build()
+            .expect("valid header");
     }
 
     #[test]
@@ -688,9 +738,16 @@ mod tests {
 
     #[test]
     fn trace_context_is_validated() {
-        let ok = TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
+        let ok = TraceContext::new(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            None,
+        );
         assert!(ok.is_ok());
-        for bad in ["", "00-xyz-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
             assert!(TraceContext::new(bad, None).is_err(), "{bad}");
         }
     }
@@ -703,8 +760,15 @@ mod tests {
             .with_header("x-a", "1")
             .build()
             .expect("valid");
-        assert_eq!(env.available_at() - env.created_at(), chrono::Duration::seconds(60));
-        let again = env.clone().into_parts().into_envelope(&ValidationLimits::default()).expect("valid");
+        assert_eq!(
+            env.available_at() - env.created_at(),
+            chrono::Duration::seconds(60)
+        );
+        let again = env
+            .clone()
+            .into_parts()
+            .into_envelope(&ValidationLimits::default())
+            .expect("valid");
         assert_eq!(env, again);
         let headers = EnvelopeParts::parse_headers(&env.headers_json()).expect("json");
         assert_eq!(&headers, env.headers());
@@ -712,7 +776,10 @@ mod tests {
 
     #[test]
     fn debug_hides_the_payload() {
-        let env = base().with_payload(&b"secret-card-number"[..], "text/plain").build().expect("valid");
+        let env = base()
+            .with_payload(&b"secret-card-number"[..], "text/plain")
+            .build()
+            .expect("valid");
         let dbg = format!("{env:?}");
         assert!(!dbg.contains("secret"));
         assert!(dbg.contains("payload_bytes: 18"));

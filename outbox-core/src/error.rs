@@ -48,7 +48,10 @@ impl ErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Throttled
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::Unavailable
+                | ErrorKind::Throttled
         )
     }
 
@@ -176,6 +179,9 @@ mod tests {
     fn report_includes_the_source_chain() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset");
         let err = Error::new(ErrorKind::Connection, "publishing to orders").with_source(io);
-        assert_eq!(err.to_report(), "connection: publishing to orders: peer reset");
+        assert_eq!(
+            err.to_report(),
+            "connection: publishing to orders: peer reset"
+        );
     }
 }

@@ -13,7 +13,10 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use envelope::{Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeParts, EventId, Headers, TraceContext, ValidationLimits};
+pub use envelope::{
+    Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeParts, EventId, Headers, TraceContext,
+    ValidationLimits,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use memory::{InMemoryPublisher, InMemoryStore};
 pub use metrics::{CountingMetrics, NoMetrics, RelayMetrics};
@@ -22,6 +25,7 @@ pub use relay::{BatchReport, Relay, RelayConfig};
 pub use retry::RetryPolicy;
 pub use schema::{Dialect, RowStatus, TableName};
 pub use store::{
-    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, DynStore, DynWakeUp,
-    Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
+    DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats,
+    WakeUp,
 };

@@ -16,8 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::publisher::{PublishOutcome, Publisher};
 use crate::schema::RowStatus;
 use crate::store::{
-    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
-    LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
+    DeadLetterRecord, Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,7 +118,10 @@ impl InMemoryTransaction {
         let mut seen = HashSet::new();
         for env in &self.pending {
             if st.by_id.contains_key(&env.id()) || !seen.insert(env.id()) {
-                return Err(Error::new(ErrorKind::Rejected, format!("duplicate event id {}", env.id())));
+                return Err(Error::new(
+                    ErrorKind::Rejected,
+                    format!("duplicate event id {}", env.id()),
+                ));
             }
         }
         let now = self.store.now();
@@ -222,13 +225,22 @@ impl InMemoryStore {
     }
 
     /// Applies `f` to each listed row still in flight under `lease` with the lease unexpired.
-    fn fenced_update(&self, lease: &Lease, ids: impl Iterator<Item = EventId>, mut f: impl FnMut(&mut Row, DateTime<Utc>)) -> u64 {
+    fn fenced_update(
+        &self,
+        lease: &Lease,
+        ids: impl Iterator<Item = EventId>,
+        mut f: impl FnMut(&mut Row, DateTime<Utc>),
+    ) -> u64 {
         let now = self.now();
         let mut st = lock(&self.inner.state);
         let mut changed = 0;
         for id in ids {
-            let Some(seq) = st.by_id.get(&id).copied() else { continue };
-            let Some(row) = st.rows.get_mut(&seq) else { continue };
+            let Some(seq) = st.by_id.get(&id).copied() else {
+                continue;
+            };
+            let Some(row) = st.rows.get_mut(&seq) else {
+                continue;
+            };
             let holds = row.status == RowStatus::InFlight
                 && row.lease_token == Some(lease.token)
                 && row.lease_until.is_some_and(|u| u > now);
@@ -258,8 +270,10 @@ impl Store for InMemoryStore {
                 break;
             }
             let key = row.envelope.ordering_key();
-            let expired = row.status == RowStatus::InFlight && row.lease_until.is_some_and(|u| u <= now);
-            let claimable = (row.status == RowStatus::Pending || expired) && row.available_at <= now;
+            let expired =
+                row.status == RowStatus::InFlight && row.lease_until.is_some_and(|u| u <= now);
+            let claimable =
+                (row.status == RowStatus::Pending || expired) && row.available_at <= now;
             match row.status {
                 RowStatus::Published | RowStatus::Dead => continue,
                 _ if blocked.contains(key) => continue,
@@ -296,26 +310,30 @@ impl Store for InMemoryStore {
 
     async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
         let by_id: HashMap<EventId, &Retry> = retries.iter().map(|r| (r.id, r)).collect();
-        Ok(self.fenced_update(lease, retries.iter().map(|r| r.id), |row, now| {
-            if let Some(r) = by_id.get(&row.envelope.id()) {
-                row.status = RowStatus::Pending;
-                row.attempts = row.attempts.saturating_add(1);
-                row.available_at = after(now, r.delay);
-                row.last_error = Some(r.error.clone());
-            }
-        }))
+        Ok(
+            self.fenced_update(lease, retries.iter().map(|r| r.id), |row, now| {
+                if let Some(r) = by_id.get(&row.envelope.id()) {
+                    row.status = RowStatus::Pending;
+                    row.attempts = row.attempts.saturating_add(1);
+                    row.available_at = after(now, r.delay);
+                    row.last_error = Some(r.error.clone());
+                }
+            }),
+        )
     }
 
     async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
         let by_id: HashMap<EventId, &DeadLetter> = dead.iter().map(|d| (d.id, d)).collect();
-        Ok(self.fenced_update(lease, dead.iter().map(|d| d.id), |row, now| {
-            if let Some(d) = by_id.get(&row.envelope.id()) {
-                row.status = RowStatus::Dead;
-                row.attempts = row.attempts.saturating_add(1);
-                row.last_error = Some(d.error.clone());
-                row.processed_at = Some(now);
-            }
-        }))
+        Ok(
+            self.fenced_update(lease, dead.iter().map(|d| d.id), |row, now| {
+                if let Some(d) = by_id.get(&row.envelope.id()) {
+                    row.status = RowStatus::Dead;
+                    row.attempts = row.attempts.saturating_add(1);
+                    row.last_error = Some(d.error.clone());
+                    row.processed_at = Some(now);
+                }
+            }),
+        )
     }
 
     async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
@@ -338,7 +356,9 @@ impl Retention for InMemoryStore {
         let doomed: Vec<(i64, EventId)> = st
             .rows
             .values()
-            .filter(|r| r.status == RowStatus::Published && r.processed_at.is_some_and(|p| p < before))
+            .filter(|r| {
+                r.status == RowStatus::Published && r.processed_at.is_some_and(|p| p < before)
+            })
             .take(limit)
             .map(|r| (r.seq, r.envelope.id()))
             .collect();
@@ -352,15 +372,32 @@ impl Retention for InMemoryStore {
 
 fn matches(filter: &DeadLetterFilter, row: &Row) -> bool {
     row.status == RowStatus::Dead
-        && filter.event_type.as_deref().is_none_or(|t| row.envelope.event_type() == t)
-        && filter.ordering_key.as_deref().is_none_or(|k| row.envelope.ordering_key() == k)
-        && filter.dead_since.is_none_or(|s| row.processed_at.is_some_and(|p| p >= s))
-        && filter.dead_before.is_none_or(|b| row.processed_at.is_some_and(|p| p < b))
-        && filter.ids.as_ref().is_none_or(|ids| ids.contains(&row.envelope.id()))
+        && filter
+            .event_type
+            .as_deref()
+            .is_none_or(|t| row.envelope.event_type() == t)
+        && filter
+            .ordering_key
+            .as_deref()
+            .is_none_or(|k| row.envelope.ordering_key() == k)
+        && filter
+            .dead_since
+            .is_none_or(|s| row.processed_at.is_some_and(|p| p >= s))
+        && filter
+            .dead_before
+            .is_none_or(|b| row.processed_at.is_some_and(|p| p < b))
+        && filter
+            .ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&row.envelope.id()))
 }
 
 impl DeadLetterAdmin for InMemoryStore {
-    async fn list_dead(&self, filter: &DeadLetterFilter, limit: usize) -> Result<Vec<DeadLetterRecord>> {
+    async fn list_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
         let st = lock(&self.inner.state);
         Ok(st
             .rows
@@ -427,7 +464,8 @@ impl StoreStats for InMemoryStore {
             }
             if r.status != RowStatus::Dead {
                 let created = r.envelope.created_at();
-                s.oldest_unpublished = Some(s.oldest_unpublished.map_or(created, |o| o.min(created)));
+                s.oldest_unpublished =
+                    Some(s.oldest_unpublished.map_or(created, |o| o.min(created)));
             }
         }
         Ok(s)
@@ -440,9 +478,16 @@ enum Rule {
     /// The next `calls` publish calls fail every event.
     NextCalls { calls: u32, kind: ErrorKind },
     /// This event fails its next `times` publishes.
-    Event { id: EventId, times: u32, kind: ErrorKind },
+    Event {
+        id: EventId,
+        times: u32,
+        kind: ErrorKind,
+    },
     /// Every event to this destination fails.
-    Destination { destination: String, kind: ErrorKind },
+    Destination {
+        destination: String,
+        kind: ErrorKind,
+    },
 }
 
 /// One event as the in-memory publisher received it.
@@ -507,12 +552,16 @@ impl InMemoryPublisher {
 
     /// The next `calls` publish calls fail every event with `kind`.
     pub fn fail_next_calls(&self, calls: u32, kind: ErrorKind) {
-        lock(&self.state).rules.push_back(Rule::NextCalls { calls, kind });
+        lock(&self.state)
+            .rules
+            .push_back(Rule::NextCalls { calls, kind });
     }
 
     /// Event `id` fails its next `times` publishes with `kind`.
     pub fn fail_event(&self, id: EventId, times: u32, kind: ErrorKind) {
-        lock(&self.state).rules.push_back(Rule::Event { id, times, kind });
+        lock(&self.state)
+            .rules
+            .push_back(Rule::Event { id, times, kind });
     }
 
     /// Every event sent to `destination` fails with `kind` (e.g. a missing topic).
@@ -537,10 +586,18 @@ impl InMemoryPublisher {
 
     /// The ids delivered so far, in order.
     pub fn delivered_ids(&self) -> Vec<EventId> {
-        lock(&self.state).deliveries.iter().map(|d| d.envelope.id()).collect()
+        lock(&self.state)
+            .deliveries
+            .iter()
+            .map(|d| d.envelope.id())
+            .collect()
     }
 
-    fn scripted_failure(st: &mut PubState, env: &Envelope, call_kind: Option<ErrorKind>) -> Option<ErrorKind> {
+    fn scripted_failure(
+        st: &mut PubState,
+        env: &Envelope,
+        call_kind: Option<ErrorKind>,
+    ) -> Option<ErrorKind> {
         if let Some(kind) = call_kind {
             return Some(kind);
         }
@@ -550,7 +607,9 @@ impl InMemoryPublisher {
                     *times -= 1;
                     return Some(*kind);
                 }
-                Rule::Destination { destination, kind } if destination == env.destination() => return Some(*kind),
+                Rule::Destination { destination, kind } if destination == env.destination() => {
+                    return Some(*kind);
+                }
                 _ => {}
             }
         }
@@ -574,7 +633,11 @@ impl Publisher for InMemoryPublisher {
         st.calls += 1;
         // A call-wide failure consumes one call from the first NextCalls rule.
         let mut call_kind = None;
-        if let Some(pos) = st.rules.iter().position(|r| matches!(r, Rule::NextCalls { calls, .. } if *calls > 0)) {
+        if let Some(pos) = st
+            .rules
+            .iter()
+            .position(|r| matches!(r, Rule::NextCalls { calls, .. } if *calls > 0))
+        {
             if let Some(Rule::NextCalls { calls, kind }) = st.rules.get_mut(pos) {
                 *calls -= 1;
                 call_kind = Some(*kind);
@@ -582,18 +645,23 @@ impl Publisher for InMemoryPublisher {
         }
         events
             .iter()
-            .map(|env| match Self::scripted_failure(&mut st, env, call_kind) {
-                Some(kind) => PublishOutcome::Failed(Error::new(kind, format!("scripted {kind} failure for {}", env.id()))),
-                None => {
-                    if !st.dedupe || st.seen.insert(env.id()) {
-                        st.deliveries.push(Delivery {
-                            envelope: env.clone(),
-                            call,
-                        });
+            .map(
+                |env| match Self::scripted_failure(&mut st, env, call_kind) {
+                    Some(kind) => PublishOutcome::Failed(Error::new(
+                        kind,
+                        format!("scripted {kind} failure for {}", env.id()),
+                    )),
+                    None => {
+                        if !st.dedupe || st.seen.insert(env.id()) {
+                            st.deliveries.push(Delivery {
+                                envelope: env.clone(),
+                                call,
+                            });
+                        }
+                        PublishOutcome::Published
                     }
-                    PublishOutcome::Published
-                }
-            })
+                },
+            )
             .collect()
     }
 }

@@ -111,14 +111,17 @@ impl RelayMetrics for CountingMetrics {
     fn published(&self, events: usize, latency: Duration) {
         self.published.fetch_add(events as u64, Ordering::Relaxed);
         self.publish_calls.fetch_add(1, Ordering::Relaxed);
-        self.publish_micros
-            .fetch_add(latency.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.publish_micros.fetch_add(
+            latency.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
     fn retried(&self, events: usize) {
         self.retried.fetch_add(events as u64, Ordering::Relaxed);
     }
     fn dead_lettered(&self, events: usize) {
-        self.dead_lettered.fetch_add(events as u64, Ordering::Relaxed);
+        self.dead_lettered
+            .fetch_add(events as u64, Ordering::Relaxed);
     }
     fn fenced(&self, rows: u64) {
         self.fenced.fetch_add(rows, Ordering::Relaxed);

@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::{sleep, timeout, Instant};
-use tracing::{debug, error, info, warn, Instrument};
+use tokio::time::{Instant, sleep, timeout};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::envelope::{Envelope, EventId};
 use crate::error::{Error, ErrorKind, Result};
@@ -90,7 +90,12 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: &str| Err(Error::new(ErrorKind::InvalidInput, format!("relay setting `{field}` {why}")));
+        let bad = |field: &str, why: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("relay setting `{field}` {why}"),
+            ))
+        };
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1");
         }
@@ -101,7 +106,10 @@ impl RelayConfig {
             return bad("publish_timeout", "must be greater than zero");
         }
         if self.publish_timeout >= self.lease {
-            return bad("publish_timeout", "must be shorter than `lease`, or rows could be claimed twice while still being published");
+            return bad(
+                "publish_timeout",
+                "must be shorter than `lease`, or rows could be claimed twice while still being published",
+            );
         }
         if self.poll_interval.is_zero() {
             return bad("poll_interval", "must be greater than zero");
@@ -199,7 +207,11 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
     }
 
     /// Samples backlog figures from `stats` every `every` and reports them to the metrics.
-    pub fn with_backlog_sampling<T: StoreStats + 'static>(mut self, stats: Arc<T>, every: Duration) -> Self {
+    pub fn with_backlog_sampling<T: StoreStats + 'static>(
+        mut self,
+        stats: Arc<T>,
+        every: Duration,
+    ) -> Self {
         let f: StatsFn = Arc::new(move || {
             let stats = Arc::clone(&stats);
             Box::pin(async move { stats.stats().await })
@@ -247,7 +259,11 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
         let span = tracing::info_span!("outbox.relay", relay = %shared.name);
         async move {
             let cfg = &shared.config;
-            info!(batch_size = cfg.batch_size, concurrency = cfg.concurrency, "relay started");
+            info!(
+                batch_size = cfg.batch_size,
+                concurrency = cfg.concurrency,
+                "relay started"
+            );
             let (stop_tx, stop_rx) = watch::channel(false);
             let permits = Arc::new(Semaphore::new(cfg.concurrency));
             let mut tasks: JoinSet<BatchReport> = JoinSet::new();
@@ -321,7 +337,10 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
                     (idle * 2).min(cfg.max_poll_interval)
                 };
             }
-            info!(in_flight = tasks.len(), "shutdown requested; finishing in-flight batches");
+            info!(
+                in_flight = tasks.len(),
+                "shutdown requested; finishing in-flight batches"
+            );
             let finished = timeout(cfg.shutdown_timeout, async {
                 while let Some(done) = tasks.join_next().await {
                     collect(&mut total, done);
@@ -329,7 +348,10 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
             })
             .await;
             if finished.is_err() {
-                warn!(in_flight = tasks.len(), "shutdown deadline passed; releasing unfinished batches");
+                warn!(
+                    in_flight = tasks.len(),
+                    "shutdown deadline passed; releasing unfinished batches"
+                );
                 let _ = stop_tx.send(true);
                 let released = timeout(Duration::from_secs(5), async {
                     while let Some(done) = tasks.join_next().await {
@@ -338,14 +360,22 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
                 })
                 .await;
                 if released.is_err() {
-                    error!(in_flight = tasks.len(), "batches did not release in time; their leases will expire");
+                    error!(
+                        in_flight = tasks.len(),
+                        "batches did not release in time; their leases will expire"
+                    );
                     tasks.abort_all();
                 }
             }
             if let Some(s) = sampler {
                 s.abort();
             }
-            info!(published = total.published, retried = total.retried, dead = total.dead_lettered, "relay stopped");
+            info!(
+                published = total.published,
+                retried = total.retried,
+                dead = total.dead_lettered,
+                "relay stopped"
+            );
             total
         }
         .instrument(span)
@@ -360,10 +390,15 @@ async fn wait_for(wakeup: &Option<Arc<dyn DynWakeUp>>) -> Result<()> {
     }
 }
 
-fn collect(total: &mut BatchReport, done: std::result::Result<BatchReport, tokio::task::JoinError>) {
+fn collect(
+    total: &mut BatchReport,
+    done: std::result::Result<BatchReport, tokio::task::JoinError>,
+) {
     match done {
         Ok(report) => total.add(&report),
-        Err(e) if e.is_panic() => error!("a batch task panicked; its rows return when the lease expires"),
+        Err(e) if e.is_panic() => {
+            error!("a batch task panicked; its rows return when the lease expires")
+        }
         Err(_) => {}
     }
 }
@@ -379,7 +414,9 @@ fn waves(claim_events: Vec<crate::store::ClaimedEvent>) -> Vec<Wave> {
     let mut depth: HashMap<String, usize> = HashMap::new();
     let mut out: Vec<Wave> = Vec::new();
     for ev in claim_events {
-        let d = depth.entry(ev.envelope.ordering_key().to_owned()).or_insert(0);
+        let d = depth
+            .entry(ev.envelope.ordering_key().to_owned())
+            .or_insert(0);
         if out.len() <= *d {
             out.push(Wave {
                 envelopes: Vec::new(),
@@ -413,7 +450,11 @@ impl<S: Store, P: Publisher> Shared<S, P> {
         // never outlives the store's.
         let deadline = Instant::now() + self.config.lease;
         let lease = claim.lease;
-        let span = tracing::info_span!("outbox.batch", size = claim.len(), lease = lease.token.as_i64());
+        let span = tracing::info_span!(
+            "outbox.batch",
+            size = claim.len(),
+            lease = lease.token.as_i64()
+        );
         async move {
             let mut report = BatchReport {
                 claimed: claim.len(),
@@ -595,14 +636,23 @@ mod tests {
             batch_size: 0,
             ..RelayConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("`batch_size`"));
-        RelayConfig::default().validate().expect("defaults are valid");
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("`batch_size`")
+        );
+        RelayConfig::default()
+            .validate()
+            .expect("defaults are valid");
     }
 
     #[test]
     fn config_reads_human_durations() {
-        let c: RelayConfig = serde_json::from_str(r#"{"lease":"45s","publish_timeout":"5s","retry":{"max_attempts":3}}"#)
-            .expect("valid json");
+        let c: RelayConfig = serde_json::from_str(
+            r#"{"lease":"45s","publish_timeout":"5s","retry":{"max_attempts":3}}"#,
+        )
+        .expect("valid json");
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.retry.max_attempts, 3);
         assert_eq!(c.batch_size, 100);

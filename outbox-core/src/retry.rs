@@ -42,7 +42,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |field: &str, why: &str| Err(Error::new(ErrorKind::InvalidInput, format!("retry policy `{field}` {why}")));
+        let bad = |field: &str, why: &str| {
+            Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("retry policy `{field}` {why}"),
+            ))
+        };
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");
         }

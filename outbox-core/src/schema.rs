@@ -108,7 +108,9 @@ impl Default for TableName {
 fn check_ident(what: &str, ident: &str) -> Result<(), Error> {
     let ok = !ident.is_empty()
         && ident.len() <= 63
-        && ident.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && ident
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !ident.as_bytes()[0].is_ascii_digit();
     if ok {
         Ok(())
@@ -227,7 +229,14 @@ const fn col(
 pub const COLUMNS: &[Column] = &[
     col("seq", "BIGINT", "BIGINT", "INTEGER", false, None),
     col("id", "UUID", "CHAR(36)", "TEXT", false, None),
-    col("aggregate_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
+    col(
+        "aggregate_type",
+        "TEXT",
+        "VARCHAR(255)",
+        "TEXT",
+        false,
+        None,
+    ),
     col("aggregate_id", "TEXT", "VARCHAR(255)", "TEXT", false, None),
     col("event_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
     col("destination", "TEXT", "VARCHAR(512)", "TEXT", false, None),
@@ -237,19 +246,65 @@ pub const COLUMNS: &[Column] = &[
     col("headers", "TEXT", "TEXT", "TEXT", false, None),
     col("traceparent", "TEXT", "VARCHAR(64)", "TEXT", true, None),
     col("tracestate", "TEXT", "VARCHAR(512)", "TEXT", true, None),
-    col("created_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", false, None),
-    col("available_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", false, None),
-    col("status", "SMALLINT", "SMALLINT", "INTEGER", false, Some("0")),
-    col("attempts", "INTEGER", "INTEGER", "INTEGER", false, Some("0")),
+    col(
+        "created_at",
+        "TIMESTAMPTZ",
+        "DATETIME(6)",
+        "INTEGER",
+        false,
+        None,
+    ),
+    col(
+        "available_at",
+        "TIMESTAMPTZ",
+        "DATETIME(6)",
+        "INTEGER",
+        false,
+        None,
+    ),
+    col(
+        "status",
+        "SMALLINT",
+        "SMALLINT",
+        "INTEGER",
+        false,
+        Some("0"),
+    ),
+    col(
+        "attempts",
+        "INTEGER",
+        "INTEGER",
+        "INTEGER",
+        false,
+        Some("0"),
+    ),
     col("lease_token", "BIGINT", "BIGINT", "INTEGER", true, None),
-    col("lease_until", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", true, None),
+    col(
+        "lease_until",
+        "TIMESTAMPTZ",
+        "DATETIME(6)",
+        "INTEGER",
+        true,
+        None,
+    ),
     col("last_error", "TEXT", "TEXT", "TEXT", true, None),
-    col("processed_at", "TIMESTAMPTZ", "DATETIME(6)", "INTEGER", true, None),
+    col(
+        "processed_at",
+        "TIMESTAMPTZ",
+        "DATETIME(6)",
+        "INTEGER",
+        true,
+        None,
+    ),
 ];
 
 /// The comma-separated column list, for `SELECT` and `INSERT` statements.
 pub fn column_list() -> String {
-    COLUMNS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+    COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One index of the canonical table.
@@ -304,7 +359,9 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
     for c in COLUMNS {
         if c.name == "seq" {
             defs.push(match dialect {
-                Dialect::Postgres => "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".to_owned(),
+                Dialect::Postgres => {
+                    "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".to_owned()
+                }
                 Dialect::MySql => "seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY".to_owned(),
                 Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT".to_owned(),
             });
@@ -373,7 +430,16 @@ mod tests {
 
     #[test]
     fn injected_names_are_refused() {
-        for bad in ["", "a;drop table x", "a b", "1abc", "x\"y", "s.t.u", "`x`", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "a;drop table x",
+            "a b",
+            "1abc",
+            "x\"y",
+            "s.t.u",
+            "`x`",
+            &"a".repeat(64),
+        ] {
             let err = TableName::parse(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
         }
@@ -387,16 +453,32 @@ mod tests {
     fn ddl_has_every_column_on_every_dialect() {
         for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
             let sql = create_table_sql(&TableName::default(), dialect);
-            assert_eq!(sql.len(), if dialect == Dialect::MySql { 1 } else { 1 + INDEXES.len() });
+            assert_eq!(
+                sql.len(),
+                if dialect == Dialect::MySql {
+                    1
+                } else {
+                    1 + INDEXES.len()
+                }
+            );
             for c in COLUMNS {
-                assert!(sql[0].contains(&format!("\n    {} ", c.name)), "{dialect:?} {}", c.name);
+                assert!(
+                    sql[0].contains(&format!("\n    {} ", c.name)),
+                    "{dialect:?} {}",
+                    c.name
+                );
             }
         }
     }
 
     #[test]
     fn status_codes_round_trip() {
-        for s in [RowStatus::Pending, RowStatus::InFlight, RowStatus::Published, RowStatus::Dead] {
+        for s in [
+            RowStatus::Pending,
+            RowStatus::InFlight,
+            RowStatus::Published,
+            RowStatus::Dead,
+        ] {
             assert_eq!(RowStatus::from_code(s.code()), Some(s));
         }
         assert_eq!(RowStatus::from_code(9), None);

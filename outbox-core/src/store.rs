@@ -138,17 +138,33 @@ pub struct DeadLetter {
 /// see the module docs for the contract.
 pub trait Store: Send + Sync {
     /// Claims up to `limit` due rows under a new lease lasting `lease_for`.
-    fn claim(&self, limit: usize, lease_for: Duration) -> impl Future<Output = Result<Claim>> + Send;
+    fn claim(
+        &self,
+        limit: usize,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Claim>> + Send;
 
     /// Marks rows published. Returns how many rows changed (fenced rows do not).
-    fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send;
+    fn mark_published(
+        &self,
+        lease: &Lease,
+        ids: &[EventId],
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Returns rows to pending with `attempts + 1`, `last_error` and
     /// `available_at = now + delay` (store clock).
-    fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> impl Future<Output = Result<u64>> + Send;
+    fn schedule_retry(
+        &self,
+        lease: &Lease,
+        retries: &[Retry],
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Moves rows to the dead letters with `attempts + 1` and `last_error`.
-    fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> impl Future<Output = Result<u64>> + Send;
+    fn dead_letter(
+        &self,
+        lease: &Lease,
+        dead: &[DeadLetter],
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Returns rows to pending untouched (no attempt counted), e.g. on shutdown or when an
     /// earlier event of the same key failed in the same batch.
@@ -167,7 +183,11 @@ pub trait WakeUp: Send + Sync {
 /// Retention: deletes published rows, in bounded batches so no purge holds long locks.
 pub trait Retention: Send + Sync {
     /// Deletes at most `limit` rows published before `before`; returns how many.
-    fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> impl Future<Output = Result<u64>> + Send;
+    fn purge_published(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Which dead letters an admin operation applies to. Empty fields match everything.
@@ -239,29 +259,61 @@ pub trait DynStore: Send + Sync {
     /// See [`Store::claim`].
     fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>>;
     /// See [`Store::mark_published`].
-    fn mark_published_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>>;
+    fn mark_published_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<u64>>;
     /// See [`Store::schedule_retry`].
-    fn schedule_retry_dyn<'a>(&'a self, lease: &'a Lease, retries: &'a [Retry]) -> BoxFuture<'a, Result<u64>>;
+    fn schedule_retry_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        retries: &'a [Retry],
+    ) -> BoxFuture<'a, Result<u64>>;
     /// See [`Store::dead_letter`].
-    fn dead_letter_dyn<'a>(&'a self, lease: &'a Lease, dead: &'a [DeadLetter]) -> BoxFuture<'a, Result<u64>>;
+    fn dead_letter_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        dead: &'a [DeadLetter],
+    ) -> BoxFuture<'a, Result<u64>>;
     /// See [`Store::release`].
-    fn release_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>>;
+    fn release_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<u64>>;
 }
 
 impl<S: Store> DynStore for S {
     fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>> {
         Box::pin(self.claim(limit, lease_for))
     }
-    fn mark_published_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>> {
+    fn mark_published_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.mark_published(lease, ids))
     }
-    fn schedule_retry_dyn<'a>(&'a self, lease: &'a Lease, retries: &'a [Retry]) -> BoxFuture<'a, Result<u64>> {
+    fn schedule_retry_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        retries: &'a [Retry],
+    ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.schedule_retry(lease, retries))
     }
-    fn dead_letter_dyn<'a>(&'a self, lease: &'a Lease, dead: &'a [DeadLetter]) -> BoxFuture<'a, Result<u64>> {
+    fn dead_letter_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        dead: &'a [DeadLetter],
+    ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.dead_letter(lease, dead))
     }
-    fn release_dyn<'a>(&'a self, lease: &'a Lease, ids: &'a [EventId]) -> BoxFuture<'a, Result<u64>> {
+    fn release_dyn<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ids: &'a [EventId],
+    ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(self.release(lease, ids))
     }
 }
@@ -298,16 +350,32 @@ impl<W: WakeUp> DynWakeUp for W {
 
 /// A shared store is a store (so a relay and an admin task can use one pool).
 impl<S: Store> Store for Arc<S> {
-    fn claim(&self, limit: usize, lease_for: Duration) -> impl Future<Output = Result<Claim>> + Send {
+    fn claim(
+        &self,
+        limit: usize,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Claim>> + Send {
         (**self).claim(limit, lease_for)
     }
-    fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send {
+    fn mark_published(
+        &self,
+        lease: &Lease,
+        ids: &[EventId],
+    ) -> impl Future<Output = Result<u64>> + Send {
         (**self).mark_published(lease, ids)
     }
-    fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> impl Future<Output = Result<u64>> + Send {
+    fn schedule_retry(
+        &self,
+        lease: &Lease,
+        retries: &[Retry],
+    ) -> impl Future<Output = Result<u64>> + Send {
         (**self).schedule_retry(lease, retries)
     }
-    fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> impl Future<Output = Result<u64>> + Send {
+    fn dead_letter(
+        &self,
+        lease: &Lease,
+        dead: &[DeadLetter],
+    ) -> impl Future<Output = Result<u64>> + Send {
         (**self).dead_letter(lease, dead)
     }
     fn release(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send {

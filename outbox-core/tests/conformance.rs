@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{PublisherHarness, Received, StoreHarness, run_publisher_suite, run_store_suite};
+use outbox_core::testkit::{
+    PublisherHarness, Received, StoreHarness, run_publisher_suite, run_store_suite,
+};
 use outbox_core::{Envelope, ErrorKind, InMemoryPublisher, InMemoryStore, Result};
 
 struct MemStore(InMemoryStore);
@@ -80,7 +82,11 @@ impl PublisherHarness for MemPublisher {
 }
 
 fn mem_publisher(dedupes: bool) -> MemPublisher {
-    let publisher = if dedupes { InMemoryPublisher::new().with_dedupe() } else { InMemoryPublisher::new() };
+    let publisher = if dedupes {
+        InMemoryPublisher::new().with_dedupe()
+    } else {
+        InMemoryPublisher::new()
+    };
     publisher.fail_destination("no.such.topic", ErrorKind::DestinationNotFound);
     MemPublisher {
         publisher,

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::{
-    CountingMetrics, DeadLetterAdmin, DeadLetterFilter, Envelope, ErrorKind, EventId, InMemoryPublisher, InMemoryStore,
-    Relay, RelayConfig, RetryPolicy, RowStatus, Store,
+    CountingMetrics, DeadLetterAdmin, DeadLetterFilter, Envelope, ErrorKind, EventId,
+    InMemoryPublisher, InMemoryStore, Relay, RelayConfig, RetryPolicy, RowStatus, Store,
 };
 
 fn ev(key: &str, n: u32) -> Envelope {
@@ -66,7 +66,11 @@ async fn retryable_failures_back_off_then_succeed() {
     let relay = Relay::new(store.clone(), publisher.clone(), config()).expect("relay");
 
     assert_eq!(relay.run_once().await.expect("run").retried, 1);
-    assert_eq!(relay.run_once().await.expect("run").claimed, 0, "claimed before its backoff");
+    assert_eq!(
+        relay.run_once().await.expect("run").claimed,
+        0,
+        "claimed before its backoff"
+    );
     tokio::time::advance(Duration::from_millis(110)).await;
     assert_eq!(relay.run_once().await.expect("run").retried, 1);
     // Second backoff is 200 ms.
@@ -77,7 +81,12 @@ async fn retryable_failures_back_off_then_succeed() {
     let row = store.row(e.id()).expect("row");
     assert_eq!(row.status, RowStatus::Published);
     assert_eq!(row.attempts, 2);
-    assert!(row.last_error.as_deref().is_some_and(|m| m.contains("unavailable")), "{row:?}");
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|m| m.contains("unavailable")),
+        "{row:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,24 +98,41 @@ async fn permanent_failures_and_exhausted_attempts_are_dead_lettered() {
     let fine = ev("c", 0);
     publisher.fail_event(too_big.id(), 1, ErrorKind::TooLarge);
     publisher.fail_event(flaky.id(), 100, ErrorKind::Timeout);
-    store.enqueue_committed([too_big.clone(), flaky.clone(), fine.clone()]).expect("commit");
+    store
+        .enqueue_committed([too_big.clone(), flaky.clone(), fine.clone()])
+        .expect("commit");
     let relay = Relay::new(store.clone(), publisher.clone(), config()).expect("relay");
     for _ in 0..10 {
         relay.drain().await.expect("drain");
         tokio::time::advance(Duration::from_secs(1)).await;
     }
-    assert_eq!(store.row(too_big.id()).expect("row").status, RowStatus::Dead);
+    assert_eq!(
+        store.row(too_big.id()).expect("row").status,
+        RowStatus::Dead
+    );
     assert_eq!(store.row(too_big.id()).expect("row").attempts, 1);
     let flaky_row = store.row(flaky.id()).expect("row");
     assert_eq!(flaky_row.status, RowStatus::Dead);
     assert_eq!(flaky_row.attempts, 4, "max_attempts");
-    assert_eq!(store.row(fine.id()).expect("row").status, RowStatus::Published);
+    assert_eq!(
+        store.row(fine.id()).expect("row").status,
+        RowStatus::Published
+    );
 
     // Operators requeue; once the broker heals, the dead letters go out.
-    let dead = store.list_dead(&DeadLetterFilter::default(), 10).await.expect("list");
+    let dead = store
+        .list_dead(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("list");
     assert_eq!(dead.len(), 2);
     publisher.heal();
-    assert_eq!(store.requeue_dead(&DeadLetterFilter::default()).await.expect("requeue"), 2);
+    assert_eq!(
+        store
+            .requeue_dead(&DeadLetterFilter::default())
+            .await
+            .expect("requeue"),
+        2
+    );
     assert_eq!(relay.drain().await.expect("drain").published, 2);
 }
 
@@ -163,12 +189,21 @@ async fn a_relay_that_lost_its_lease_cannot_mark() {
 
     // Now a zombie: claims, stalls past its lease while another relay takes over.
     tokio::time::advance(Duration::from_secs(2)).await;
-    let zombie_claim = store.claim(10, Duration::from_secs(1)).await.expect("claim");
+    let zombie_claim = store
+        .claim(10, Duration::from_secs(1))
+        .await
+        .expect("claim");
     assert_eq!(zombie_claim.events.len(), 1);
     tokio::time::advance(Duration::from_millis(1100)).await;
     let fast_relay = Relay::new(store.clone(), fast.clone(), cfg).expect("relay");
     assert_eq!(fast_relay.run_once().await.expect("run").published, 1);
-    assert_eq!(store.mark_published(&zombie_claim.lease, &[e.id()]).await.expect("mark"), 0);
+    assert_eq!(
+        store
+            .mark_published(&zombie_claim.lease, &[e.id()])
+            .await
+            .expect("mark"),
+        0
+    );
     assert_eq!(store.row(e.id()).expect("row").status, RowStatus::Published);
 }
 
@@ -197,7 +232,10 @@ async fn run_until_wakes_on_commit_and_shuts_down_gracefully() {
     while publisher.delivered_ids().is_empty() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "the wake-up should beat the 10 s poll");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the wake-up should beat the 10 s poll"
+    );
     let _ = tx.send(());
     let report = handle.await.expect("relay task");
     assert_eq!(report.published, 1);
@@ -217,7 +255,9 @@ async fn shutdown_deadline_releases_unfinished_batches() {
     let events: Vec<Envelope> = (0..5).map(|i| ev(&format!("k{i}"), i)).collect();
     store.enqueue_committed(events.clone()).expect("commit");
     let relay = Relay::new(store.clone(), publisher.clone(), cfg).expect("relay");
-    let report = relay.run_until(tokio::time::sleep(Duration::from_millis(100))).await;
+    let report = relay
+        .run_until(tokio::time::sleep(Duration::from_millis(100)))
+        .await;
     assert_eq!(report.released, 5, "{report:?}");
     assert!(
         store.rows().iter().all(|(_, s)| *s == RowStatus::Pending),

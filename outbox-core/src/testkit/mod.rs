@@ -13,7 +13,7 @@
 mod publisher_suite;
 mod store_suite;
 
-pub use publisher_suite::{Received, PublisherHarness, run_publisher_suite};
+pub use publisher_suite::{PublisherHarness, Received, run_publisher_suite};
 pub use store_suite::{StoreHarness, run_store_suite};
 
 use std::time::Duration;
@@ -37,7 +37,11 @@ pub async fn service_url(name: &str, env_var: &str, default_url: &str) -> Option
     let addr = host_port(&url);
     let reachable = match &addr {
         Some(addr) => matches!(
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr.as_str())).await,
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect(addr.as_str())
+            )
+            .await,
             Ok(Ok(_))
         ),
         None => false,
@@ -47,9 +51,13 @@ pub async fn service_url(name: &str, env_var: &str, default_url: &str) -> Option
     }
     let shown = addr.unwrap_or_else(|| "<no host:port in URL>".to_owned());
     if services_required() {
-        panic!("{name}: service at {shown} (from {env_var} or its default) is not reachable, and {REQUIRE_SERVICES_VAR}=1");
+        panic!(
+            "{name}: service at {shown} (from {env_var} or its default) is not reachable, and {REQUIRE_SERVICES_VAR}=1"
+        );
     }
-    eprintln!("SKIPPED {name}: no service at {shown}; set {env_var} or start it (scripts/test.sh does)");
+    eprintln!(
+        "SKIPPED {name}: no service at {shown}; set {env_var} or start it (scripts/test.sh does)"
+    );
     None
 }
 
@@ -69,7 +77,9 @@ fn host_port(url: &str) -> Option<String> {
 /// digits, valid as an SQL identifier, topic, subject token or queue name.
 pub fn unique_name(prefix: &str) -> String {
     let mut rng = fastrand::Rng::new();
-    let suffix: String = (0..10).map(|_| rng.alphanumeric().to_ascii_lowercase()).collect();
+    let suffix: String = (0..10)
+        .map(|_| rng.alphanumeric().to_ascii_lowercase())
+        .collect();
     format!("{prefix}_{suffix}")
 }
 
@@ -86,10 +96,22 @@ mod tests {
 
     #[test]
     fn host_port_parses_urls() {
-        assert_eq!(host_port("postgres://u:p@127.0.0.1:5432/test").as_deref(), Some("127.0.0.1:5432"));
-        assert_eq!(host_port("mysql://root@localhost:3306/test?x=1").as_deref(), Some("localhost:3306"));
-        assert_eq!(host_port("nats://127.0.0.1:4222").as_deref(), Some("127.0.0.1:4222"));
-        assert_eq!(host_port("127.0.0.1:9092").as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(
+            host_port("postgres://u:p@127.0.0.1:5432/test").as_deref(),
+            Some("127.0.0.1:5432")
+        );
+        assert_eq!(
+            host_port("mysql://root@localhost:3306/test?x=1").as_deref(),
+            Some("localhost:3306")
+        );
+        assert_eq!(
+            host_port("nats://127.0.0.1:4222").as_deref(),
+            Some("127.0.0.1:4222")
+        );
+        assert_eq!(
+            host_port("127.0.0.1:9092").as_deref(),
+            Some("127.0.0.1:9092")
+        );
         assert_eq!(host_port("sqlite::memory:"), None);
     }
 

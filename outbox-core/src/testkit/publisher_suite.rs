@@ -44,7 +44,11 @@ pub trait PublisherHarness: Send + Sync + 'static {
     /// (fewer if time runs out), and returns everything received so far, in arrival order.
     ///
     /// [`destination`]: PublisherHarness::destination
-    fn receive(&self, n: usize, within: Duration) -> impl Future<Output = Result<Vec<Received>>> + Send;
+    fn receive(
+        &self,
+        n: usize,
+        within: Duration,
+    ) -> impl Future<Output = Result<Vec<Received>>> + Send;
 
     /// Whether the broker drops a message whose dedupe id it has already stored.
     fn broker_dedupes(&self) -> bool;
@@ -62,10 +66,22 @@ where
     Fut: Future<Output = H>,
 {
     const S: &str = "publisher conformance";
-    step(S, "batch published, one outcome per event", async { batch_outcomes(&make().await).await }).await;
-    step(S, "per-key order across calls", async { per_key_order(&make().await).await }).await;
-    step(S, "event id passed on as the dedupe id", async { dedupe_id_passed(&make().await).await }).await;
-    step(S, "missing destination is a permanent error", async { missing_destination(&make().await).await }).await;
+    step(S, "batch published, one outcome per event", async {
+        batch_outcomes(&make().await).await
+    })
+    .await;
+    step(S, "per-key order across calls", async {
+        per_key_order(&make().await).await
+    })
+    .await;
+    step(S, "event id passed on as the dedupe id", async {
+        dedupe_id_passed(&make().await).await
+    })
+    .await;
+    step(S, "missing destination is a permanent error", async {
+        missing_destination(&make().await).await
+    })
+    .await;
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -95,11 +111,21 @@ pub async fn batch_outcomes<H: PublisherHarness>(h: &H) {
     assert_all_published(&outcomes, events.len());
     let got = h.receive(events.len(), WAIT).await.expect("receive");
     assert_eq!(got.len(), events.len(), "every published event must arrive");
-    let by_id: HashMap<EventId, &Received> = got.iter().filter_map(|r| r.event_id.map(|id| (id, r))).collect();
+    let by_id: HashMap<EventId, &Received> = got
+        .iter()
+        .filter_map(|r| r.event_id.map(|id| (id, r)))
+        .collect();
     for e in &events {
-        let r = by_id.get(&e.id()).unwrap_or_else(|| panic!("event {} arrived without its event id", e.id()));
+        let r = by_id
+            .get(&e.id())
+            .unwrap_or_else(|| panic!("event {} arrived without its event id", e.id()));
         assert_eq!(r.payload, *e.payload(), "payload of {}", e.id());
-        assert_eq!(r.headers.get("x-index"), e.headers().get("x-index"), "header of {}", e.id());
+        assert_eq!(
+            r.headers.get("x-index"),
+            e.headers().get("x-index"),
+            "header of {}",
+            e.id()
+        );
     }
 }
 
@@ -108,7 +134,10 @@ pub async fn per_key_order<H: PublisherHarness>(h: &H) {
     let dest = h.destination();
     let mut expected = Vec::new();
     for round in 0..5 {
-        let batch: Vec<Envelope> = vec![event("hot", round, &dest), event(&format!("cold{round}"), round, &dest)];
+        let batch: Vec<Envelope> = vec![
+            event("hot", round, &dest),
+            event(&format!("cold{round}"), round, &dest),
+        ];
         expected.push(batch[0].id());
         assert_all_published(&h.publisher().publish(&batch).await, 2);
     }
@@ -129,12 +158,20 @@ pub async fn dedupe_id_passed<H: PublisherHarness>(h: &H) {
     assert_all_published(&h.publisher().publish(std::slice::from_ref(&e)).await, 1);
     assert_all_published(&h.publisher().publish(std::slice::from_ref(&e)).await, 1);
     let marker = event("dup-marker", 1, &dest);
-    assert_all_published(&h.publisher().publish(std::slice::from_ref(&marker)).await, 1);
-    let got = h.receive(if h.broker_dedupes() { 2 } else { 3 }, WAIT).await.expect("receive");
+    assert_all_published(
+        &h.publisher().publish(std::slice::from_ref(&marker)).await,
+        1,
+    );
+    let got = h
+        .receive(if h.broker_dedupes() { 2 } else { 3 }, WAIT)
+        .await
+        .expect("receive");
     // Give a wrongly kept duplicate time to show up.
     let got = if h.broker_dedupes() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        h.receive(got.len(), Duration::from_millis(100)).await.expect("receive")
+        h.receive(got.len(), Duration::from_millis(100))
+            .await
+            .expect("receive")
     } else {
         got
     };
@@ -162,7 +199,12 @@ pub async fn missing_destination<H: PublisherHarness>(h: &H) {
     let outcomes = h.publisher().publish(std::slice::from_ref(&e)).await;
     assert_eq!(outcomes.len(), 1);
     match &outcomes[0] {
-        PublishOutcome::Failed(err) => assert!(!err.is_retryable(), "a missing destination must be permanent: {err}"),
-        PublishOutcome::Published => panic!("publishing to missing destination {dest:?} reported success"),
+        PublishOutcome::Failed(err) => assert!(
+            !err.is_retryable(),
+            "a missing destination must be permanent: {err}"
+        ),
+        PublishOutcome::Published => {
+            panic!("publishing to missing destination {dest:?} reported success")
+        }
     }
 }

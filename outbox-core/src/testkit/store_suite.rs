@@ -54,16 +54,48 @@ where
     Fut: Future<Output = H>,
 {
     const S: &str = "store conformance";
-    step(S, "commit is visible, rollback is not", async { commit_visible_rollback_invisible(&make().await).await }).await;
-    step(S, "envelope round trip", async { envelope_round_trip(&make().await).await }).await;
-    step(S, "claim respects limit and seq order", async { claim_limit_and_order(&make().await).await }).await;
-    step(S, "concurrent claimers never share a row", async { concurrent_claimers_disjoint(&make().await).await }).await;
-    step(S, "lease expiry and fencing", async { lease_expiry_and_fencing(&make().await).await }).await;
-    step(S, "retry scheduling", async { retry_scheduling(&make().await).await }).await;
-    step(S, "dead letter is terminal", async { dead_letter_is_terminal(&make().await).await }).await;
-    step(S, "per-key order; a failing key blocks only itself", async { per_key_order(&make().await).await }).await;
-    step(S, "delayed delivery", async { delayed_delivery(&make().await).await }).await;
-    step(S, "release counts no attempt", async { release_counts_no_attempt(&make().await).await }).await;
+    step(S, "commit is visible, rollback is not", async {
+        commit_visible_rollback_invisible(&make().await).await
+    })
+    .await;
+    step(S, "envelope round trip", async {
+        envelope_round_trip(&make().await).await
+    })
+    .await;
+    step(S, "claim respects limit and seq order", async {
+        claim_limit_and_order(&make().await).await
+    })
+    .await;
+    step(S, "concurrent claimers never share a row", async {
+        concurrent_claimers_disjoint(&make().await).await
+    })
+    .await;
+    step(S, "lease expiry and fencing", async {
+        lease_expiry_and_fencing(&make().await).await
+    })
+    .await;
+    step(S, "retry scheduling", async {
+        retry_scheduling(&make().await).await
+    })
+    .await;
+    step(S, "dead letter is terminal", async {
+        dead_letter_is_terminal(&make().await).await
+    })
+    .await;
+    step(
+        S,
+        "per-key order; a failing key blocks only itself",
+        async { per_key_order(&make().await).await },
+    )
+    .await;
+    step(S, "delayed delivery", async {
+        delayed_delivery(&make().await).await
+    })
+    .await;
+    step(S, "release counts no attempt", async {
+        release_counts_no_attempt(&make().await).await
+    })
+    .await;
 }
 
 async fn claim_all<S: Store>(store: &S, lease: Duration) -> crate::store::Claim {
@@ -76,16 +108,27 @@ fn ids(claim: &crate::store::Claim) -> Vec<EventId> {
 
 /// Committed events are claimable; rolled-back ones never are.
 pub async fn commit_visible_rollback_invisible<H: StoreHarness>(h: &H) {
-    let committed: Vec<Envelope> = (0..3).map(|i| event(&format!("c{i}"), i, "t.commit")).collect();
-    let rolled: Vec<Envelope> = (0..3).map(|i| event(&format!("r{i}"), i, "t.rollback")).collect();
+    let committed: Vec<Envelope> = (0..3)
+        .map(|i| event(&format!("c{i}"), i, "t.commit"))
+        .collect();
+    let rolled: Vec<Envelope> = (0..3)
+        .map(|i| event(&format!("r{i}"), i, "t.rollback"))
+        .collect();
     let rolled_ids: HashSet<EventId> = rolled.iter().map(Envelope::id).collect();
     h.roll_back(rolled).await.expect("roll back");
     h.commit(committed.clone()).await.expect("commit");
     let store = h.store();
     let claim = claim_all(&store, LONG_LEASE).await;
     let got = ids(&claim);
-    assert_eq!(got, committed.iter().map(Envelope::id).collect::<Vec<_>>(), "exactly the committed events, in order");
-    assert!(got.iter().all(|id| !rolled_ids.contains(id)), "a rolled-back event was claimed");
+    assert_eq!(
+        got,
+        committed.iter().map(Envelope::id).collect::<Vec<_>>(),
+        "exactly the committed events, in order"
+    );
+    assert!(
+        got.iter().all(|id| !rolled_ids.contains(id)),
+        "a rolled-back event was claimed"
+    );
 }
 
 /// Every field written is read back unchanged.
@@ -94,12 +137,18 @@ pub async fn envelope_round_trip<H: StoreHarness>(h: &H) {
     let env = Envelope::builder("invoice", "inv-9", "invoice.paid", "billing/invoice.paid")
         .with_created_at(base.created_at())
         .with_ordering_key("customer-42")
-        .with_payload(Bytes::from_static(&[0, 159, 146, 150, 255, 10]), "application/octet-stream")
+        .with_payload(
+            Bytes::from_static(&[0, 159, 146, 150, 255, 10]),
+            "application/octet-stream",
+        )
         .with_header("x-tenant", "acme")
         .with_header("x-unicode", "grüße ✓")
         .with_trace(
-            TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("vendor=abc".to_owned()))
-                .expect("valid trace"),
+            TraceContext::new(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("vendor=abc".to_owned()),
+            )
+            .expect("valid trace"),
         )
         .build()
         .expect("valid");
@@ -107,26 +156,42 @@ pub async fn envelope_round_trip<H: StoreHarness>(h: &H) {
     let claim = claim_all(&h.store(), LONG_LEASE).await;
     assert!(claim.undecodable.is_empty(), "{:?}", claim.undecodable);
     assert_eq!(claim.events.len(), 1);
-    assert_eq!(claim.events[0].envelope, env, "read back differs from what was written");
+    assert_eq!(
+        claim.events[0].envelope, env,
+        "read back differs from what was written"
+    );
     assert_eq!(claim.events[0].attempts, 0);
 }
 
 /// A claim returns at most `limit` rows, lowest `seq` first.
 pub async fn claim_limit_and_order<H: StoreHarness>(h: &H) {
-    let events: Vec<Envelope> = (0..7).map(|i| event(&format!("k{i}"), i, "t.limit")).collect();
+    let events: Vec<Envelope> = (0..7)
+        .map(|i| event(&format!("k{i}"), i, "t.limit"))
+        .collect();
     h.commit(events.clone()).await.expect("commit");
     let store = h.store();
     let first = store.claim(4, LONG_LEASE).await.expect("claim");
-    assert_eq!(ids(&first), events[..4].iter().map(Envelope::id).collect::<Vec<_>>());
-    assert!(first.events.windows(2).all(|w| w[0].seq < w[1].seq), "seq must increase");
+    assert_eq!(
+        ids(&first),
+        events[..4].iter().map(Envelope::id).collect::<Vec<_>>()
+    );
+    assert!(
+        first.events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq must increase"
+    );
     let second = store.claim(4, LONG_LEASE).await.expect("claim");
-    assert_eq!(ids(&second), events[4..].iter().map(Envelope::id).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&second),
+        events[4..].iter().map(Envelope::id).collect::<Vec<_>>()
+    );
     assert!(store.claim(4, LONG_LEASE).await.expect("claim").is_empty());
 }
 
 /// Eight concurrent claimers drain 200 events; no event is claimed twice, none is missed.
 pub async fn concurrent_claimers_disjoint<H: StoreHarness>(h: &H) {
-    let events: Vec<Envelope> = (0..200).map(|i| event(&format!("key-{i}"), i, "t.concurrent")).collect();
+    let events: Vec<Envelope> = (0..200)
+        .map(|i| event(&format!("key-{i}"), i, "t.concurrent"))
+        .collect();
     for chunk in events.chunks(50) {
         h.commit(chunk.to_vec()).await.expect("commit");
     }
@@ -154,9 +219,17 @@ pub async fn concurrent_claimers_disjoint<H: StoreHarness>(h: &H) {
         all.extend(r.expect("claimer task"));
     }
     let unique: HashSet<EventId> = all.iter().copied().collect();
-    assert_eq!(unique.len(), all.len(), "{} rows were claimed twice", all.len() - unique.len());
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "{} rows were claimed twice",
+        all.len() - unique.len()
+    );
     let expected: HashSet<EventId> = events.iter().map(Envelope::id).collect();
-    assert_eq!(unique, expected, "every committed event is claimed exactly once");
+    assert_eq!(
+        unique, expected,
+        "every committed event is claimed exactly once"
+    );
 }
 
 /// A lease that expired lets another claimer take the row; the first claimer's marks are
@@ -167,15 +240,45 @@ pub async fn lease_expiry_and_fencing<H: StoreHarness>(h: &H) {
     let store = h.store();
     let a = store.claim(10, LEASE).await.expect("claim");
     assert_eq!(ids(&a), vec![e.id()]);
-    assert!(store.claim(10, LEASE).await.expect("claim").is_empty(), "a leased row was claimed again");
+    assert!(
+        store.claim(10, LEASE).await.expect("claim").is_empty(),
+        "a leased row was claimed again"
+    );
     tokio::time::sleep(PAST_LEASE).await;
     let b = store.claim(10, LONG_LEASE).await.expect("claim");
-    assert_eq!(ids(&b), vec![e.id()], "an expired lease must let the row be claimed again");
-    assert_ne!(a.lease.token, b.lease.token, "every claim needs its own fencing token");
-    assert_eq!(store.mark_published(&a.lease, &[e.id()]).await.expect("mark"), 0, "a fenced relay marked a row");
-    assert_eq!(store.release(&a.lease, &[e.id()]).await.expect("release"), 0, "a fenced relay released a row");
-    assert_eq!(store.mark_published(&b.lease, &[e.id()]).await.expect("mark"), 1);
-    assert!(claim_all(&store, LONG_LEASE).await.is_empty(), "a published row was claimed");
+    assert_eq!(
+        ids(&b),
+        vec![e.id()],
+        "an expired lease must let the row be claimed again"
+    );
+    assert_ne!(
+        a.lease.token, b.lease.token,
+        "every claim needs its own fencing token"
+    );
+    assert_eq!(
+        store
+            .mark_published(&a.lease, &[e.id()])
+            .await
+            .expect("mark"),
+        0,
+        "a fenced relay marked a row"
+    );
+    assert_eq!(
+        store.release(&a.lease, &[e.id()]).await.expect("release"),
+        0,
+        "a fenced relay released a row"
+    );
+    assert_eq!(
+        store
+            .mark_published(&b.lease, &[e.id()])
+            .await
+            .expect("mark"),
+        1
+    );
+    assert!(
+        claim_all(&store, LONG_LEASE).await.is_empty(),
+        "a published row was claimed"
+    );
 
     // Expired but not taken over: still refused.
     let f = event("lease2", 1, "t.lease");
@@ -183,7 +286,14 @@ pub async fn lease_expiry_and_fencing<H: StoreHarness>(h: &H) {
     let c = store.claim(10, LEASE).await.expect("claim");
     assert_eq!(ids(&c), vec![f.id()]);
     tokio::time::sleep(PAST_LEASE).await;
-    assert_eq!(store.mark_published(&c.lease, &[f.id()]).await.expect("mark"), 0, "marked under an expired lease");
+    assert_eq!(
+        store
+            .mark_published(&c.lease, &[f.id()])
+            .await
+            .expect("mark"),
+        0,
+        "marked under an expired lease"
+    );
     assert_eq!(ids(&claim_all(&store, LONG_LEASE).await), vec![f.id()]);
 }
 
@@ -199,13 +309,25 @@ pub async fn retry_scheduling<H: StoreHarness>(h: &H) {
         delay: Duration::from_millis(700),
         error: "unavailable: broker down".to_owned(),
     };
-    assert_eq!(store.schedule_retry(&a.lease, &[retry]).await.expect("retry"), 1);
-    assert!(claim_all(&store, LONG_LEASE).await.is_empty(), "claimed before its retry time");
+    assert_eq!(
+        store
+            .schedule_retry(&a.lease, &[retry])
+            .await
+            .expect("retry"),
+        1
+    );
+    assert!(
+        claim_all(&store, LONG_LEASE).await.is_empty(),
+        "claimed before its retry time"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let b = claim_all(&store, LONG_LEASE).await;
     assert_eq!(ids(&b), vec![e.id()]);
     assert_eq!(b.events[0].attempts, 1);
-    assert_eq!(b.events[0].last_error.as_deref(), Some("unavailable: broker down"));
+    assert_eq!(
+        b.events[0].last_error.as_deref(),
+        Some("unavailable: broker down")
+    );
 }
 
 /// A dead letter is never claimed again, and does not hold back its key.
@@ -222,7 +344,11 @@ pub async fn dead_letter_is_terminal<H: StoreHarness>(h: &H) {
     assert_eq!(store.dead_letter(&a.lease, &[dead]).await.expect("dead"), 1);
     h.commit(vec![second.clone()]).await.expect("commit");
     let b = claim_all(&store, LONG_LEASE).await;
-    assert_eq!(ids(&b), vec![second.id()], "the dead letter was claimed, or blocked its key");
+    assert_eq!(
+        ids(&b),
+        vec![second.id()],
+        "the dead letter was claimed, or blocked its key"
+    );
 }
 
 /// Events of a key come out in order; a key waiting for a retry blocks only itself.
@@ -239,9 +365,15 @@ pub async fn per_key_order<H: StoreHarness>(h: &H) {
         .iter()
         .filter_map(|e| got.iter().position(|g| *g == e.id()))
         .collect();
-    assert!(k1_pos.windows(2).all(|w| w[0] < w[1]), "a key's events out of order: {k1_pos:?}");
+    assert!(
+        k1_pos.windows(2).all(|w| w[0] < w[1]),
+        "a key's events out of order: {k1_pos:?}"
+    );
     assert!(got.contains(&k2.id()));
-    assert!(got.contains(&k1[0].id()), "the head of k1 must be claimable");
+    assert!(
+        got.contains(&k1[0].id()),
+        "the head of k1 must be claimable"
+    );
 
     // k1's head fails and waits; the rest of k1 is released; k2 is published.
     let retry = Retry {
@@ -249,15 +381,38 @@ pub async fn per_key_order<H: StoreHarness>(h: &H) {
         delay: Duration::from_secs(30),
         error: "timeout".to_owned(),
     };
-    assert_eq!(store.schedule_retry(&a.lease, &[retry]).await.expect("retry"), 1);
-    let rest: Vec<EventId> = got.iter().copied().filter(|id| *id != k1[0].id() && *id != k2.id()).collect();
-    assert_eq!(store.release(&a.lease, &rest).await.expect("release"), rest.len() as u64);
-    assert_eq!(store.mark_published(&a.lease, &[k2.id()]).await.expect("mark"), 1);
+    assert_eq!(
+        store
+            .schedule_retry(&a.lease, &[retry])
+            .await
+            .expect("retry"),
+        1
+    );
+    let rest: Vec<EventId> = got
+        .iter()
+        .copied()
+        .filter(|id| *id != k1[0].id() && *id != k2.id())
+        .collect();
+    assert_eq!(
+        store.release(&a.lease, &rest).await.expect("release"),
+        rest.len() as u64
+    );
+    assert_eq!(
+        store
+            .mark_published(&a.lease, &[k2.id()])
+            .await
+            .expect("mark"),
+        1
+    );
 
     let k3 = event("k3", 0, "t.order");
     h.commit(vec![k3.clone()]).await.expect("commit");
     let b = claim_all(&store, LONG_LEASE).await;
-    assert_eq!(ids(&b), vec![k3.id()], "k1 must stay blocked behind its failed head; other keys flow");
+    assert_eq!(
+        ids(&b),
+        vec![k3.id()],
+        "k1 must stay blocked behind its failed head; other keys flow"
+    );
 }
 
 /// An event is not claimable before its `available_at`, and holds back later events of its key.
@@ -269,9 +424,14 @@ pub async fn delayed_delivery<H: StoreHarness>(h: &H) {
         .build()
         .expect("valid");
     let after_it = event("delay", 1, "t.delay");
-    h.commit(vec![delayed.clone(), after_it.clone()]).await.expect("commit");
+    h.commit(vec![delayed.clone(), after_it.clone()])
+        .await
+        .expect("commit");
     let store = h.store();
-    assert!(claim_all(&store, LONG_LEASE).await.is_empty(), "claimed before available_at");
+    assert!(
+        claim_all(&store, LONG_LEASE).await.is_empty(),
+        "claimed before available_at"
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let a = claim_all(&store, LONG_LEASE).await;
     assert_eq!(ids(&a), vec![delayed.id(), after_it.id()]);
@@ -283,7 +443,10 @@ pub async fn release_counts_no_attempt<H: StoreHarness>(h: &H) {
     h.commit(vec![e.clone()]).await.expect("commit");
     let store = h.store();
     let a = claim_all(&store, LONG_LEASE).await;
-    assert_eq!(store.release(&a.lease, &[e.id()]).await.expect("release"), 1);
+    assert_eq!(
+        store.release(&a.lease, &[e.id()]).await.expect("release"),
+        1
+    );
     let b = claim_all(&store, LONG_LEASE).await;
     assert_eq!(ids(&b), vec![e.id()]);
     assert_eq!(b.events[0].attempts, 0);

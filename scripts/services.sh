@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Makes sure every service the test suite talks to is up on loopback, starting the ones that
+# are down. Idempotent: a running service is left alone. Used by scripts/test.sh.
+set -euo pipefail
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# up HOST PORT: does a TCP connect succeed within 1 s?
+up() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+# wait_up NAME HOST PORT SECONDS
+wait_up() {
+  local name=$1 host=$2 port=$3 secs=$4 i
+  for ((i = 0; i < secs * 4; i++)); do
+    up "$host" "$port" && { log "$name is up on $host:$port"; return 0; }
+    sleep 0.25
+  done
+  log "$name did not come up on $host:$port within ${secs}s"
+  return 1
+}
+
+ensure() {
+  local name=$1 host=$2 port=$3 secs=$4; shift 4
+  if up "$host" "$port"; then
+    log "$name already up on $host:$port"
+    return 0
+  fi
+  log "$name is down; starting it: $*"
+  "$@" >/dev/null 2>&1 || log "start command for $name returned non-zero (it may already be starting)"
+  wait_up "$name" "$host" "$port" "$secs"
+}
+
+ensure PostgreSQL 127.0.0.1 5432 60 \
+  bash -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start'
+ensure MariaDB 127.0.0.1 3306 60 \
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+ensure RabbitMQ 127.0.0.1 5672 120 rabbitmq-server -detached
+ensure NATS 127.0.0.1 4222 30 \
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
