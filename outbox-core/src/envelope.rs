@@ -88,10 +88,10 @@ impl TraceContext {
                 traceparent.chars().take(80).collect(),
             ));
         }
-        if let Some(state) = &tracestate {
-            if state.len() > 512 || state.chars().any(|c| c.is_control()) {
-                return Err(EnvelopeError::InvalidTraceState);
-            }
+        if let Some(state) = &tracestate
+            && (state.len() > 512 || state.chars().any(|c| c.is_control()))
+        {
+            return Err(EnvelopeError::InvalidTraceState);
         }
         Ok(TraceContext {
             traceparent,

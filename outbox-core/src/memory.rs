@@ -613,10 +613,10 @@ impl InMemoryPublisher {
                 _ => {}
             }
         }
-        if let Some((p, kind, rng)) = st.random_failure.as_mut() {
-            if rng.f64() < *p {
-                return Some(*kind);
-            }
+        if let Some((p, kind, rng)) = st.random_failure.as_mut()
+            && rng.f64() < *p
+        {
+            return Some(*kind);
         }
         None
     }
@@ -633,15 +633,13 @@ impl Publisher for InMemoryPublisher {
         st.calls += 1;
         // A call-wide failure consumes one call from the first NextCalls rule.
         let mut call_kind = None;
-        if let Some(pos) = st
+        if let Some(Rule::NextCalls { calls, kind }) = st
             .rules
-            .iter()
-            .position(|r| matches!(r, Rule::NextCalls { calls, .. } if *calls > 0))
+            .iter_mut()
+            .find(|r| matches!(r, Rule::NextCalls { calls, .. } if *calls > 0))
         {
-            if let Some(Rule::NextCalls { calls, kind }) = st.rules.get_mut(pos) {
-                *calls -= 1;
-                call_kind = Some(*kind);
-            }
+            *calls -= 1;
+            call_kind = Some(*kind);
         }
         events
             .iter()

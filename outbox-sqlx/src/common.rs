@@ -1,0 +1,106 @@
+//! What the three stores share: statement text, row decoding, small helpers.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use outbox_core::store::{ClaimedEvent, Undecodable};
+use outbox_core::{EnvelopeParts, Error, ErrorKind, EventId, ValidationLimits};
+
+/// The columns a claim reads back, in this order.
+pub(crate) const SELECT_COLUMNS: &str = "seq, id, aggregate_type, aggregate_id, event_type, destination, ordering_key, \
+     payload, content_type, headers, traceparent, tracestate, created_at, available_at, attempts, last_error";
+
+/// The columns an enqueue writes, in this order.
+pub(crate) const INSERT_COLUMNS: &str = "id, aggregate_type, aggregate_id, event_type, destination, ordering_key, \
+     payload, content_type, headers, traceparent, tracestate, created_at, available_at";
+
+/// A row as read, before validation.
+pub(crate) struct RawRow {
+    pub seq: i64,
+    pub id: EventId,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub destination: String,
+    pub ordering_key: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub headers: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub available_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+impl RawRow {
+    /// Validates the row into a claimed event, or reports it undecodable.
+    pub fn into_claimed(self, limits: &ValidationLimits) -> Result<ClaimedEvent, Undecodable> {
+        let id = self.id;
+        let fail = |e: outbox_core::EnvelopeError| Undecodable {
+            id,
+            error: Error::new(ErrorKind::Decode, format!("row {id}: {e}")),
+        };
+        let headers = EnvelopeParts::parse_headers(&self.headers).map_err(fail)?;
+        let envelope = EnvelopeParts {
+            id,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            event_type: self.event_type,
+            destination: self.destination,
+            ordering_key: Some(self.ordering_key),
+            payload: self.payload.into(),
+            content_type: self.content_type,
+            headers,
+            created_at: self.created_at,
+            available_at: Some(self.available_at),
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+        }
+        .into_envelope(limits)
+        .map_err(fail)?;
+        Ok(ClaimedEvent {
+            envelope,
+            seq: self.seq,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            last_error: self.last_error,
+        })
+    }
+}
+
+/// Splits decoded rows into claimed events (sorted by `seq`) and undecodable ones.
+pub(crate) fn split_rows(
+    mut rows: Vec<RawRow>,
+    limits: &ValidationLimits,
+) -> (Vec<ClaimedEvent>, Vec<Undecodable>) {
+    rows.sort_by_key(|r| r.seq);
+    let mut events = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for r in rows {
+        match r.into_claimed(limits) {
+            Ok(e) => events.push(e),
+            Err(u) => bad.push(u),
+        }
+    }
+    (events, bad)
+}
+
+/// `?, ?, ?` with `n` markers.
+pub(crate) fn markers(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// A statement's text, shared cheaply between calls.
+pub(crate) type Sql = Arc<str>;
+
+/// Asserts that statement text built from a validated [`outbox_core::TableName`] and fixed
+/// fragments is safe: every value is a bind parameter.
+pub(crate) fn sql(text: impl Into<Arc<str>>) -> sqlx::AssertSqlSafe<Arc<str>> {
+    sqlx::AssertSqlSafe(text.into())
+}
+
+/// Microseconds of a duration, saturating.
+pub(crate) fn micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+mod common;
+pub mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+pub use error::map_sqlx;

@@ -1,0 +1,503 @@
+//! SQLite, the embedded default: enqueue in the caller's transaction, and [`SqliteStore`].
+//!
+//! Times are integer microseconds since the Unix epoch (SQLite has no time type). Every
+//! claim is one `UPDATE ... RETURNING` statement, which SQLite runs atomically under its
+//! write lock, so any number of tasks in one process can claim concurrently; open the pool
+//! with [`connect`] (WAL journal, a busy timeout) so writers wait instead of failing.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox_core::schema::{self, Dialect};
+use outbox_core::store::{
+    BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
+    LeaseToken, Retention, Retry, Store, StoreStats,
+};
+use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow,
+};
+use sqlx::{Executor, Row};
+
+use crate::common::{
+    INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, markers, micros, split_rows, sql,
+};
+use crate::error::map_sqlx;
+
+/// Opens a pool on `url` (e.g. `sqlite://outbox.db?mode=rwc`) with WAL journaling and a
+/// 10 s busy timeout, the settings the store expects.
+pub async fn connect(url: &str) -> Result<SqlitePool> {
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, "invalid SQLite URL").with_source(e))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+        .map_err(|e| map_sqlx("opening the SQLite database", e))
+}
+
+/// Creates the outbox table and its indexes, idempotently.
+pub async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
+    for stmt in schema::create_table_sql(table, Dialect::Sqlite) {
+        pool.execute(sql(stmt))
+            .await
+            .map_err(|e| map_sqlx("creating the outbox table", e))?;
+    }
+    Ok(())
+}
+
+fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(column: &str, v: i64) -> std::result::Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("{v} is not a time in microseconds").into(),
+    })
+}
+
+/// Writes `envelope` to the default table through `conn` (the caller's transaction).
+pub async fn enqueue(conn: &mut SqliteConnection, envelope: &Envelope) -> Result<()> {
+    SqliteOutbox::default().enqueue(conn, envelope).await
+}
+
+/// Writes `envelopes` to the default table through `conn` (the caller's transaction).
+pub async fn enqueue_all(conn: &mut SqliteConnection, envelopes: &[Envelope]) -> Result<()> {
+    SqliteOutbox::default().enqueue_all(conn, envelopes).await
+}
+
+/// Enqueues into a configured table. Cheap to clone; build once.
+#[derive(Clone, Debug)]
+pub struct SqliteOutbox {
+    table: TableName,
+    insert: Sql,
+}
+
+impl Default for SqliteOutbox {
+    fn default() -> Self {
+        SqliteOutbox::new(TableName::default())
+    }
+}
+
+impl SqliteOutbox {
+    /// Enqueues into `table`.
+    pub fn new(table: TableName) -> Self {
+        let insert = format!(
+            "INSERT INTO {} ({INSERT_COLUMNS}) VALUES ({})",
+            table.quoted(Dialect::Sqlite),
+            markers(13)
+        )
+        .into();
+        SqliteOutbox { table, insert }
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Writes one event through `conn` (the caller's transaction).
+    pub async fn enqueue(&self, conn: &mut SqliteConnection, envelope: &Envelope) -> Result<()> {
+        self.enqueue_all(conn, std::slice::from_ref(envelope)).await
+    }
+
+    /// Writes events through `conn` (the caller's transaction), one prepared insert each.
+    pub async fn enqueue_all(
+        &self,
+        conn: &mut SqliteConnection,
+        envelopes: &[Envelope],
+    ) -> Result<()> {
+        for e in envelopes {
+            sqlx::query(sql(Arc::clone(&self.insert)))
+                .bind(e.id().to_string())
+                .bind(e.aggregate_type())
+                .bind(e.aggregate_id())
+                .bind(e.event_type())
+                .bind(e.destination())
+                .bind(e.ordering_key())
+                .bind(e.payload().as_ref())
+                .bind(e.content_type())
+                .bind(e.headers_json())
+                .bind(e.trace().map(|t| t.traceparent()))
+                .bind(e.trace().and_then(|t| t.tracestate()))
+                .bind(to_micros(e.created_at()))
+                .bind(to_micros(e.available_at()))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| map_sqlx("enqueueing an outbox event", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn decode(row: &SqliteRow) -> std::result::Result<RawRow, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    Ok(RawRow {
+        seq: row.try_get("seq")?,
+        id: id
+            .parse::<EventId>()
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: "id".to_owned(),
+                source: Box::new(e),
+            })?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        event_type: row.try_get("event_type")?,
+        destination: row.try_get("destination")?,
+        ordering_key: row.try_get("ordering_key")?,
+        payload: row.try_get("payload")?,
+        content_type: row.try_get("content_type")?,
+        headers: row.try_get("headers")?,
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
+        created_at: from_micros("created_at", row.try_get("created_at")?)?,
+        available_at: from_micros("available_at", row.try_get("available_at")?)?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    table: TableName,
+    quoted: Arc<str>,
+    limits: ValidationLimits,
+    claim: Sql,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > ?";
+
+impl SqliteStore {
+    /// A store over `table` (which [`migrate`] created) through `pool` (see [`connect`]).
+    pub fn new(pool: SqlitePool, table: TableName) -> Self {
+        let t = table.quoted(Dialect::Sqlite);
+        let claim = format!(
+            "UPDATE {t} SET status = 1, lease_token = ?1, lease_until = ?2 WHERE seq IN (\
+               SELECT o.seq FROM {t} o WHERE o.status IN (0, 1) AND o.available_at <= ?3 \
+                 AND (o.status = 0 OR o.lease_until <= ?3) \
+                 AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
+                                 AND p.seq < o.seq AND p.status IN (0, 1)) \
+               ORDER BY o.seq LIMIT ?4) \
+             RETURNING {SELECT_COLUMNS}"
+        )
+        .into();
+        SqliteStore {
+            pool,
+            quoted: t.into(),
+            table,
+            limits: ValidationLimits::default(),
+            claim,
+        }
+    }
+
+    /// Validates rows read back against these limits.
+    pub fn with_limits(mut self, limits: ValidationLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Runs `set` (with binds `extra`) on each held row, in one transaction.
+    async fn per_row<'a>(
+        &self,
+        lease: &Lease,
+        rows: impl Iterator<Item = (EventId, Vec<Bind<'a>>)>,
+        set: &str,
+        what: &str,
+    ) -> Result<u64> {
+        let now = to_micros(Utc::now());
+        let stmt: Sql = format!(
+            "UPDATE {} SET {set}, lease_token = NULL, lease_until = NULL WHERE id = ? AND {HELD}",
+            self.quoted
+        )
+        .into();
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
+        let mut changed = 0;
+        for (id, binds) in rows {
+            let mut q = sqlx::query(sql(Arc::clone(&stmt)));
+            for b in binds {
+                q = match b {
+                    Bind::Int(v) => q.bind(v),
+                    Bind::Text(v) => q.bind(v),
+                };
+            }
+            let done = q
+                .bind(id.to_string())
+                .bind(lease.token.as_i64())
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(what, e))?;
+            changed += done.rows_affected();
+        }
+        tx.commit().await.map_err(|e| map_sqlx(what, e))?;
+        Ok(changed)
+    }
+}
+
+enum Bind<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+impl Store for SqliteStore {
+    async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
+        let token = LeaseToken::generate();
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let rows = sqlx::query(sql(Arc::clone(&self.claim)))
+            .bind(token.as_i64())
+            .bind(to_micros(until))
+            .bind(to_micros(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("claiming outbox rows", e))?;
+        let raw = rows
+            .iter()
+            .map(decode)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| map_sqlx("decoding claimed rows", e))?;
+        let (events, undecodable) = split_rows(raw, &self.limits);
+        Ok(Claim {
+            lease: Lease { token, until },
+            events,
+            undecodable,
+        })
+    }
+
+    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        let now = to_micros(Utc::now());
+        let rows = ids.iter().map(|id| (*id, vec![Bind::Int(now)]));
+        self.per_row(
+            lease,
+            rows,
+            "status = 2, processed_at = ?",
+            "marking rows published",
+        )
+        .await
+    }
+
+    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
+        let now = to_micros(Utc::now());
+        let rows = retries.iter().map(|r| {
+            (
+                r.id,
+                vec![
+                    Bind::Text(r.error.as_str()),
+                    Bind::Int(now.saturating_add(micros(r.delay))),
+                ],
+            )
+        });
+        self.per_row(
+            lease,
+            rows,
+            "status = 0, attempts = attempts + 1, last_error = ?, available_at = ?",
+            "scheduling retries",
+        )
+        .await
+    }
+
+    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
+        let now = to_micros(Utc::now());
+        let rows = dead
+            .iter()
+            .map(|d| (d.id, vec![Bind::Text(d.error.as_str()), Bind::Int(now)]));
+        self.per_row(
+            lease,
+            rows,
+            "status = 3, attempts = attempts + 1, last_error = ?, processed_at = ?",
+            "dead-lettering rows",
+        )
+        .await
+    }
+
+    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        let rows = ids.iter().map(|id| (*id, Vec::new()));
+        self.per_row(lease, rows, "status = 0", "releasing rows")
+            .await
+    }
+}
+
+impl Retention for SqliteStore {
+    async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let stmt = format!(
+            "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE status = 2 AND processed_at < ? ORDER BY processed_at LIMIT ?)",
+            t = self.quoted
+        );
+        let done = sqlx::query(sql(stmt))
+            .bind(to_micros(before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("purging published rows", e))?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl StoreStats for SqliteStore {
+    async fn stats(&self) -> Result<BacklogStats> {
+        let now = to_micros(Utc::now());
+        let stmt = format!(
+            "SELECT coalesce(sum(status = 0 OR (status = 1 AND lease_until <= ?1)), 0), \
+                    coalesce(sum(status = 1 AND lease_until > ?1), 0), \
+                    coalesce(sum(status = 3), 0), \
+                    min(CASE WHEN status IN (0, 1) THEN created_at END) \
+             FROM {} WHERE status IN (0, 1, 3)",
+            self.quoted
+        );
+        let row = sqlx::query(sql(stmt))
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("reading backlog figures", e))?;
+        let get = |i: usize| -> Result<i64> {
+            row.try_get(i)
+                .map_err(|e| map_sqlx("decoding backlog figures", e))
+        };
+        let oldest: Option<i64> = row
+            .try_get(3)
+            .map_err(|e| map_sqlx("decoding backlog figures", e))?;
+        Ok(BacklogStats {
+            pending: u64::try_from(get(0)?).unwrap_or(0),
+            in_flight: u64::try_from(get(1)?).unwrap_or(0),
+            dead: u64::try_from(get(2)?).unwrap_or(0),
+            oldest_unpublished: oldest.and_then(DateTime::from_timestamp_micros),
+        })
+    }
+}
+
+/// `WHERE` text and binds for a dead-letter filter.
+fn dead_filter(filter: &DeadLetterFilter) -> (String, Vec<DeadBind>) {
+    let mut clauses = vec!["status = 3".to_owned()];
+    let mut binds = Vec::new();
+    if let Some(t) = &filter.event_type {
+        clauses.push("event_type = ?".to_owned());
+        binds.push(DeadBind::Text(t.clone()));
+    }
+    if let Some(k) = &filter.ordering_key {
+        clauses.push("ordering_key = ?".to_owned());
+        binds.push(DeadBind::Text(k.clone()));
+    }
+    if let Some(s) = filter.dead_since {
+        clauses.push("processed_at >= ?".to_owned());
+        binds.push(DeadBind::Int(to_micros(s)));
+    }
+    if let Some(b) = filter.dead_before {
+        clauses.push("processed_at < ?".to_owned());
+        binds.push(DeadBind::Int(to_micros(b)));
+    }
+    if let Some(ids) = &filter.ids {
+        clauses.push(if ids.is_empty() {
+            "0".to_owned()
+        } else {
+            format!("id IN ({})", markers(ids.len()))
+        });
+        binds.extend(ids.iter().map(|id| DeadBind::Text(id.to_string())));
+    }
+    (clauses.join(" AND "), binds)
+}
+
+enum DeadBind {
+    Int(i64),
+    Text(String),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    binds: Vec<DeadBind>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for b in binds {
+        q = match b {
+            DeadBind::Int(v) => q.bind(v),
+            DeadBind::Text(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+impl DeadLetterAdmin for SqliteStore {
+    async fn list_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        let (cond, binds) = dead_filter(filter);
+        let stmt = format!(
+            "SELECT {SELECT_COLUMNS}, processed_at FROM {} WHERE {cond} ORDER BY processed_at, seq LIMIT ?",
+            self.quoted
+        );
+        let rows = bind_all(sqlx::query(sql(stmt)), binds)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("listing dead letters", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let dead_at: Option<i64> = row
+                .try_get("processed_at")
+                .map_err(|e| map_sqlx("decoding dead letter", e))?;
+            let claimed = decode(row)
+                .map_err(|e| map_sqlx("decoding dead letter", e))?
+                .into_claimed(&self.limits)
+                .map_err(|u| u.error)?;
+            out.push(DeadLetterRecord {
+                envelope: claimed.envelope,
+                attempts: claimed.attempts,
+                last_error: claimed.last_error,
+                dead_at: dead_at.and_then(DateTime::from_timestamp_micros),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn requeue_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let (cond, binds) = dead_filter(filter);
+        let stmt = format!(
+            "UPDATE {} SET status = 0, attempts = 0, available_at = ?, processed_at = NULL WHERE {cond}",
+            self.quoted
+        );
+        let q = sqlx::query(sql(stmt)).bind(to_micros(Utc::now()));
+        let done = bind_all(q, binds)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("requeueing dead letters", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let (cond, binds) = dead_filter(filter);
+        let stmt = format!("DELETE FROM {} WHERE {cond}", self.quoted);
+        let done = bind_all(sqlx::query(sql(stmt)), binds)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx("purging dead letters", e))?;
+        Ok(done.rows_affected())
+    }
+}

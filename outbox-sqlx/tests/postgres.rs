@@ -1,0 +1,265 @@
+//! outbox-sqlx against the machine's real PostgreSQL. Each test works in its own schema.
+#![cfg(feature = "postgres")]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::testkit::{StoreHarness, run_store_suite, service_url, unique_name};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, PgWakeUp, migrate};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(12)
+        .connect(url)
+        .await
+        .expect("connect to PostgreSQL")
+}
+
+/// A schema of its own with the outbox table and a business table.
+struct Pg {
+    pool: PgPool,
+    schema: String,
+    outbox: PgOutbox,
+    store: PgStore,
+}
+
+impl Pg {
+    async fn new(url: &str) -> Pg {
+        let pool = pool(url).await;
+        let schema = unique_name("outbox_test");
+        let table = TableName::with_schema(&schema, "outbox_events").expect("valid name");
+        migrate(&pool, &table).await.expect("migrate");
+        // Twice: migrations are idempotent.
+        migrate(&pool, &table).await.expect("migrate again");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE \"{schema}\".orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)"
+        )))
+        .execute(&pool)
+        .await
+        .expect("orders table");
+        Pg {
+            store: PgStore::new(pool.clone(), table.clone()),
+            outbox: PgOutbox::new(table),
+            pool,
+            schema,
+        }
+    }
+
+    async fn write(&self, events: &[Envelope], commit: bool) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| outbox_sqlx::map_sqlx("begin", e))?;
+        for e in events {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO \"{}\".orders (id, total) VALUES ($1, 100)",
+                self.schema
+            )))
+            .bind(e.id().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| outbox_sqlx::map_sqlx("insert order", e))?;
+        }
+        self.outbox.enqueue_all(&mut tx, events).await?;
+        if commit {
+            tx.commit()
+                .await
+                .map_err(|e| outbox_sqlx::map_sqlx("commit", e))
+        } else {
+            tx.rollback()
+                .await
+                .map_err(|e| outbox_sqlx::map_sqlx("rollback", e))
+        }
+    }
+
+    async fn orders(&self) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{}\".orders",
+            self.schema
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("count orders")
+    }
+}
+
+impl StoreHarness for Pg {
+    type Store = PgStore;
+    fn store(&self) -> PgStore {
+        self.store.clone()
+    }
+    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
+        self.write(&events, true).await
+    }
+    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
+        self.write(&events, false).await
+    }
+}
+
+fn ev(key: &str, n: usize) -> Envelope {
+    Envelope::builder("order", key, "order.placed", "orders")
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid")
+}
+
+fn fast_config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 50,
+        concurrency: 2,
+        lease: Duration::from_secs(10),
+        publish_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+        max_poll_interval: Duration::from_millis(200),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_postgres() {
+    let Some(url) = service_url(
+        "conformance_suite_on_postgres",
+        "OUTBOX_TEST_POSTGRES_URL",
+        DEFAULT_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    run_store_suite(|| Pg::new(&url)).await;
+}
+
+/// Commit, rollback and a crash before commit: exactly the committed events are relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_committed_events_are_relayed() {
+    let Some(url) = service_url(
+        "exactly_committed_events_are_relayed",
+        "OUTBOX_TEST_POSTGRES_URL",
+        DEFAULT_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let pg = Pg::new(&url).await;
+    let committed = vec![ev("a", 1), ev("b", 2)];
+    pg.write(&committed, true).await.expect("commit");
+    pg.write(&[ev("c", 3)], false).await.expect("rollback");
+
+    // The application crashes mid-transaction: its session is killed before COMMIT.
+    let mut tx = pg.pool.begin().await.expect("begin");
+    pg.outbox
+        .enqueue(&mut tx, &ev("d", 4))
+        .await
+        .expect("enqueue");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("pid");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pg.pool)
+        .await
+        .expect("terminate");
+    assert!(killed);
+    assert!(
+        tx.commit().await.is_err(),
+        "commit on a killed session must fail"
+    );
+
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(pg.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    let report = relay.drain().await.expect("drain");
+    assert_eq!(report.published, 2);
+    let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
+    let want: HashSet<EventId> = committed.iter().map(Envelope::id).collect();
+    assert_eq!(got, want, "exactly the committed events");
+    assert_eq!(
+        pg.orders().await,
+        2,
+        "business rows and events commit together"
+    );
+}
+
+/// Four relays on one table: nothing published twice, nothing lost, per-key order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relays_share_one_table() {
+    let Some(url) = service_url(
+        "several_relays_share_one_table",
+        "OUTBOX_TEST_POSTGRES_URL",
+        DEFAULT_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let pg = Pg::new(&url).await;
+    let publisher = InMemoryPublisher::new();
+    let notifier = PgNotifier::spawn(pg.pool.clone(), pg.store.table(), Duration::from_millis(5));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut relays = Vec::new();
+    for i in 0..4 {
+        let wake = PgWakeUp::listen(&pg.pool, pg.store.table())
+            .await
+            .expect("listen");
+        let relay = Relay::new(pg.store.clone(), publisher.clone(), fast_config())
+            .expect("relay")
+            .with_name(format!("relay-{i}"))
+            .with_wakeup(Arc::new(wake));
+        let mut stop = stop_rx.clone();
+        relays.push(tokio::spawn(relay.run_until(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
+    }
+    let mut written = Vec::new();
+    for round in 0..40 {
+        let batch: Vec<Envelope> = (0..10).map(|k| ev(&format!("key-{k}"), round)).collect();
+        pg.write(&batch, true).await.expect("commit");
+        notifier.notify();
+        written.extend(batch);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while publisher.delivered_ids().len() < written.len() && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    for r in relays {
+        r.await.expect("relay task");
+    }
+    let delivered = publisher.delivered_ids();
+    let unique: HashSet<EventId> = delivered.iter().copied().collect();
+    assert_eq!(unique.len(), written.len(), "every event delivered");
+    assert_eq!(
+        delivered.len(),
+        written.len(),
+        "no event published twice in normal operation"
+    );
+    let pos: HashMap<EventId, usize> = written
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id(), i))
+        .collect();
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for d in publisher.deliveries() {
+        let p = pos[&d.envelope.id()];
+        let key = d.envelope.ordering_key().to_owned();
+        if let Some(prev) = last.insert(key.clone(), p) {
+            assert!(prev < p, "key {key} out of order");
+        }
+    }
+}
+
+#[tokio::test]
+async fn injected_table_names_are_refused() {
+    for bad in ["outbox; DROP TABLE x", "a.b.c", "\"quoted\""] {
+        let err = TableName::parse(bad).expect_err("must refuse");
+        assert!(err.to_string().contains("not a valid identifier"), "{err}");
+    }
+}
