@@ -16,6 +16,7 @@ mod store_suite;
 pub use publisher_suite::{PublisherHarness, Received, run_publisher_suite};
 pub use store_suite::{StoreHarness, run_store_suite};
 
+use std::io::Write as _;
 use std::time::Duration;
 
 /// The environment variable that turns a missing service into a test failure.
@@ -55,7 +56,10 @@ pub async fn service_url(name: &str, env_var: &str, default_url: &str) -> Option
             "{name}: service at {shown} (from {env_var} or its default) is not reachable, and {REQUIRE_SERVICES_VAR}=1"
         );
     }
-    eprintln!(
+    // Written to the stderr handle, not with eprintln!, so the test harness does not
+    // capture it: a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "SKIPPED {name}: no service at {shown}; set {env_var} or start it (scripts/test.sh does)"
     );
     None
