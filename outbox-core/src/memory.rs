@@ -70,10 +70,36 @@ struct State {
     next_seq: i64,
 }
 
+impl State {
+    /// Deletes at most `limit` rows matching `doomed`, lowest `seq` first; returns how many.
+    fn remove_where(&mut self, limit: usize, doomed: impl Fn(&Row) -> bool) -> u64 {
+        let gone: Vec<(i64, EventId)> = self
+            .rows
+            .values()
+            .filter(|r| doomed(r))
+            .take(limit)
+            .map(|r| (r.seq, r.envelope.id()))
+            .collect();
+        for (seq, id) in &gone {
+            self.rows.remove(seq);
+            self.by_id.remove(id);
+        }
+        gone.len() as u64
+    }
+}
+
 struct Inner {
     state: Mutex<State>,
     notify: Notify,
     clock: Clock,
+}
+
+impl Inner {
+    /// Wakes every waiting relay, and leaves a permit for the next one to wait.
+    fn wake(&self) {
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
 }
 
 /// An in-memory outbox table with transactions, leases and fencing, keeping the same
@@ -147,9 +173,7 @@ impl InMemoryTransaction {
             );
         }
         drop(st);
-        // Wake every waiting relay, and leave a permit for the next one to wait.
-        self.store.inner.notify.notify_waiters();
-        self.store.inner.notify.notify_one();
+        self.store.inner.wake();
         Ok(())
     }
 
@@ -352,21 +376,9 @@ impl WakeUp for InMemoryStore {
 
 impl Retention for InMemoryStore {
     async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        let mut st = lock(&self.inner.state);
-        let doomed: Vec<(i64, EventId)> = st
-            .rows
-            .values()
-            .filter(|r| {
-                r.status == RowStatus::Published && r.processed_at.is_some_and(|p| p < before)
-            })
-            .take(limit)
-            .map(|r| (r.seq, r.envelope.id()))
-            .collect();
-        for (seq, id) in &doomed {
-            st.rows.remove(seq);
-            st.by_id.remove(id);
-        }
-        Ok(doomed.len() as u64)
+        Ok(lock(&self.inner.state).remove_where(limit, |r| {
+            r.status == RowStatus::Published && r.processed_at.is_some_and(|p| p < before)
+        }))
     }
 }
 
@@ -426,25 +438,13 @@ impl DeadLetterAdmin for InMemoryStore {
         }
         drop(st);
         if n > 0 {
-            self.inner.notify.notify_waiters();
-            self.inner.notify.notify_one();
+            self.inner.wake();
         }
         Ok(n)
     }
 
     async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
-        let mut st = lock(&self.inner.state);
-        let doomed: Vec<(i64, EventId)> = st
-            .rows
-            .values()
-            .filter(|r| matches(filter, r))
-            .map(|r| (r.seq, r.envelope.id()))
-            .collect();
-        for (seq, id) in &doomed {
-            st.rows.remove(seq);
-            st.by_id.remove(id);
-        }
-        Ok(doomed.len() as u64)
+        Ok(lock(&self.inner.state).remove_where(usize::MAX, |r| matches(filter, r)))
     }
 }
 
