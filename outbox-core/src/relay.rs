@@ -403,7 +403,7 @@ fn collect(
     }
 }
 
-/// One event of a wave, with what the relay needs after publishing it.
+/// One wave: events of distinct keys, with their prior attempt counts.
 struct Wave {
     envelopes: Vec<Envelope>,
     attempts: Vec<u32>,

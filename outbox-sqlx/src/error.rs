@@ -41,10 +41,9 @@ fn classify(err: &sqlx::Error) -> ErrorKind {
                     ErrorKind::Unavailable
                 }
                 // MySQL/MariaDB: lock wait timeout, deadlock, too many connections, server shutdown.
-                "1205" | "1213" | "1040" | "1053" | "HY000" if is_mysql_transient(db.message()) => {
-                    ErrorKind::Unavailable
-                }
                 "1205" | "1213" | "1040" | "1053" => ErrorKind::Unavailable,
+                // A generic MySQL state whose message names a deadlock or lock wait.
+                "HY000" if is_mysql_transient(db.message()) => ErrorKind::Unavailable,
                 // SQLite: busy / locked.
                 "5" | "6" | "517" | "262" => ErrorKind::Unavailable,
                 // PostgreSQL undefined table / MySQL no such table / SQLite: not migrated.

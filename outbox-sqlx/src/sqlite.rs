@@ -172,6 +172,7 @@ pub struct SqliteStore {
     quoted: Arc<str>,
     limits: ValidationLimits,
     claim: Sql,
+    marks: Arc<Marks>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -183,6 +184,28 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > ?";
+
+/// The fenced per-row updates, built once per store.
+struct Marks {
+    published: Sql,
+    retry: Sql,
+    dead: Sql,
+    release: Sql,
+}
+
+impl Marks {
+    fn new(quoted: &str) -> Self {
+        let stmt = |set: &str| -> Sql {
+            format!("UPDATE {quoted} SET {set}, lease_token = NULL, lease_until = NULL WHERE id = ? AND {HELD}").into()
+        };
+        Marks {
+            published: stmt("status = 2, processed_at = ?"),
+            retry: stmt("status = 0, attempts = attempts + 1, last_error = ?, available_at = ?"),
+            dead: stmt("status = 3, attempts = attempts + 1, last_error = ?, processed_at = ?"),
+            release: stmt("status = 0"),
+        }
+    }
+}
 
 impl SqliteStore {
     /// A store over `table` (which [`migrate`] created) through `pool` (see [`connect`]).
@@ -198,12 +221,14 @@ impl SqliteStore {
              RETURNING {SELECT_COLUMNS}"
         )
         .into();
+        let marks = Arc::new(Marks::new(&t));
         SqliteStore {
             pool,
             quoted: t.into(),
             table,
             limits: ValidationLimits::default(),
             claim,
+            marks,
         }
     }
 
@@ -223,24 +248,20 @@ impl SqliteStore {
         &self.table
     }
 
-    /// Runs `set` (with binds `extra`) on each held row, in one transaction.
+    /// Runs the fenced update `stmt` (after the row's own binds) on each held row, in one
+    /// transaction.
     async fn per_row<'a>(
         &self,
         lease: &Lease,
         rows: impl Iterator<Item = (EventId, Vec<Bind<'a>>)>,
-        set: &str,
+        stmt: &Sql,
         what: &str,
     ) -> Result<u64> {
         let now = to_micros(Utc::now());
-        let stmt: Sql = format!(
-            "UPDATE {} SET {set}, lease_token = NULL, lease_until = NULL WHERE id = ? AND {HELD}",
-            self.quoted
-        )
-        .into();
         let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
         let mut changed = 0;
         for (id, binds) in rows {
-            let mut q = sqlx::query(sql(Arc::clone(&stmt)));
+            let mut q = sqlx::query(sql(Arc::clone(stmt)));
             for b in binds {
                 q = match b {
                     Bind::Int(v) => q.bind(v),
@@ -295,13 +316,8 @@ impl Store for SqliteStore {
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
         let now = to_micros(Utc::now());
         let rows = ids.iter().map(|id| (*id, vec![Bind::Int(now)]));
-        self.per_row(
-            lease,
-            rows,
-            "status = 2, processed_at = ?",
-            "marking rows published",
-        )
-        .await
+        self.per_row(lease, rows, &self.marks.published, "marking rows published")
+            .await
     }
 
     async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
@@ -315,13 +331,8 @@ impl Store for SqliteStore {
                 ],
             )
         });
-        self.per_row(
-            lease,
-            rows,
-            "status = 0, attempts = attempts + 1, last_error = ?, available_at = ?",
-            "scheduling retries",
-        )
-        .await
+        self.per_row(lease, rows, &self.marks.retry, "scheduling retries")
+            .await
     }
 
     async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
@@ -329,18 +340,13 @@ impl Store for SqliteStore {
         let rows = dead
             .iter()
             .map(|d| (d.id, vec![Bind::Text(d.error.as_str()), Bind::Int(now)]));
-        self.per_row(
-            lease,
-            rows,
-            "status = 3, attempts = attempts + 1, last_error = ?, processed_at = ?",
-            "dead-lettering rows",
-        )
-        .await
+        self.per_row(lease, rows, &self.marks.dead, "dead-lettering rows")
+            .await
     }
 
     async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
         let rows = ids.iter().map(|id| (*id, Vec::new()));
-        self.per_row(lease, rows, "status = 0", "releasing rows")
+        self.per_row(lease, rows, &self.marks.release, "releasing rows")
             .await
     }
 }
