@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use outbox_core::testkit::{
-    PublisherHarness, Received, StoreHarness, run_publisher_suite, run_store_suite,
+    PublisherHarness, Received, StoreHarness, run_operations_suite, run_publisher_suite,
+    run_store_suite,
 };
 use outbox_core::{Envelope, ErrorKind, InMemoryPublisher, InMemoryStore, Result};
 
@@ -35,6 +36,7 @@ impl StoreHarness for MemStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_store_passes_the_store_suite() {
     run_store_suite(|| async { MemStore(InMemoryStore::new()) }).await;
+    run_operations_suite(|| async { MemStore(InMemoryStore::new()) }).await;
 }
 
 struct MemPublisher {

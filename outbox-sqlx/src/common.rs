@@ -104,3 +104,43 @@ pub(crate) fn sql(text: impl Into<Arc<str>>) -> sqlx::AssertSqlSafe<Arc<str>> {
 pub(crate) fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
+
+/// A value bound into a dead-letter filter; each store encodes times its own way.
+pub(crate) enum FilterBind {
+    Text(String),
+    Time(DateTime<Utc>),
+}
+
+/// `WHERE` text (with `?` markers) and binds for a dead-letter filter, for the stores whose
+/// driver takes `?` markers (MySQL, SQLite).
+pub(crate) fn dead_filter(
+    filter: &outbox_core::store::DeadLetterFilter,
+) -> (String, Vec<FilterBind>) {
+    let mut clauses = vec!["status = 3".to_owned()];
+    let mut binds = Vec::new();
+    if let Some(t) = &filter.event_type {
+        clauses.push("event_type = ?".to_owned());
+        binds.push(FilterBind::Text(t.clone()));
+    }
+    if let Some(k) = &filter.ordering_key {
+        clauses.push("ordering_key = ?".to_owned());
+        binds.push(FilterBind::Text(k.clone()));
+    }
+    if let Some(s) = filter.dead_since {
+        clauses.push("processed_at >= ?".to_owned());
+        binds.push(FilterBind::Time(s));
+    }
+    if let Some(b) = filter.dead_before {
+        clauses.push("processed_at < ?".to_owned());
+        binds.push(FilterBind::Time(b));
+    }
+    if let Some(ids) = &filter.ids {
+        clauses.push(if ids.is_empty() {
+            "1 = 0".to_owned()
+        } else {
+            format!("id IN ({})", markers(ids.len()))
+        });
+        binds.extend(ids.iter().map(|id| FilterBind::Text(id.to_string())));
+    }
+    (clauses.join(" AND "), binds)
+}

@@ -37,17 +37,18 @@ fn classify(err: &sqlx::Error) -> ErrorKind {
             match code.as_str() {
                 // PostgreSQL: serialization failure, deadlock, lock not available, admin
                 // shutdown, crash shutdown, cannot connect now, too many connections.
-                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" => {
+                // MySQL/MariaDB report deadlocks as 40001 too, and a killed query as 70100.
+                "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "70100" => {
                     ErrorKind::Unavailable
                 }
-                // MySQL/MariaDB: lock wait timeout, deadlock, too many connections, server shutdown.
-                "1205" | "1213" | "1040" | "1053" => ErrorKind::Unavailable,
-                // A generic MySQL state whose message names a deadlock or lock wait.
+                // SQLSTATE class 08: connection exceptions (both servers).
+                c if c.starts_with("08") => ErrorKind::Connection,
+                // MySQL/MariaDB report a lock wait timeout under the generic state.
                 "HY000" if is_mysql_transient(db.message()) => ErrorKind::Unavailable,
-                // SQLite: busy / locked.
+                // SQLite: busy / locked (extended result codes).
                 "5" | "6" | "517" | "262" => ErrorKind::Unavailable,
-                // PostgreSQL undefined table / MySQL no such table / SQLite: not migrated.
-                "42P01" | "1146" => ErrorKind::InvalidInput,
+                // Undefined table (PostgreSQL / MySQL): not migrated.
+                "42P01" | "42S02" => ErrorKind::InvalidInput,
                 _ => ErrorKind::Other,
             }
         }
@@ -57,5 +58,7 @@ fn classify(err: &sqlx::Error) -> ErrorKind {
 
 fn is_mysql_transient(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("deadlock") || m.contains("lock wait timeout")
+    m.contains("deadlock")
+        || m.contains("lock wait timeout")
+        || m.contains("try restarting transaction")
 }

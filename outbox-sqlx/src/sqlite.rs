@@ -23,7 +23,8 @@ use sqlx::sqlite::{
 use sqlx::{Executor, Row};
 
 use crate::common::{
-    INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, markers, micros, split_rows, sql,
+    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, dead_filter, markers, micros,
+    split_rows, sql,
 };
 use crate::error::map_sqlx;
 
@@ -399,50 +400,14 @@ impl StoreStats for SqliteStore {
     }
 }
 
-/// `WHERE` text and binds for a dead-letter filter.
-fn dead_filter(filter: &DeadLetterFilter) -> (String, Vec<DeadBind>) {
-    let mut clauses = vec!["status = 3".to_owned()];
-    let mut binds = Vec::new();
-    if let Some(t) = &filter.event_type {
-        clauses.push("event_type = ?".to_owned());
-        binds.push(DeadBind::Text(t.clone()));
-    }
-    if let Some(k) = &filter.ordering_key {
-        clauses.push("ordering_key = ?".to_owned());
-        binds.push(DeadBind::Text(k.clone()));
-    }
-    if let Some(s) = filter.dead_since {
-        clauses.push("processed_at >= ?".to_owned());
-        binds.push(DeadBind::Int(to_micros(s)));
-    }
-    if let Some(b) = filter.dead_before {
-        clauses.push("processed_at < ?".to_owned());
-        binds.push(DeadBind::Int(to_micros(b)));
-    }
-    if let Some(ids) = &filter.ids {
-        clauses.push(if ids.is_empty() {
-            "0".to_owned()
-        } else {
-            format!("id IN ({})", markers(ids.len()))
-        });
-        binds.extend(ids.iter().map(|id| DeadBind::Text(id.to_string())));
-    }
-    (clauses.join(" AND "), binds)
-}
-
-enum DeadBind {
-    Int(i64),
-    Text(String),
-}
-
 fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    binds: Vec<DeadBind>,
+    binds: Vec<FilterBind>,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
     for b in binds {
         q = match b {
-            DeadBind::Int(v) => q.bind(v),
-            DeadBind::Text(v) => q.bind(v),
+            FilterBind::Time(v) => q.bind(to_micros(v)),
+            FilterBind::Text(v) => q.bind(v),
         };
     }
     q

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::testkit::{StoreHarness, run_store_suite, service_url, unique_name};
+use outbox_core::testkit::{
+    StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
+};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, PgWakeUp, migrate};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -133,6 +135,7 @@ async fn conformance_suite_on_postgres() {
         return;
     };
     run_store_suite(|| Pg::new(&url)).await;
+    run_operations_suite(|| Pg::new(&url)).await;
 }
 
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_core::testkit::{StoreHarness, run_store_suite, unique_name};
+use outbox_core::testkit::{StoreHarness, run_operations_suite, run_store_suite, unique_name};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_sqlx::sqlite::{SqliteOutbox, SqliteStore, connect, migrate};
 use sqlx::sqlite::SqlitePool;
@@ -94,6 +94,7 @@ fn ev(key: &str, n: usize) -> Envelope {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_sqlite() {
     run_store_suite(Lite::new).await;
+    run_operations_suite(Lite::new).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ mod publisher_suite;
 mod store_suite;
 
 pub use publisher_suite::{PublisherHarness, Received, run_publisher_suite};
-pub use store_suite::{StoreHarness, run_store_suite};
+pub use store_suite::{StoreHarness, run_operations_suite, run_store_suite};
 
 use std::io::Write as _;
 use std::time::Duration;

@@ -9,7 +9,9 @@ use chrono::{DurationRound, Utc};
 
 use crate::envelope::{Envelope, EventId, TraceContext};
 use crate::error::Result;
-use crate::store::{DeadLetter, Retry, Store};
+use crate::store::{
+    DeadLetter, DeadLetterAdmin, DeadLetterFilter, Retention, Retry, Store, StoreStats,
+};
 
 use super::step;
 
@@ -469,4 +471,225 @@ pub async fn release_counts_no_attempt<H: StoreHarness>(h: &H) {
     let b = claim_all(&store, LONG_LEASE).await;
     assert_eq!(ids(&b), vec![e.id()]);
     assert_eq!(b.events[0].attempts, 0);
+}
+
+/// Runs the operations checks (backlog figures, dead-letter administration, retention) for
+/// stores that implement those traits, each on a fresh harness from `make`.
+pub async fn run_operations_suite<H, F, Fut>(make: F)
+where
+    H: StoreHarness,
+    H::Store: Retention + DeadLetterAdmin + StoreStats,
+    F: Fn() -> Fut,
+    Fut: Future<Output = H>,
+{
+    const S: &str = "store operations";
+    step(S, "backlog figures follow the rows", async {
+        backlog_figures(&make().await).await
+    })
+    .await;
+    step(S, "dead letters: list, filter, requeue, purge", async {
+        dead_letter_admin(&make().await).await
+    })
+    .await;
+    step(
+        S,
+        "retention purges published rows only, in bounded batches",
+        async { retention_purge(&make().await).await },
+    )
+    .await;
+}
+
+/// Pending, in-flight and dead counts, and the oldest unpublished row.
+pub async fn backlog_figures<H>(h: &H)
+where
+    H: StoreHarness,
+    H::Store: StoreStats,
+{
+    let store = h.store();
+    let empty = store.stats().await.expect("stats");
+    assert_eq!((empty.pending, empty.in_flight, empty.dead), (0, 0, 0));
+    assert_eq!(empty.oldest_unpublished, None);
+    let a0 = event("a", 0, "t.stats");
+    let a1 = event("a", 1, "t.stats");
+    let b0 = event("b", 0, "t.stats");
+    h.commit(vec![a0.clone(), a1.clone(), b0.clone()])
+        .await
+        .expect("commit");
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead), (3, 0, 0), "{s:?}");
+    assert_eq!(s.oldest_unpublished, Some(a0.created_at()), "{s:?}");
+    // Head-only stores claim a0 and b0; stores that claim runs may take a1 too.
+    let claim = claim_all(&store, LONG_LEASE).await;
+    let got = ids(&claim);
+    assert!(
+        got.contains(&a0.id()) && got.contains(&b0.id()),
+        "the heads"
+    );
+    let n = got.len() as u64;
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead), (3 - n, n, 0), "{s:?}");
+    let dead = DeadLetter {
+        id: b0.id(),
+        error: "rejected".to_owned(),
+    };
+    assert_eq!(
+        store
+            .dead_letter(&claim.lease, &[dead])
+            .await
+            .expect("dead"),
+        1
+    );
+    assert_eq!(
+        store
+            .mark_published(&claim.lease, &[a0.id()])
+            .await
+            .expect("mark"),
+        1
+    );
+    if got.contains(&a1.id()) {
+        store
+            .release(&claim.lease, &[a1.id()])
+            .await
+            .expect("release");
+    }
+    let s = store.stats().await.expect("stats");
+    assert_eq!((s.pending, s.in_flight, s.dead), (1, 0, 1), "{s:?}");
+    assert_eq!(s.oldest_unpublished, Some(a1.created_at()), "{s:?}");
+}
+
+/// Dead letters are listed with their failure, filtered, requeued (attempts reset) and purged.
+pub async fn dead_letter_admin<H>(h: &H)
+where
+    H: StoreHarness,
+    H::Store: DeadLetterAdmin + StoreStats,
+{
+    let store = h.store();
+    let x = event("x", 0, "t.admin");
+    let y = event("y", 0, "t.admin");
+    h.commit(vec![x.clone(), y.clone()]).await.expect("commit");
+    let claim = claim_all(&store, LONG_LEASE).await;
+    let dead: Vec<DeadLetter> = [&x, &y]
+        .iter()
+        .map(|e| DeadLetter {
+            id: e.id(),
+            error: format!("rejected {}", e.ordering_key()),
+        })
+        .collect();
+    assert_eq!(
+        store.dead_letter(&claim.lease, &dead).await.expect("dead"),
+        2
+    );
+
+    let all = store
+        .list_dead(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 2);
+    let rx = all
+        .iter()
+        .find(|r| r.envelope.id() == x.id())
+        .expect("x listed");
+    assert_eq!(rx.envelope, x, "the listed envelope is the written one");
+    assert_eq!(rx.attempts, 1);
+    assert_eq!(rx.last_error.as_deref(), Some("rejected x"));
+    assert!(rx.dead_at.is_some(), "dead_at is recorded");
+    let limited = store
+        .list_dead(&DeadLetterFilter::default(), 1)
+        .await
+        .expect("list");
+    assert_eq!(limited.len(), 1, "the limit holds");
+
+    let by_key = DeadLetterFilter {
+        ordering_key: Some("y".to_owned()),
+        ..DeadLetterFilter::default()
+    };
+    let only_y = store.list_dead(&by_key, 10).await.expect("list");
+    assert_eq!(
+        only_y.iter().map(|r| r.envelope.id()).collect::<Vec<_>>(),
+        vec![y.id()]
+    );
+    let other_type = DeadLetterFilter {
+        event_type: Some("no.such.type".to_owned()),
+        ..DeadLetterFilter::default()
+    };
+    assert!(
+        store
+            .list_dead(&other_type, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let later = DeadLetterFilter {
+        dead_since: Some(Utc::now() + chrono::Duration::hours(1)),
+        ..DeadLetterFilter::default()
+    };
+    assert!(store.list_dead(&later, 10).await.expect("list").is_empty());
+    let no_ids = DeadLetterFilter {
+        ids: Some(Vec::new()),
+        ..DeadLetterFilter::default()
+    };
+    assert!(store.list_dead(&no_ids, 10).await.expect("list").is_empty());
+
+    // Requeue x only: it is claimable again with attempts reset; y stays dead.
+    let just_x = DeadLetterFilter {
+        ids: Some(vec![x.id()]),
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(store.requeue_dead(&just_x).await.expect("requeue"), 1);
+    let again = claim_all(&store, LONG_LEASE).await;
+    assert_eq!(ids(&again), vec![x.id()]);
+    assert_eq!(again.events[0].attempts, 0, "requeue resets attempts");
+    assert_eq!(store.stats().await.expect("stats").dead, 1);
+
+    assert_eq!(
+        store
+            .purge_dead(&DeadLetterFilter::default())
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(
+        store
+            .list_dead(&DeadLetterFilter::default(), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+/// Only published rows older than the cut-off go, at most `limit` per call.
+pub async fn retention_purge<H>(h: &H)
+where
+    H: StoreHarness,
+    H::Store: Retention + StoreStats,
+{
+    let store = h.store();
+    let done: Vec<Envelope> = (0..3)
+        .map(|i| event(&format!("p{i}"), 0, "t.retention"))
+        .collect();
+    h.commit(done.clone()).await.expect("commit");
+    let claim = claim_all(&store, LONG_LEASE).await;
+    let published: Vec<EventId> = done.iter().map(Envelope::id).collect();
+    assert_eq!(
+        store
+            .mark_published(&claim.lease, &published)
+            .await
+            .expect("mark"),
+        3
+    );
+    let waiting = event("w", 0, "t.retention");
+    h.commit(vec![waiting.clone()]).await.expect("commit");
+
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.purge_published(long_ago, 10).await.expect("purge"),
+        0,
+        "rows published after the cut-off stay"
+    );
+    let soon = Utc::now() + chrono::Duration::minutes(5);
+    assert_eq!(store.purge_published(soon, 2).await.expect("purge"), 2);
+    assert_eq!(store.purge_published(soon, 10).await.expect("purge"), 1);
+    assert_eq!(store.purge_published(soon, 10).await.expect("purge"), 0);
+    let left = claim_all(&store, LONG_LEASE).await;
+    assert_eq!(ids(&left), vec![waiting.id()], "unpublished rows are kept");
 }

@@ -1,0 +1,248 @@
+//! outbox-sqlx against the machine's real MariaDB (or MySQL 8). Each test works in a
+//! database of its own, dropped at the end.
+#![cfg(feature = "mysql")]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use outbox_core::testkit::{
+    StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
+};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_sqlx::mysql::{MySqlOutbox, MySqlStore, migrate};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+
+const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
+const ENV: &str = "OUTBOX_TEST_MYSQL_URL";
+
+/// A database of its own with the outbox table and a business table.
+struct My {
+    pool: MySqlPool,
+    db: String,
+    outbox: MySqlOutbox,
+    store: MySqlStore,
+}
+
+impl My {
+    /// A fresh database named `{prefix}_{random}`.
+    async fn new(url: &str, prefix: &str) -> My {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
+            .await
+            .expect("connect to MariaDB");
+        let db = unique_name(prefix);
+        let table = TableName::with_schema(&db, "outbox_events").expect("valid name");
+        migrate(&pool, &table).await.expect("migrate");
+        // Twice: migrations are idempotent.
+        migrate(&pool, &table).await.expect("migrate again");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE `{db}`.orders (id VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL) ENGINE=InnoDB"
+        )))
+        .execute(&pool)
+        .await
+        .expect("orders table");
+        My {
+            store: MySqlStore::new(pool.clone(), table.clone()),
+            outbox: MySqlOutbox::new(table),
+            pool,
+            db,
+        }
+    }
+
+    async fn write(&self, events: &[Envelope], commit: bool) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| outbox_sqlx::map_sqlx("begin", e))?;
+        for e in events {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO `{}`.orders (id, total) VALUES (?, 100)",
+                self.db
+            )))
+            .bind(e.id().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| outbox_sqlx::map_sqlx("insert order", e))?;
+        }
+        self.outbox.enqueue_all(&mut tx, events).await?;
+        if commit {
+            tx.commit()
+                .await
+                .map_err(|e| outbox_sqlx::map_sqlx("commit", e))
+        } else {
+            tx.rollback()
+                .await
+                .map_err(|e| outbox_sqlx::map_sqlx("rollback", e))
+        }
+    }
+
+    async fn orders(&self) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM `{}`.orders",
+            self.db
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .expect("count orders")
+    }
+
+    async fn drop_db(self) {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", self.db)))
+            .execute(&self.pool)
+            .await
+            .expect("drop test database");
+    }
+}
+
+impl StoreHarness for My {
+    type Store = MySqlStore;
+    fn store(&self) -> MySqlStore {
+        self.store.clone()
+    }
+    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
+        self.write(&events, true).await
+    }
+    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
+        self.write(&events, false).await
+    }
+}
+
+fn ev(key: &str, n: usize) -> Envelope {
+    Envelope::builder("order", key, "order.placed", "orders")
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid")
+}
+
+fn fast_config() -> RelayConfig {
+    RelayConfig {
+        batch_size: 50,
+        concurrency: 2,
+        lease: Duration::from_secs(10),
+        publish_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(20),
+        max_poll_interval: Duration::from_millis(200),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_mariadb() {
+    let Some(url) = service_url("conformance_suite_on_mariadb", ENV, DEFAULT_URL).await else {
+        return;
+    };
+    // Every check gets a database of its own under this run's prefix; drop them after.
+    let prefix = unique_name("outbox_conf");
+    run_store_suite(|| My::new(&url, &prefix)).await;
+    run_operations_suite(|| My::new(&url, &prefix)).await;
+    let pool = MySqlPool::connect(&url).await.expect("connect");
+    let dbs: Vec<String> = sqlx::query_scalar(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",
+    )
+    .bind(format!("{prefix}\\_%"))
+    .fetch_all(&pool)
+    .await
+    .expect("list databases");
+    assert!(!dbs.is_empty(), "the suite's databases were found");
+    for db in dbs {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
+            .execute(&pool)
+            .await
+            .expect("drop test database");
+    }
+}
+
+/// Commit, rollback and a crash before commit: exactly the committed events are relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_committed_events_are_relayed() {
+    let Some(url) = service_url("exactly_committed_events_are_relayed", ENV, DEFAULT_URL).await
+    else {
+        return;
+    };
+    let my = My::new(&url, "outbox_test").await;
+    let committed = vec![ev("a", 1), ev("b", 2)];
+    my.write(&committed, true).await.expect("commit");
+    my.write(&[ev("c", 3)], false).await.expect("rollback");
+
+    // The application crashes mid-transaction: its connection is killed before COMMIT.
+    let mut tx = my.pool.begin().await.expect("begin");
+    my.outbox
+        .enqueue(&mut tx, &ev("d", 4))
+        .await
+        .expect("enqueue");
+    let conn_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("connection id");
+    sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {conn_id}")))
+        .execute(&my.pool)
+        .await
+        .expect("kill");
+    assert!(
+        tx.commit().await.is_err(),
+        "commit on a killed connection must fail"
+    );
+
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(my.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    let report = relay.drain().await.expect("drain");
+    assert_eq!(report.published, 2);
+    let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
+    let want: HashSet<EventId> = committed.iter().map(Envelope::id).collect();
+    assert_eq!(got, want, "exactly the committed events");
+    assert_eq!(
+        my.orders().await,
+        2,
+        "business rows and events commit together"
+    );
+    my.drop_db().await;
+}
+
+/// Three relays on one MariaDB table: nothing published twice, per-key order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_relays_share_one_table() {
+    let Some(url) = service_url("several_relays_share_one_table", ENV, DEFAULT_URL).await else {
+        return;
+    };
+    let my = My::new(&url, "outbox_test").await;
+    let mut written = Vec::new();
+    for round in 0..20 {
+        let batch: Vec<Envelope> = (0..10).map(|k| ev(&format!("key-{k}"), round)).collect();
+        my.write(&batch, true).await.expect("commit");
+        written.extend(batch);
+    }
+    let publisher = InMemoryPublisher::new();
+    let mut relays = Vec::new();
+    for i in 0..3 {
+        let relay = Relay::new(my.store.clone(), publisher.clone(), fast_config())
+            .expect("relay")
+            .with_name(format!("relay-{i}"));
+        relays.push(tokio::spawn(async move { relay.drain().await }));
+    }
+    for r in relays {
+        r.await.expect("relay task").expect("drain");
+    }
+    // A relay may drain early while another holds the last heads; finish with one more.
+    let last = Relay::new(my.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    last.drain().await.expect("drain");
+    let delivered = publisher.delivered_ids();
+    let unique: HashSet<EventId> = delivered.iter().copied().collect();
+    assert_eq!(unique.len(), written.len(), "every event delivered");
+    assert_eq!(delivered.len(), written.len(), "no event published twice");
+    let pos: HashMap<EventId, usize> = written
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id(), i))
+        .collect();
+    let mut last_pos: HashMap<String, usize> = HashMap::new();
+    for d in publisher.deliveries() {
+        let p = pos[&d.envelope.id()];
+        let key = d.envelope.ordering_key().to_owned();
+        if let Some(prev) = last_pos.insert(key.clone(), p) {
+            assert!(prev < p, "key {key} out of order");
+        }
+    }
+    my.drop_db().await;
+}
