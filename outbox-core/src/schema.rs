@@ -312,8 +312,10 @@ pub fn column_list() -> String {
 pub struct Index {
     /// Suffix after `<table>_`.
     pub suffix: &'static str,
-    /// Indexed columns.
+    /// Indexed columns on PostgreSQL and SQLite (with [`Index::partial`]).
     pub columns: &'static [&'static str],
+    /// Indexed columns on MySQL, which has no partial indexes.
+    pub mysql_columns: &'static [&'static str],
     /// Unique index.
     pub unique: bool,
     /// Row filter on dialects with partial indexes (PostgreSQL, SQLite); MySQL indexes
@@ -321,31 +323,53 @@ pub struct Index {
     pub partial: Option<&'static str>,
 }
 
-/// The indexes: the unique event id, claiming due rows, finding a key's earliest unfinished
-/// row, and the retention purge. The partial ones stay small however long the published
-/// history grows.
+impl Index {
+    /// The indexed columns on `dialect`.
+    pub fn columns_for(&self, dialect: Dialect) -> &'static [&'static str] {
+        match dialect {
+            Dialect::MySql => self.mysql_columns,
+            Dialect::Postgres | Dialect::Sqlite => self.columns,
+        }
+    }
+}
+
+/// The indexes: the unique event id, claiming due rows in `seq` order, finding a key's
+/// earliest unfinished row, and the retention purge.
+///
+/// On PostgreSQL and SQLite the claim indexes are partial, so they stay small however long
+/// the published history grows. The key index's filter (`status < 2`) is deliberately not
+/// the due index's (`status IN (0, 1)`): a claim's head-of-key lookup says `status < 2`,
+/// which only the key index can serve, so the planner looks the key up by index even when
+/// table statistics were taken while the backlog was empty (the usual state of a healthy
+/// outbox). Without that, stale statistics led PostgreSQL to scan the whole backlog once per
+/// candidate row. On MySQL, `status` leads the due index (a claim scans `status = 0` in
+/// `seq` order and stops at its limit) and sits inside the key index for the same lookup.
 pub const INDEXES: &[Index] = &[
     Index {
         suffix: "id_key",
         columns: &["id"],
+        mysql_columns: &["id"],
         unique: true,
         partial: None,
     },
     Index {
         suffix: "due_idx",
-        columns: &["status", "available_at", "seq"],
+        columns: &["seq"],
+        mysql_columns: &["status", "seq"],
         unique: false,
         partial: Some("status IN (0, 1)"),
     },
     Index {
         suffix: "key_idx",
         columns: &["ordering_key", "seq"],
+        mysql_columns: &["ordering_key", "status", "seq"],
         unique: false,
-        partial: Some("status IN (0, 1)"),
+        partial: Some("status < 2"),
     },
     Index {
         suffix: "processed_idx",
         columns: &["status", "processed_at"],
+        mysql_columns: &["status", "processed_at"],
         unique: false,
         partial: Some("status IN (2, 3)"),
     },
@@ -384,7 +408,7 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
                 "{}INDEX `{}` ({})",
                 if idx.unique { "UNIQUE " } else { "" },
                 table.derived(idx.suffix),
-                idx.columns.join(", ")
+                idx.mysql_columns.join(", ")
             ));
         }
     }
@@ -412,7 +436,7 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
                 "CREATE {}INDEX IF NOT EXISTS {schema_prefix}\"{}\" ON {on} ({})",
                 if idx.unique { "UNIQUE " } else { "" },
                 table.derived(idx.suffix),
-                idx.columns.join(", ")
+                idx.columns_for(dialect).join(", ")
             );
             if let Some(filter) = idx.partial {
                 stmt.push_str(" WHERE ");

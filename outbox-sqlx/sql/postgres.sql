@@ -26,9 +26,9 @@ CREATE TABLE IF NOT EXISTS "outbox_events" (
 
 CREATE UNIQUE INDEX IF NOT EXISTS "outbox_events_id_key" ON "outbox_events" (id);
 
-CREATE INDEX IF NOT EXISTS "outbox_events_due_idx" ON "outbox_events" (status, available_at, seq) WHERE status IN (0, 1);
+CREATE INDEX IF NOT EXISTS "outbox_events_due_idx" ON "outbox_events" (seq) WHERE status IN (0, 1);
 
-CREATE INDEX IF NOT EXISTS "outbox_events_key_idx" ON "outbox_events" (ordering_key, seq) WHERE status IN (0, 1);
+CREATE INDEX IF NOT EXISTS "outbox_events_key_idx" ON "outbox_events" (ordering_key, seq) WHERE status < 2;
 
 CREATE INDEX IF NOT EXISTS "outbox_events_processed_idx" ON "outbox_events" (status, processed_at) WHERE status IN (2, 3);
 

@@ -1,8 +1,9 @@
 //! MySQL 8 and MariaDB 10.6+: enqueue in the caller's transaction, and [`MySqlStore`].
 //!
 //! Neither server has `UPDATE ... RETURNING`, so a claim is one short `READ COMMITTED`
-//! transaction: `SELECT ... FOR UPDATE SKIP LOCKED` reads the due heads of their ordering
-//! keys (relays skip each other's rows instead of waiting), one `UPDATE` leases them, and
+//! transaction: an `UPDATE` returns rows whose lease expired to pending,
+//! `SELECT ... FOR UPDATE SKIP LOCKED` reads the due heads of their ordering keys in `seq`
+//! order (relays skip each other's rows instead of waiting), one `UPDATE` leases them, and
 //! `COMMIT`. Times are `DATETIME(6)` in UTC; "now" is always the server's
 //! `UTC_TIMESTAMP(6)`, so relay clocks never decide whether a lease has expired.
 
@@ -172,6 +173,7 @@ fn decode(row: &MySqlRow) -> std::result::Result<RawRow, sqlx::Error> {
 const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTAMP(6)";
 
 struct Statements {
+    reap: Sql,
     claim_select: Sql,
     retry: Sql,
     dead: Sql,
@@ -183,12 +185,22 @@ impl Statements {
     fn new(t: &str) -> Self {
         let now = "UTC_TIMESTAMP(6)";
         Statements {
+            reap: format!(
+                "UPDATE {t} SET status = 0, lease_token = NULL, lease_until = NULL \
+                 WHERE status = 1 AND lease_until <= {now}"
+            )
+            .into(),
+            // `status = 0` alone lets the (status, seq) index return rows in `seq` order, so
+            // the scan stops at the limit; expired leases were turned back into pending rows
+            // by `reap` in the same transaction. One NOT EXISTS per status keeps each head
+            // check a (ordering_key, status, seq) range probe.
             claim_select: format!(
                 "SELECT {SELECT_COLUMNS} FROM {t} o \
-                 WHERE o.status IN (0, 1) AND o.available_at <= {now} \
-                   AND (o.status = 0 OR o.lease_until <= {now}) \
+                 WHERE o.status = 0 AND o.available_at <= {now} \
                    AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                   AND p.seq < o.seq AND p.status IN (0, 1)) \
+                                   AND p.status = 0 AND p.seq < o.seq) \
+                   AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
+                                   AND p.status = 1 AND p.seq < o.seq) \
                  ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
             )
             .into(),
@@ -355,6 +367,11 @@ impl Store for MySqlStore {
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
         let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        // Expired leases go back to pending (the old holder's fenced marks then miss).
+        sqlx::query(sql(Arc::clone(&self.stmts.reap)))
+            .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
         let rows = sqlx::query(sql(Arc::clone(&self.stmts.claim_select)))

@@ -176,8 +176,8 @@ impl Statements {
                 "WITH due AS (SELECT o.seq FROM {t} o \
                  WHERE o.status IN (0, 1) AND o.available_at <= now() \
                    AND (o.status = 0 OR o.lease_until <= now()) \
-                   AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                   AND p.seq < o.seq AND p.status IN (0, 1)) \
+                   AND o.seq = (SELECT p.seq FROM {t} p WHERE p.ordering_key = o.ordering_key \
+                                AND p.status < 2 ORDER BY p.seq LIMIT 1) \
                  ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
                  UPDATE {t} AS u SET status = 1, lease_token = $2, \
                    lease_until = now() + make_interval(secs => $3::float8 / 1000000) \
@@ -341,13 +341,27 @@ impl Store for PgStore {
         let token = LeaseToken::generate();
         let until =
             Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        const WHAT: &str = "claiming outbox rows";
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(WHAT, e))?;
+        // For this transaction only: plan the claim as an ordered walk of the due index that
+        // stops at the limit. With statistics taken while the outbox was empty (its usual
+        // state), the planner otherwise prefers a bitmap scan plus sort, which checks every
+        // unfinished row on every claim: 140 ms instead of 3 ms per claim at a 50,000-row
+        // backlog on the benchmark machine.
+        sqlx::query(
+            "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| map_sqlx(WHAT, e))?;
         let rows = sqlx::query(sql(Arc::clone(&self.stmts.claim)))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(token.as_i64())
             .bind(micros(lease_for))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(|e| map_sqlx("claiming outbox rows", e))?;
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
         let raw = rows
             .iter()
             .map(decode)

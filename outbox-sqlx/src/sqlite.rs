@@ -216,8 +216,8 @@ impl SqliteStore {
             "UPDATE {t} SET status = 1, lease_token = ?1, lease_until = ?2 WHERE seq IN (\
                SELECT o.seq FROM {t} o WHERE o.status IN (0, 1) AND o.available_at <= ?3 \
                  AND (o.status = 0 OR o.lease_until <= ?3) \
-                 AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                 AND p.seq < o.seq AND p.status IN (0, 1)) \
+                 AND o.seq = (SELECT p.seq FROM {t} p WHERE p.ordering_key = o.ordering_key \
+                              AND p.status < 2 ORDER BY p.seq LIMIT 1) \
                ORDER BY o.seq LIMIT ?4) \
              RETURNING {SELECT_COLUMNS}"
         )
