@@ -9,9 +9,11 @@ pub mod publisher;
 pub mod relay;
 pub mod retry;
 pub mod schema;
+pub mod secret;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transport;
 
 pub use envelope::{
     Envelope, EnvelopeBuilder, EnvelopeError, EnvelopeParts, EventId, Headers, TraceContext,
@@ -24,6 +26,7 @@ pub use publisher::{DynPublisher, PublishOutcome, Publisher};
 pub use relay::{BatchReport, Relay, RelayConfig};
 pub use retry::RetryPolicy;
 pub use schema::{Dialect, RowStatus, TableName};
+pub use secret::{Secret, redact_url};
 pub use store::{
     BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
     DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats,

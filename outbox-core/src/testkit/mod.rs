@@ -10,8 +10,11 @@
 //! checks that it answers, and either skips the test with a printed notice or, under
 //! `OUTBOX_REQUIRE_SERVICES=1`, fails it.
 
+mod proxy;
 mod publisher_suite;
 mod store_suite;
+
+pub use proxy::TcpProxy;
 
 pub use publisher_suite::{PublisherHarness, Received, run_publisher_suite};
 pub use store_suite::{StoreHarness, run_operations_suite, run_store_suite};

@@ -1,0 +1,116 @@
+//! How an envelope travels as a broker message: the header names every publisher adapter
+//! writes, so consumers of any broker read the same metadata.
+//!
+//! The body is the payload, untouched. Alongside it go the user headers, then the toolkit's
+//! own headers (all prefixed `outbox-`, a prefix users cannot take), `content-type`, and
+//! the W3C trace context. Brokers with native fields carry the event id there too
+//! (`Nats-Msg-Id`, AMQP `message_id`, SQS `MessageDeduplicationId`, the Kafka key for
+//! ordering), but [`EVENT_ID`] is always present.
+
+use crate::envelope::{Envelope, EventId, Headers, RESERVED_HEADER_PREFIX};
+
+/// The event id (UUIDv7, hyphenated).
+pub const EVENT_ID: &str = "outbox-event-id";
+/// The event type.
+pub const EVENT_TYPE: &str = "outbox-event-type";
+/// The aggregate type.
+pub const AGGREGATE_TYPE: &str = "outbox-aggregate-type";
+/// The aggregate id.
+pub const AGGREGATE_ID: &str = "outbox-aggregate-id";
+/// The ordering key.
+pub const ORDERING_KEY: &str = "outbox-ordering-key";
+/// When the event was created (RFC 3339, microseconds, UTC).
+pub const CREATED_AT: &str = "outbox-created-at";
+/// The payload's media type.
+pub const CONTENT_TYPE: &str = "content-type";
+/// W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Every header of `envelope`'s message: user headers first, then the toolkit's.
+pub fn message_headers(envelope: &Envelope) -> Vec<(&str, String)> {
+    let mut out: Vec<(&str, String)> = envelope
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    out.extend([
+        (EVENT_ID, envelope.id().to_string()),
+        (EVENT_TYPE, envelope.event_type().to_owned()),
+        (AGGREGATE_TYPE, envelope.aggregate_type().to_owned()),
+        (AGGREGATE_ID, envelope.aggregate_id().to_owned()),
+        (ORDERING_KEY, envelope.ordering_key().to_owned()),
+        (
+            CREATED_AT,
+            envelope
+                .created_at()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ),
+        (CONTENT_TYPE, envelope.content_type().to_owned()),
+    ]);
+    if let Some(t) = envelope.trace() {
+        out.push((TRACEPARENT, t.traceparent().to_owned()));
+        if let Some(s) = t.tracestate() {
+            out.push((TRACESTATE, s.to_owned()));
+        }
+    }
+    out
+}
+
+/// Whether a received header is the toolkit's (not a user header).
+pub fn is_toolkit_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with(RESERVED_HEADER_PREFIX)
+        || lower == CONTENT_TYPE
+        || lower == TRACEPARENT
+        || lower == TRACESTATE
+}
+
+/// The user headers among received `(name, value)` pairs.
+pub fn user_headers<'a>(received: impl IntoIterator<Item = (&'a str, &'a str)>) -> Headers {
+    received
+        .into_iter()
+        .filter(|(k, _)| !is_toolkit_header(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The event id among received `(name, value)` pairs, if present and valid.
+pub fn event_id<'a>(received: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<EventId> {
+    received
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(EVENT_ID))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::TraceContext;
+
+    #[test]
+    fn headers_round_trip() {
+        let trace = TraceContext::new(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("vendor=1".to_owned()),
+        )
+        .expect("valid trace");
+        let e = Envelope::builder("order", "o-1", "order.placed", "orders")
+            .with_header("x-tenant", "acme")
+            .with_trace(trace)
+            .json(&serde_json::json!({"a": 1}))
+            .build()
+            .expect("valid");
+        let h = message_headers(&e);
+        let pairs = h.iter().map(|(k, v)| (*k, v.as_str()));
+        assert_eq!(event_id(pairs.clone()), Some(e.id()));
+        let user = user_headers(pairs);
+        assert_eq!(&user, e.headers());
+        assert!(h.iter().any(|(k, v)| *k == TRACESTATE && v == "vendor=1"));
+        assert!(
+            h.iter()
+                .any(|(k, v)| *k == CONTENT_TYPE && v == "application/json")
+        );
+    }
+}

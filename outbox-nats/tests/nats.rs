@@ -1,0 +1,311 @@
+//! outbox-nats against the machine's real nats-server with JetStream. Each test works on
+//! streams of its own (memory storage), deleted at the end.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use outbox_core::testkit::{
+    PublisherHarness, Received, TcpProxy, run_publisher_suite, service_url, unique_name,
+};
+use outbox_core::{
+    Envelope, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig, Result,
+    RetryPolicy, RowStatus, StoreStats, transport,
+};
+use outbox_nats::{NatsConfig, NatsPublisher};
+
+const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+const ENV: &str = "OUTBOX_TEST_NATS_URL";
+
+/// A stream capturing `{name}.>`, and a publisher.
+struct Js {
+    publisher: NatsPublisher,
+    stream: stream::Stream,
+    name: String,
+}
+
+async fn publisher(url: &str) -> NatsPublisher {
+    let mut config = NatsConfig::new(url);
+    config.ack_timeout = Duration::from_secs(3);
+    NatsPublisher::connect(config)
+        .await
+        .expect("connect to NATS")
+}
+
+async fn make_stream(js: &jetstream::Context, name: &str) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{name}.>")],
+        storage: stream::StorageType::Memory,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream")
+}
+
+impl Js {
+    async fn new(url: &str, prefix: &str) -> Js {
+        let publisher = publisher(url).await;
+        let name = unique_name(prefix);
+        let stream = make_stream(publisher.jetstream(), &name).await;
+        Js {
+            publisher,
+            stream,
+            name,
+        }
+    }
+}
+
+/// Every message in the stream, in stream order.
+async fn read_stream(stream: &stream::Stream, n: usize, within: Duration) -> Result<Vec<Received>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut stream = stream.clone();
+    let state = loop {
+        let info = stream.info().await.map_err(|e| {
+            outbox_core::Error::new(outbox_core::ErrorKind::Connection, "stream info")
+                .with_source(e)
+        })?;
+        let state = info.state.clone();
+        if state.messages as usize >= n || tokio::time::Instant::now() >= deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let m = stream.get_raw_message(seq).await.map_err(|e| {
+            outbox_core::Error::new(outbox_core::ErrorKind::Connection, "get message")
+                .with_source(e)
+        })?;
+        let pairs: Vec<(String, String)> = m
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| {
+                vs.iter()
+                    .map(move |v| (AsRef::<str>::as_ref(k).to_owned(), v.as_str().to_owned()))
+            })
+            .collect();
+        let refs = || pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        out.push(Received {
+            event_id: transport::event_id(refs()),
+            dedupe_id: m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()),
+            key: None,
+            payload: m.payload,
+            headers: transport::user_headers(refs().filter(|(k, _)| !k.starts_with("Nats-"))),
+        });
+    }
+    Ok(out)
+}
+
+impl PublisherHarness for Js {
+    type Publisher = NatsPublisher;
+    fn publisher(&self) -> &NatsPublisher {
+        &self.publisher
+    }
+    fn destination(&self) -> String {
+        format!("{}.events", self.name)
+    }
+    async fn receive(&self, n: usize, within: Duration) -> Result<Vec<Received>> {
+        read_stream(&self.stream, n, within).await
+    }
+    fn broker_dedupes(&self) -> bool {
+        true
+    }
+    fn missing_destination(&self) -> Option<String> {
+        Some(format!("{}_nostream.events", self.name))
+    }
+}
+
+/// Deletes the streams whose names start with `prefix`.
+async fn delete_streams(url: &str, prefix: &str) {
+    use futures::StreamExt as _;
+    let p = publisher(url).await;
+    let names: Vec<String> = p
+        .jetstream()
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for n in names.iter().filter(|n| n.starts_with(prefix)) {
+        p.jetstream().delete_stream(n).await.expect("delete stream");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_on_jetstream() {
+    let Some(url) = service_url("conformance_suite_on_jetstream", ENV, DEFAULT_URL).await else {
+        return;
+    };
+    let prefix = unique_name("outbox_conf");
+    run_publisher_suite(|| Js::new(&url, &prefix)).await;
+    delete_streams(&url, &prefix).await;
+}
+
+fn ev(dest: &str, key: &str, n: usize) -> Envelope {
+    Envelope::builder("order", key, "order.placed", dest)
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_event_twice_is_stored_once() {
+    let Some(url) = service_url("same_event_twice_is_stored_once", ENV, DEFAULT_URL).await else {
+        return;
+    };
+    let js = Js::new(&url, "outbox_dup").await;
+    let e = ev(&js.destination(), "k", 1);
+    for _ in 0..3 {
+        let out = js.publisher.publish(std::slice::from_ref(&e)).await;
+        assert!(out[0].is_published(), "{:?}", out[0]);
+    }
+    let got = js.receive(1, Duration::from_secs(5)).await.expect("read");
+    assert_eq!(got.len(), 1, "JetStream kept one copy");
+    assert_eq!(
+        got[0].dedupe_id.as_deref(),
+        Some(e.id().to_string().as_str())
+    );
+    js.publisher
+        .jetstream()
+        .delete_stream(&js.name)
+        .await
+        .expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_destinations_are_permanent_errors() {
+    let Some(url) = service_url("bad_destinations_are_permanent_errors", ENV, DEFAULT_URL).await
+    else {
+        return;
+    };
+    let p = publisher(&url).await;
+    let events = [ev("orders.*", "k", 1), ev("orders..x", "k", 2)];
+    for out in p.publish(&events).await {
+        match out {
+            PublishOutcome::Failed(e) => {
+                assert!(!e.is_retryable(), "{e}");
+                assert!(
+                    e.to_string().contains("orders"),
+                    "names the destination: {e}"
+                );
+            }
+            PublishOutcome::Published => panic!("a wildcard subject was published"),
+        }
+    }
+}
+
+/// The connection is cut (and refused for 1.5 s) while the relay runs: it recovers, every
+/// event reaches the stream exactly once (JetStream drops republished copies), in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_survives_a_connection_cut() {
+    let Some(url) = service_url("relay_survives_a_connection_cut", ENV, DEFAULT_URL).await else {
+        return;
+    };
+    let upstream = url.trim_start_matches("nats://").to_owned();
+    let proxy = TcpProxy::start(&upstream).await.expect("proxy");
+    let direct = Js::new(&url, "outbox_cut").await;
+    let through_proxy = publisher(&format!("nats://{}", proxy.addr())).await;
+
+    let store = InMemoryStore::new();
+    let dest = direct.destination();
+    let events: Vec<Envelope> = (0..300)
+        .map(|i| ev(&dest, &format!("key-{}", i % 5), i))
+        .collect();
+    store.enqueue_committed(events.clone()).expect("enqueue");
+    let config = RelayConfig {
+        batch_size: 10,
+        concurrency: 2,
+        lease: Duration::from_secs(8),
+        publish_timeout: Duration::from_secs(4),
+        poll_interval: Duration::from_millis(20),
+        max_poll_interval: Duration::from_millis(100),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            max_attempts: 1000,
+            ..RetryPolicy::default()
+        },
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store.clone(), through_proxy, config).expect("relay");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(relay.run_until(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+
+    // Let part of the backlog through, then cut the connection and refuse reconnects.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while direct.receive(0, Duration::ZERO).await.expect("read").len() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing published before the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.set_refusing(true);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set_refusing(false);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = store.stats().await.expect("stats");
+        if s.pending == 0 && s.in_flight == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay did not recover: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    run.await.expect("relay task");
+
+    assert!(
+        proxy.connections() >= 2,
+        "the client reconnected through the proxy"
+    );
+    assert!(
+        store.rows().iter().all(|(_, s)| *s == RowStatus::Published),
+        "every row published, none dead"
+    );
+    let got = direct
+        .receive(events.len(), Duration::from_secs(5))
+        .await
+        .expect("read");
+    let ids: Vec<EventId> = got.iter().filter_map(|r| r.event_id).collect();
+    let unique: HashSet<EventId> = ids.iter().copied().collect();
+    assert_eq!(
+        unique,
+        events.iter().map(Envelope::id).collect::<HashSet<_>>(),
+        "nothing lost"
+    );
+    assert_eq!(
+        ids.len(),
+        events.len(),
+        "republished copies were dropped by Nats-Msg-Id"
+    );
+    let pos: HashMap<EventId, usize> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.id(), i))
+        .collect();
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for id in ids {
+        let p = pos[&id];
+        if let Some(prev) = last.insert(p % 5, p) {
+            assert!(prev < p, "key-{} out of order", p % 5);
+        }
+    }
+    direct
+        .publisher
+        .jetstream()
+        .delete_stream(&direct.name)
+        .await
+        .expect("delete");
+}
