@@ -69,6 +69,50 @@ impl RawRow {
     }
 }
 
+impl RawRow {
+    /// The row as a dead letter, dead-lettered at `dead_at`.
+    pub fn into_dead_record(
+        self,
+        dead_at: Option<DateTime<Utc>>,
+        limits: &ValidationLimits,
+    ) -> outbox_core::Result<outbox_core::DeadLetterRecord> {
+        let claimed = self.into_claimed(limits).map_err(|u| u.error)?;
+        Ok(outbox_core::DeadLetterRecord {
+            envelope: claimed.envelope,
+            attempts: claimed.attempts,
+            last_error: claimed.last_error,
+            dead_at,
+        })
+    }
+}
+
+/// Backlog figures from a stats row of `pending, in_flight, dead` counts (`BIGINT`) and the
+/// oldest unfinished `created_at`, on the stores that read times as `DateTime<Utc>`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn backlog_from_row<R>(row: &R) -> outbox_core::Result<outbox_core::BacklogStats>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    const WHAT: &str = "decoding backlog figures";
+    let count = |i: usize| -> outbox_core::Result<u64> {
+        let v: i64 = row
+            .try_get(i)
+            .map_err(|e| crate::error::map_sqlx(WHAT, e))?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    };
+    Ok(outbox_core::BacklogStats {
+        pending: count(0)?,
+        in_flight: count(1)?,
+        dead: count(2)?,
+        oldest_unpublished: row
+            .try_get(3)
+            .map_err(|e| crate::error::map_sqlx(WHAT, e))?,
+    })
+}
+
 /// Splits decoded rows into claimed events (sorted by `seq`) and undecodable ones.
 pub(crate) fn split_rows(
     mut rows: Vec<RawRow>,
@@ -86,6 +130,7 @@ pub(crate) fn split_rows(
     (events, bad)
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 /// `?, ?, ?` with `n` markers.
 pub(crate) fn markers(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -105,12 +150,14 @@ pub(crate) fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 /// A value bound into a dead-letter filter; each store encodes times its own way.
 pub(crate) enum FilterBind {
     Text(String),
     Time(DateTime<Utc>),
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 /// `WHERE` text (with `?` markers) and binds for a dead-letter filter, for the stores whose
 /// driver takes `?` markers (MySQL, SQLite).
 pub(crate) fn dead_filter(

@@ -21,8 +21,8 @@ use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::{Executor, MySql, Row};
 
 use crate::common::{
-    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, dead_filter, markers, micros,
-    split_rows, sql,
+    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, backlog_from_row, dead_filter,
+    markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
 
@@ -461,20 +461,7 @@ impl StoreStats for MySqlStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| map_sqlx("reading backlog figures", e))?;
-        let count = |i: usize| -> Result<u64> {
-            let v: i64 = row
-                .try_get(i)
-                .map_err(|e| map_sqlx("decoding backlog figures", e))?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        };
-        Ok(BacklogStats {
-            pending: count(0)?,
-            in_flight: count(1)?,
-            dead: count(2)?,
-            oldest_unpublished: row
-                .try_get(3)
-                .map_err(|e| map_sqlx("decoding backlog figures", e))?,
-        })
+        backlog_from_row(&row)
     }
 }
 
@@ -499,16 +486,8 @@ impl DeadLetterAdmin for MySqlStore {
             let dead_at: Option<DateTime<Utc>> = row
                 .try_get("processed_at")
                 .map_err(|e| map_sqlx("decoding dead letter", e))?;
-            let claimed = decode(row)
-                .map_err(|e| map_sqlx("decoding dead letter", e))?
-                .into_claimed(&self.limits)
-                .map_err(|u| u.error)?;
-            out.push(DeadLetterRecord {
-                envelope: claimed.envelope,
-                attempts: claimed.attempts,
-                last_error: claimed.last_error,
-                dead_at,
-            });
+            let raw = decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
+            out.push(raw.into_dead_record(dead_at, &self.limits)?);
         }
         Ok(out)
     }

@@ -24,7 +24,9 @@ use sqlx::{Executor, Row};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::common::{INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, micros, split_rows, sql};
+use crate::common::{
+    INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, backlog_from_row, micros, split_rows, sql,
+};
 use crate::error::map_sqlx;
 
 /// Creates the schema (if named) and the outbox table with its indexes, idempotently.
@@ -443,20 +445,7 @@ impl StoreStats for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| map_sqlx("reading backlog figures", e))?;
-        let count = |i: usize| -> Result<u64> {
-            let v: i64 = row
-                .try_get(i)
-                .map_err(|e| map_sqlx("decoding backlog figures", e))?;
-            Ok(u64::try_from(v).unwrap_or(0))
-        };
-        Ok(BacklogStats {
-            pending: count(0)?,
-            in_flight: count(1)?,
-            dead: count(2)?,
-            oldest_unpublished: row
-                .try_get(3)
-                .map_err(|e| map_sqlx("decoding backlog figures", e))?,
-        })
+        backlog_from_row(&row)
     }
 }
 
@@ -477,13 +466,7 @@ impl DeadLetterAdmin for PgStore {
                 .try_get("processed_at")
                 .map_err(|e| map_sqlx("decoding dead letter", e))?;
             let raw = decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
-            let claimed = raw.into_claimed(&self.limits).map_err(|u| u.error)?;
-            out.push(DeadLetterRecord {
-                envelope: claimed.envelope,
-                attempts: claimed.attempts,
-                last_error: claimed.last_error,
-                dead_at,
-            });
+            out.push(raw.into_dead_record(dead_at, &self.limits)?);
         }
         Ok(out)
     }

@@ -434,16 +434,9 @@ impl DeadLetterAdmin for SqliteStore {
             let dead_at: Option<i64> = row
                 .try_get("processed_at")
                 .map_err(|e| map_sqlx("decoding dead letter", e))?;
-            let claimed = decode(row)
-                .map_err(|e| map_sqlx("decoding dead letter", e))?
-                .into_claimed(&self.limits)
-                .map_err(|u| u.error)?;
-            out.push(DeadLetterRecord {
-                envelope: claimed.envelope,
-                attempts: claimed.attempts,
-                last_error: claimed.last_error,
-                dead_at: dead_at.and_then(DateTime::from_timestamp_micros),
-            });
+            let raw = decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
+            let dead_at = dead_at.and_then(DateTime::from_timestamp_micros);
+            out.push(raw.into_dead_record(dead_at, &self.limits)?);
         }
         Ok(out)
     }
