@@ -1,7 +1,6 @@
 //! outbox-amqp against the machine's real RabbitMQ. Each test declares exchanges and queues
 //! of its own; queues expire a minute after last use, and their exchanges go with them.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use lapin::options::{
@@ -12,12 +11,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
 use outbox_core::testkit::{
-    PublisherHarness, Received, TcpProxy, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, TcpProxy, relay_survives_connection_cut, run_publisher_suite,
+    service_url, unique_name,
 };
-use outbox_core::{
-    Envelope, ErrorKind, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig,
-    Result, RetryPolicy, RowStatus, StoreStats, transport,
-};
+use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -230,94 +227,12 @@ async fn relay_survives_a_connection_cut() {
     let proxy = TcpProxy::start("127.0.0.1:5672").await.expect("proxy");
     let proxied = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let rabbit = Rabbit::new(&url, &proxied).await;
-    let store = InMemoryStore::new();
-    let dest = rabbit.destination();
-    let events: Vec<Envelope> = (0..300)
-        .map(|i| ev(&dest, &format!("key-{}", i % 5), i))
-        .collect();
-    store.enqueue_committed(events.clone()).expect("enqueue");
-    let config = RelayConfig {
-        batch_size: 10,
-        concurrency: 2,
-        lease: Duration::from_secs(8),
-        publish_timeout: Duration::from_secs(4),
-        poll_interval: Duration::from_millis(20),
-        max_poll_interval: Duration::from_millis(100),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            max_attempts: 1000,
-            ..RetryPolicy::default()
-        },
-        ..RelayConfig::default()
-    };
-    let Rabbit { publisher, .. } = rabbit;
-    let reader = Rabbit::new_reader(&url, &dest).await;
-    let relay = Relay::new(store.clone(), publisher, config).expect("relay");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while reader.receive(0, Duration::ZERO).await.expect("read").len() < 30 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing published before the cut"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    proxy.set_refusing(true);
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    proxy.set_refusing(false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = store.stats().await.expect("stats");
-        if s.pending == 0 && s.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay did not recover: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(true);
-    run.await.expect("relay task");
-    assert!(proxy.connections() >= 2, "the publisher reconnected");
-    assert!(store.rows().iter().all(|(_, s)| *s == RowStatus::Published));
-    let got = reader
-        .receive(events.len(), Duration::from_secs(5))
-        .await
-        .expect("read");
-    let ids: Vec<EventId> = got.iter().filter_map(|r| r.event_id).collect();
-    let unique: HashSet<EventId> = ids.iter().copied().collect();
-    assert_eq!(
-        unique,
-        events.iter().map(Envelope::id).collect::<HashSet<_>>(),
-        "nothing lost"
-    );
-    eprintln!(
-        "{} deliveries for {} events (RabbitMQ keeps republished copies)",
-        ids.len(),
-        events.len()
-    );
-    let pos: HashMap<EventId, usize> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id(), i))
-        .collect();
-    let mut last: HashMap<usize, usize> = HashMap::new();
-    let mut seen = HashSet::new();
-    for id in ids {
-        if !seen.insert(id) {
-            continue;
-        }
-        let p = pos[&id];
-        if let Some(prev) = last.insert(p % 5, p) {
-            assert!(prev < p, "key-{} out of order", p % 5);
-        }
-    }
+    let Rabbit {
+        publisher, name, ..
+    } = rabbit;
+    let reader = Rabbit::new_reader(&url, &format!("{name}/events")).await;
+    let arrived = relay_survives_connection_cut(publisher, &proxy, &reader).await;
+    eprintln!("{arrived} deliveries for 300 events (RabbitMQ keeps republished copies)");
 }
 
 impl Rabbit {

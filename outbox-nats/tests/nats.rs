@@ -1,17 +1,14 @@
 //! outbox-nats against the machine's real nats-server with JetStream. Each test works on
 //! streams of its own (memory storage), deleted at the end.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use outbox_core::testkit::{
-    PublisherHarness, Received, TcpProxy, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, TcpProxy, relay_survives_connection_cut, run_publisher_suite,
+    service_url, unique_name,
 };
-use outbox_core::{
-    Envelope, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig, Result,
-    RetryPolicy, RowStatus, StoreStats, transport,
-};
+use outbox_core::{Envelope, PublishOutcome, Publisher, Result, transport};
 use outbox_nats::{NatsConfig, NatsPublisher};
 
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -210,98 +207,8 @@ async fn relay_survives_a_connection_cut() {
     let direct = Js::new(&url, "outbox_cut").await;
     let through_proxy = publisher(&format!("nats://{}", proxy.addr())).await;
 
-    let store = InMemoryStore::new();
-    let dest = direct.destination();
-    let events: Vec<Envelope> = (0..300)
-        .map(|i| ev(&dest, &format!("key-{}", i % 5), i))
-        .collect();
-    store.enqueue_committed(events.clone()).expect("enqueue");
-    let config = RelayConfig {
-        batch_size: 10,
-        concurrency: 2,
-        lease: Duration::from_secs(8),
-        publish_timeout: Duration::from_secs(4),
-        poll_interval: Duration::from_millis(20),
-        max_poll_interval: Duration::from_millis(100),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            max_attempts: 1000,
-            ..RetryPolicy::default()
-        },
-        ..RelayConfig::default()
-    };
-    let relay = Relay::new(store.clone(), through_proxy, config).expect("relay");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
-
-    // Let part of the backlog through, then cut the connection and refuse reconnects.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while direct.receive(0, Duration::ZERO).await.expect("read").len() < 30 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing published before the cut"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    proxy.set_refusing(true);
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    proxy.set_refusing(false);
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = store.stats().await.expect("stats");
-        if s.pending == 0 && s.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay did not recover: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(true);
-    run.await.expect("relay task");
-
-    assert!(
-        proxy.connections() >= 2,
-        "the client reconnected through the proxy"
-    );
-    assert!(
-        store.rows().iter().all(|(_, s)| *s == RowStatus::Published),
-        "every row published, none dead"
-    );
-    let got = direct
-        .receive(events.len(), Duration::from_secs(5))
-        .await
-        .expect("read");
-    let ids: Vec<EventId> = got.iter().filter_map(|r| r.event_id).collect();
-    let unique: HashSet<EventId> = ids.iter().copied().collect();
-    assert_eq!(
-        unique,
-        events.iter().map(Envelope::id).collect::<HashSet<_>>(),
-        "nothing lost"
-    );
-    assert_eq!(
-        ids.len(),
-        events.len(),
-        "republished copies were dropped by Nats-Msg-Id"
-    );
-    let pos: HashMap<EventId, usize> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id(), i))
-        .collect();
-    let mut last: HashMap<usize, usize> = HashMap::new();
-    for id in ids {
-        let p = pos[&id];
-        if let Some(prev) = last.insert(p % 5, p) {
-            assert!(prev < p, "key-{} out of order", p % 5);
-        }
-    }
+    let arrived = relay_survives_connection_cut(through_proxy, &proxy, &direct).await;
+    assert_eq!(arrived, 300);
     direct
         .publisher
         .jetstream()

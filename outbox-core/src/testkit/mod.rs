@@ -16,7 +16,9 @@ mod store_suite;
 
 pub use proxy::TcpProxy;
 
-pub use publisher_suite::{PublisherHarness, Received, run_publisher_suite};
+pub use publisher_suite::{
+    PublisherHarness, Received, relay_survives_connection_cut, run_publisher_suite,
+};
 pub use store_suite::{StoreHarness, run_operations_suite, run_store_suite};
 
 use std::io::Write as _;
