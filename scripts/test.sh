@@ -21,6 +21,7 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 step "cargo test (OUTBOX_REQUIRE_SERVICES=1, PROPTEST_CASES=$PROPTEST_CASES)"
 cargo test --workspace --all-features
-step "quickstart example"
+step "examples"
 cargo run --quiet -p outbox-examples --example quickstart >/dev/null
+cargo run --quiet -p outbox-examples --example seaorm_orders >/dev/null
 echo "all checks passed"

@@ -10,7 +10,9 @@ pub fn map_sqlx(context: &str, err: sqlx::Error) -> Error {
     Error::new(kind, context.to_owned()).with_source(err)
 }
 
-fn classify(err: &sqlx::Error) -> ErrorKind {
+/// The core error kind of a sqlx error, for crates that hold the error behind a reference
+/// (SeaORM keeps it in an `Arc`). See [`map_sqlx`] for the rules.
+pub fn classify(err: &sqlx::Error) -> ErrorKind {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

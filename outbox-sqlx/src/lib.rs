@@ -9,4 +9,4 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use error::map_sqlx;
+pub use error::{classify, map_sqlx};

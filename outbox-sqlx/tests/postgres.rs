@@ -31,9 +31,10 @@ struct Pg {
 }
 
 impl Pg {
-    async fn new(url: &str) -> Pg {
+    /// A fresh schema named `{prefix}_{random}`.
+    async fn new(url: &str, prefix: &str) -> Pg {
         let pool = pool(url).await;
-        let schema = unique_name("outbox_test");
+        let schema = unique_name(prefix);
         let table = TableName::with_schema(&schema, "outbox_events").expect("valid name");
         migrate(&pool, &table).await.expect("migrate");
         // Twice: migrations are idempotent.
@@ -123,6 +124,24 @@ fn fast_config() -> RelayConfig {
     }
 }
 
+/// Drops the schemas whose names start with `prefix` (a test's own).
+async fn drop_schemas(url: &str, prefix: &str) {
+    let pool = pool(url).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(prefix)
+            .fetch_all(&pool)
+            .await
+            .expect("list schemas");
+    assert!(!names.is_empty(), "the test's own schemas were found");
+    for n in names {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{n}\" CASCADE")))
+            .execute(&pool)
+            .await
+            .expect("drop schema");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
     let Some(url) = service_url(
@@ -134,8 +153,10 @@ async fn conformance_suite_on_postgres() {
     else {
         return;
     };
-    run_store_suite(|| Pg::new(&url)).await;
-    run_operations_suite(|| Pg::new(&url)).await;
+    let prefix = unique_name("outbox_conf");
+    run_store_suite(|| Pg::new(&url, &prefix)).await;
+    run_operations_suite(|| Pg::new(&url, &prefix)).await;
+    drop_schemas(&url, &prefix).await;
 }
 
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
@@ -150,7 +171,8 @@ async fn exactly_committed_events_are_relayed() {
     else {
         return;
     };
-    let pg = Pg::new(&url).await;
+    let prefix = unique_name("outbox_test");
+    let pg = Pg::new(&url, &prefix).await;
     let committed = vec![ev("a", 1), ev("b", 2)];
     pg.write(&committed, true).await.expect("commit");
     pg.write(&[ev("c", 3)], false).await.expect("rollback");
@@ -188,6 +210,7 @@ async fn exactly_committed_events_are_relayed() {
         2,
         "business rows and events commit together"
     );
+    drop_schemas(&url, &prefix).await;
 }
 
 /// Four relays on one table: nothing published twice, nothing lost, per-key order kept.
@@ -202,7 +225,8 @@ async fn several_relays_share_one_table() {
     else {
         return;
     };
-    let pg = Pg::new(&url).await;
+    let prefix = unique_name("outbox_test");
+    let pg = Pg::new(&url, &prefix).await;
     let publisher = InMemoryPublisher::new();
     let notifier = PgNotifier::spawn(pg.pool.clone(), pg.store.table(), Duration::from_millis(5));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -257,6 +281,7 @@ async fn several_relays_share_one_table() {
             assert!(prev < p, "key {key} out of order");
         }
     }
+    drop_schemas(&url, &prefix).await;
 }
 
 #[tokio::test]
