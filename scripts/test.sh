@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/deps.sh
 bash scripts/services.sh
 
 export OUTBOX_REQUIRE_SERVICES=1

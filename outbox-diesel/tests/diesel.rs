@@ -1,0 +1,478 @@
+//! outbox-diesel against the machine's real PostgreSQL, MariaDB and SQLite. Each test works
+//! in a schema, database or file of its own.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DurationRound, Utc};
+use diesel::prelude::*;
+use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::{
+    Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, TableName, TraceContext,
+};
+use outbox_diesel::{mysql as dmy, pg as dpg, sqlite as dlite};
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// An event with whole-microsecond times, a header and a trace, so read-backs compare equal.
+fn ev(key: &str, n: usize) -> Envelope {
+    let now = Utc::now()
+        .duration_trunc(chrono::Duration::microseconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    Envelope::builder("order", key, "order.placed", "orders")
+        .with_created_at(now)
+        .with_header("x-tenant", "acme")
+        .with_trace(
+            TraceContext::new(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            )
+            .expect("trace"),
+        )
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid")
+}
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        lease: Duration::from_secs(10),
+        publish_timeout: Duration::from_secs(5),
+        ..RelayConfig::default()
+    }
+}
+
+diesel::table! {
+    /// The business table the tests write beside the events.
+    orders (id) {
+        /// Order id.
+        id -> Text,
+        /// Total in cents.
+        total -> BigInt,
+    }
+}
+
+/// Commits two orders with their events, rolls one back (a business rule fails after both
+/// writes), and evaluates to the committed events.
+macro_rules! write_orders {
+    ($conn:expr, $enqueue:path) => {{
+        let conn = $conn;
+        let committed = vec![ev("a", 1), ev("b", 2)];
+        for e in &committed {
+            let id = e.id().to_string();
+            conn.transaction::<_, diesel::result::Error, _>(|conn| {
+                diesel::insert_into(orders::table)
+                    .values((orders::id.eq(&id), orders::total.eq(100_i64)))
+                    .execute(conn)?;
+                $enqueue(conn, std::slice::from_ref(e))
+            })
+            .expect("commit");
+        }
+        let doomed = ev("c", 3);
+        let id = doomed.id().to_string();
+        let failed = conn.transaction::<(), diesel::result::Error, _>(|conn| {
+            diesel::insert_into(orders::table)
+                .values((orders::id.eq(&id), orders::total.eq(0_i64)))
+                .execute(conn)?;
+            $enqueue(conn, std::slice::from_ref(&doomed))?;
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+        assert!(failed.is_err());
+        let kept: i64 = orders::table
+            .count()
+            .get_result(conn)
+            .expect("count orders");
+        assert_eq!(
+            kept, 2,
+            "business rows commit and roll back with their events"
+        );
+        committed
+    }};
+}
+
+fn ids(events: &[Envelope]) -> HashSet<EventId> {
+    events.iter().map(Envelope::id).collect()
+}
+
+/// PostgreSQL: a schema of its own, selected through the connection's search path.
+fn pg_conn(url: &str, schema: &str) -> PgConnection {
+    let mut conn = PgConnection::establish(url).expect("connect to PostgreSQL");
+    diesel::sql_query(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut conn)
+        .expect("schema");
+    diesel::sql_query(format!("SET search_path TO \"{schema}\""))
+        .execute(&mut conn)
+        .expect("search path");
+    conn
+}
+
+async fn drop_pg_schema(url: &str, schema: &str) {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop schema");
+}
+
+async fn pg_store(url: &str, schema: &str) -> outbox_sqlx::postgres::PgStore {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
+    outbox_sqlx::postgres::PgStore::new(
+        pool,
+        TableName::with_schema(schema, "outbox_events").expect("name"),
+    )
+}
+
+/// Diesel writes (committed and rolled back), outbox-sqlx's store relays: exactly the
+/// committed events, read back field for field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commit_rollback_and_mixed_stack() {
+    let Some(url) = service_url(
+        "diesel postgres_commit_rollback_and_mixed_stack",
+        "OUTBOX_TEST_POSTGRES_URL",
+        PG_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let schema = unique_name("outbox_diesel");
+    let committed = {
+        let mut conn = pg_conn(&url, &schema);
+        dpg::run_migrations(&mut conn).expect("migrate");
+        dpg::run_migrations(&mut conn).expect("migrate again");
+        diesel::sql_query("CREATE TABLE orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)")
+            .execute(&mut conn)
+            .expect("orders");
+        write_orders!(&mut conn, dpg::enqueue_all)
+    };
+    let publisher = InMemoryPublisher::new();
+    let relay =
+        Relay::new(pg_store(&url, &schema).await, publisher.clone(), config()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, 2);
+    let mut got: Vec<Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| d.envelope)
+        .collect();
+    got.sort_by_key(Envelope::id);
+    let mut want = committed;
+    want.sort_by_key(Envelope::id);
+    assert_eq!(
+        got, want,
+        "exactly the committed envelopes, field for field"
+    );
+    drop_pg_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commit_and_rollback() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("outbox_diesel")));
+    let committed = {
+        let mut conn = SqliteConnection::establish(&path.display().to_string()).expect("open");
+        dlite::run_migrations(&mut conn).expect("migrate");
+        diesel::sql_query("CREATE TABLE orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)")
+            .execute(&mut conn)
+            .expect("orders");
+        write_orders!(&mut conn, dlite::enqueue_all)
+    };
+    let pool = outbox_sqlx::sqlite::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("pool");
+    let store = outbox_sqlx::sqlite::SqliteStore::new(pool.clone(), TableName::default());
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(store, publisher.clone(), config()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, 2);
+    let got: Vec<Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| d.envelope)
+        .collect();
+    assert_eq!(ids(&got), ids(&committed));
+    for e in &committed {
+        assert!(
+            got.contains(e),
+            "the envelope read back equals the written one"
+        );
+    }
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// MariaDB: a database of its own.
+fn my_conn(url: &str, db: &str) -> MysqlConnection {
+    let mut admin = MysqlConnection::establish(url).expect("connect to MariaDB");
+    diesel::sql_query(format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+        .execute(&mut admin)
+        .expect("database");
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    MysqlConnection::establish(&format!("{base}/{db}")).expect("connect to the test database")
+}
+
+async fn drop_my_db(url: &str, db: &str) {
+    let pool = sqlx::MySqlPool::connect(url).await.expect("pool");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{db}`")))
+        .execute(&pool)
+        .await
+        .expect("drop database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_commit_and_rollback() {
+    let Some(url) = service_url(
+        "diesel mariadb_commit_and_rollback",
+        "OUTBOX_TEST_MYSQL_URL",
+        MY_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let db = unique_name("outbox_diesel");
+    let committed = {
+        let mut conn = my_conn(&url, &db);
+        dmy::run_migrations(&mut conn).expect("migrate");
+        diesel::sql_query(
+            "CREATE TABLE orders (id VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL)",
+        )
+        .execute(&mut conn)
+        .expect("orders");
+        write_orders!(&mut conn, dmy::enqueue_all)
+    };
+    let pool = sqlx::MySqlPool::connect(&url).await.expect("pool");
+    let store = outbox_sqlx::mysql::MySqlStore::new(
+        pool,
+        TableName::with_schema(&db, "outbox_events").expect("name"),
+    );
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(store, publisher.clone(), config()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, 2);
+    let got: Vec<Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| d.envelope)
+        .collect();
+    assert_eq!(ids(&got), ids(&committed));
+    for e in &committed {
+        assert!(
+            got.contains(e),
+            "the envelope read back equals the written one"
+        );
+    }
+    drop_my_db(&url, &db).await;
+}
+
+/// diesel-async on PostgreSQL and MySQL: commit and rollback inside `transaction`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_commit_and_rollback() {
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
+    let Some(pg_url) = service_url(
+        "diesel async_commit_and_rollback (pg)",
+        "OUTBOX_TEST_POSTGRES_URL",
+        PG_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(my_url) = service_url(
+        "diesel async_commit_and_rollback (mysql)",
+        "OUTBOX_TEST_MYSQL_URL",
+        MY_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    // PostgreSQL.
+    let schema = unique_name("outbox_diesel_async");
+    dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("migrate");
+    let mut conn = AsyncPgConnection::establish(&pg_url)
+        .await
+        .expect("connect");
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!("SET search_path TO \"{schema}\"")),
+        &mut conn,
+    )
+    .await
+    .expect("search path");
+    let kept = ev("x", 1);
+    let dropped = ev("y", 2);
+    let k = kept.clone();
+    conn.transaction::<_, diesel::result::Error, _>(async move |c| dpg::enqueue_async(c, &k).await)
+        .await
+        .expect("commit");
+    let d = dropped.clone();
+    let failed = conn
+        .transaction::<(), diesel::result::Error, _>(async move |c| {
+            dpg::enqueue_async(c, &d).await?;
+            Err(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(failed.is_err());
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(
+        pg_store(&pg_url, &schema).await,
+        publisher.clone(),
+        config(),
+    )
+    .expect("relay");
+    relay.drain().await.expect("drain");
+    assert_eq!(publisher.delivered_ids(), vec![kept.id()]);
+    drop_pg_schema(&pg_url, &schema).await;
+
+    // MariaDB.
+    let db = unique_name("outbox_diesel_async");
+    dmy::run_migrations(&mut my_conn(&my_url, &db)).expect("migrate");
+    let base = my_url.rsplit_once('/').map_or(my_url.as_str(), |(b, _)| b);
+    let mut conn = AsyncMysqlConnection::establish(&format!("{base}/{db}"))
+        .await
+        .expect("connect");
+    let kept = ev("x", 1);
+    let k = kept.clone();
+    conn.transaction::<_, diesel::result::Error, _>(async move |c| {
+        dmy::enqueue_all_async(c, std::slice::from_ref(&k)).await
+    })
+    .await
+    .expect("commit");
+    let d = ev("y", 2);
+    let failed = conn
+        .transaction::<(), diesel::result::Error, _>(async move |c| {
+            dmy::enqueue_async(c, &d).await?;
+            Err(diesel::result::Error::RollbackTransaction)
+        })
+        .await;
+    assert!(failed.is_err());
+    let pool = sqlx::MySqlPool::connect(&my_url).await.expect("pool");
+    let store = outbox_sqlx::mysql::MySqlStore::new(
+        pool,
+        TableName::with_schema(&db, "outbox_events").expect("name"),
+    );
+    let publisher = InMemoryPublisher::new();
+    Relay::new(store, publisher.clone(), config())
+        .expect("relay")
+        .drain()
+        .await
+        .expect("drain");
+    assert_eq!(publisher.delivered_ids(), vec![kept.id()]);
+    drop_my_db(&my_url, &db).await;
+}
+
+/// The diesel migration and outbox-sqlx's migrate create the same columns, types, defaults
+/// and indexes, on PostgreSQL and on MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_parity_with_outbox_sqlx() {
+    let Some(pg_url) = service_url(
+        "diesel schema_parity (pg)",
+        "OUTBOX_TEST_POSTGRES_URL",
+        PG_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(my_url) = service_url(
+        "diesel schema_parity (mysql)",
+        "OUTBOX_TEST_MYSQL_URL",
+        MY_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    // PostgreSQL: schema a by diesel, schema b by sqlx.
+    let (a, b) = (
+        unique_name("outbox_par_diesel"),
+        unique_name("outbox_par_sqlx"),
+    );
+    dpg::run_migrations(&mut pg_conn(&pg_url, &a)).expect("diesel migration");
+    let pool = sqlx::PgPool::connect(&pg_url).await.expect("pool");
+    outbox_sqlx::postgres::migrate(
+        &pool,
+        &TableName::with_schema(&b, "outbox_events").expect("name"),
+    )
+    .await
+    .expect("sqlx migration");
+    let describe_pg = |schema: String| {
+        let pool = pool.clone();
+        async move {
+            let cols: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text \
+                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox_events' \
+                 ORDER BY ordinal_position",
+            )
+            .bind(&schema)
+            .fetch_all(&pool)
+            .await
+            .expect("columns");
+            let idx: Vec<(String,)> = sqlx::query_as(
+                "SELECT replace(indexdef, $1, 'S') FROM pg_indexes WHERE schemaname = $2 \
+                 AND tablename = 'outbox_events' ORDER BY indexname",
+            )
+            .bind(format!("{schema}."))
+            .bind(&schema)
+            .fetch_all(&pool)
+            .await
+            .expect("indexes");
+            (cols, idx)
+        }
+    };
+    let (pg_a, pg_b) = (describe_pg(a.clone()).await, describe_pg(b.clone()).await);
+    assert_eq!(pg_a.0.len(), outbox_core::schema::COLUMNS.len());
+    assert_eq!(pg_a.1.len(), outbox_core::schema::INDEXES.len() + 1);
+    assert_eq!(pg_a, pg_b, "PostgreSQL columns and indexes");
+    for s in [&a, &b] {
+        drop_pg_schema(&pg_url, s).await;
+    }
+
+    // MariaDB: database a by diesel, database b by sqlx.
+    let (a, b) = (
+        unique_name("outbox_par_diesel"),
+        unique_name("outbox_par_sqlx"),
+    );
+    dmy::run_migrations(&mut my_conn(&my_url, &a)).expect("diesel migration");
+    let pool = sqlx::MySqlPool::connect(&my_url).await.expect("pool");
+    outbox_sqlx::mysql::migrate(
+        &pool,
+        &TableName::with_schema(&b, "outbox_events").expect("name"),
+    )
+    .await
+    .expect("sqlx migration");
+    let describe_my = |db: String| {
+        let pool = pool.clone();
+        async move {
+            let cols: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+                "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), CAST(is_nullable AS CHAR), \
+                        CAST(column_default AS CHAR) \
+                 FROM information_schema.columns WHERE table_schema = ? AND table_name = 'outbox_events' \
+                 ORDER BY ordinal_position",
+            )
+            .bind(&db)
+            .fetch_all(&pool)
+            .await
+            .expect("columns");
+            let idx: Vec<(String, i64, String, i64)> = sqlx::query_as(
+                "SELECT CAST(index_name AS CHAR), CAST(seq_in_index AS SIGNED), CAST(column_name AS CHAR), \
+                        CAST(non_unique AS SIGNED) \
+                 FROM information_schema.statistics WHERE table_schema = ? AND table_name = 'outbox_events' \
+                 ORDER BY index_name, seq_in_index",
+            )
+            .bind(&db)
+            .fetch_all(&pool)
+            .await
+            .expect("indexes");
+            (cols, idx)
+        }
+    };
+    let (my_a, my_b) = (describe_my(a.clone()).await, describe_my(b.clone()).await);
+    assert_eq!(my_a.0.len(), outbox_core::schema::COLUMNS.len());
+    assert!(!my_a.1.is_empty());
+    assert_eq!(my_a, my_b, "MariaDB columns and indexes");
+    for d in [&a, &b] {
+        drop_my_db(&my_url, d).await;
+    }
+}
