@@ -10,6 +10,7 @@ pub mod relay;
 pub mod retry;
 pub mod schema;
 pub mod secret;
+pub mod sql;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

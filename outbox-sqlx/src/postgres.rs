@@ -24,9 +24,7 @@ use sqlx::{Executor, Row};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::common::{
-    INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, backlog_from_row, micros, split_rows, sql,
-};
+use crate::common::{INSERT_COLUMNS, RawRow, Sql, backlog_from_row, micros, split_rows, sql};
 use crate::error::map_sqlx;
 
 /// Creates the schema (if named) and the outbox table with its indexes, idempotently.
@@ -168,75 +166,18 @@ struct Statements {
 
 impl Statements {
     fn new(table: &TableName) -> Self {
-        let t = table.quoted(Dialect::Postgres);
-        let held = "status = 1 AND lease_token = $2 AND lease_until > now()";
-        let dead_filter = "status = 3 AND ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR ordering_key = $2) \
-             AND ($3::timestamptz IS NULL OR processed_at >= $3) AND ($4::timestamptz IS NULL OR processed_at < $4) \
-             AND ($5::uuid[] IS NULL OR id = ANY($5))";
+        let s = outbox_core::sql::PgStatements::new(table);
         Statements {
-            claim: format!(
-                "WITH due AS (SELECT o.seq FROM {t} o \
-                 WHERE o.status IN (0, 1) AND o.available_at <= now() \
-                   AND (o.status = 0 OR o.lease_until <= now()) \
-                   AND o.seq = (SELECT p.seq FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                AND p.status < 2 ORDER BY p.seq LIMIT 1) \
-                 ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
-                 UPDATE {t} AS u SET status = 1, lease_token = $2, \
-                   lease_until = now() + make_interval(secs => $3::float8 / 1000000) \
-                 FROM due WHERE u.seq = due.seq RETURNING {}",
-                SELECT_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("u.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-            .into(),
-            mark_published: format!(
-                "UPDATE {t} SET status = 2, processed_at = now(), lease_token = NULL, lease_until = NULL \
-                 WHERE id = ANY($1) AND {held}"
-            )
-            .into(),
-            retry: format!(
-                "UPDATE {t} AS u SET status = 0, attempts = u.attempts + 1, last_error = d.err, \
-                   available_at = now() + make_interval(secs => d.delay_us::float8 / 1000000), \
-                   lease_token = NULL, lease_until = NULL \
-                 FROM UNNEST($1::uuid[], $3::bigint[], $4::text[]) AS d(id, delay_us, err) \
-                 WHERE u.id = d.id AND u.status = 1 AND u.lease_token = $2 AND u.lease_until > now()"
-            )
-            .into(),
-            dead: format!(
-                "UPDATE {t} AS u SET status = 3, attempts = u.attempts + 1, last_error = d.err, processed_at = now(), \
-                   lease_token = NULL, lease_until = NULL \
-                 FROM UNNEST($1::uuid[], $3::text[]) AS d(id, err) \
-                 WHERE u.id = d.id AND u.status = 1 AND u.lease_token = $2 AND u.lease_until > now()"
-            )
-            .into(),
-            release: format!(
-                "UPDATE {t} SET status = 0, lease_token = NULL, lease_until = NULL WHERE id = ANY($1) AND {held}"
-            )
-            .into(),
-            purge: format!(
-                "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE status = 2 AND processed_at < $1 \
-                 ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            )
-            .into(),
-            stats: format!(
-                "SELECT count(*) FILTER (WHERE status = 0 OR (status = 1 AND lease_until <= now())), \
-                        count(*) FILTER (WHERE status = 1 AND lease_until > now()), \
-                        count(*) FILTER (WHERE status = 3), \
-                        min(created_at) FILTER (WHERE status IN (0, 1)) \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            )
-            .into(),
-            list_dead: format!(
-                "SELECT {SELECT_COLUMNS}, processed_at FROM {t} WHERE {dead_filter} ORDER BY processed_at, seq LIMIT $6"
-            )
-            .into(),
-            requeue_dead: format!(
-                "UPDATE {t} SET status = 0, attempts = 0, available_at = now(), processed_at = NULL WHERE {dead_filter}"
-            )
-            .into(),
-            purge_dead: format!("DELETE FROM {t} WHERE {dead_filter}").into(),
+            claim: s.claim.into(),
+            mark_published: s.mark_published.into(),
+            retry: s.retry.into(),
+            dead: s.dead.into(),
+            release: s.release.into(),
+            purge: s.purge.into(),
+            stats: s.stats.into(),
+            list_dead: s.list_dead.into(),
+            requeue_dead: s.requeue_dead.into(),
+            purge_dead: s.purge_dead.into(),
         }
     }
 }
@@ -350,12 +291,10 @@ impl Store for PgStore {
         // state), the planner otherwise prefers a bitmap scan plus sort, which checks every
         // unfinished row on every claim: 140 ms instead of 3 ms per claim at a 50,000-row
         // backlog on the benchmark machine.
-        sqlx::query(
-            "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| map_sqlx(WHAT, e))?;
+        sqlx::query(outbox_core::sql::PG_CLAIM_SETTINGS)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| map_sqlx(WHAT, e))?;
         let rows = sqlx::query(sql(Arc::clone(&self.stmts.claim)))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(token.as_i64())
