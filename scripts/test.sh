@@ -25,4 +25,5 @@ cargo test --workspace --all-features
 step "examples"
 cargo run --quiet -p outbox-examples --example quickstart >/dev/null
 cargo run --quiet -p outbox-examples --example seaorm_orders >/dev/null
+cargo run --quiet -p outbox-examples --example diesel_orders >/dev/null
 echo "all checks passed"

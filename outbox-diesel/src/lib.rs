@@ -2,6 +2,8 @@
 
 mod backend;
 pub mod error;
+#[cfg(feature = "async")]
+pub mod store;
 
 #[cfg(any(feature = "mysql", feature = "async"))]
 pub use backend::mysql;
@@ -10,3 +12,5 @@ pub use backend::pg;
 #[cfg(feature = "sqlite")]
 pub use backend::sqlite;
 pub use error::{map_connection, map_diesel};
+#[cfg(feature = "async")]
+pub use store::DieselPgStore;

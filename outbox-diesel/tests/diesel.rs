@@ -476,3 +476,146 @@ async fn schema_parity_with_outbox_sqlx() {
         drop_my_db(&my_url, d).await;
     }
 }
+
+/// A PostgreSQL schema of its own, written through diesel-async, claimed by `DieselPgStore`.
+struct DieselPg {
+    writer: tokio::sync::Mutex<diesel_async::AsyncPgConnection>,
+    store: outbox_diesel::DieselPgStore,
+}
+
+impl DieselPg {
+    async fn new(url: &str, prefix: &str) -> DieselPg {
+        use diesel_async::AsyncConnection as _;
+        let schema = unique_name(prefix);
+        {
+            let mut conn = pg_conn(url, &schema);
+            dpg::run_migrations(&mut conn).expect("migrate");
+            diesel::sql_query("CREATE TABLE orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)")
+                .execute(&mut conn)
+                .expect("orders");
+        }
+        let mut writer = diesel_async::AsyncPgConnection::establish(url)
+            .await
+            .expect("connect");
+        diesel_async::RunQueryDsl::execute(
+            diesel::sql_query(format!("SET search_path TO \"{schema}\"")),
+            &mut writer,
+        )
+        .await
+        .expect("search path");
+        let table = TableName::with_schema(&schema, "outbox_events").expect("name");
+        DieselPg {
+            writer: tokio::sync::Mutex::new(writer),
+            store: outbox_diesel::DieselPgStore::connect(url, table, 4)
+                .await
+                .expect("store"),
+        }
+    }
+
+    async fn write(&self, events: Vec<Envelope>, commit: bool) -> outbox_core::Result<()> {
+        use diesel_async::AsyncConnection as _;
+        let mut conn = self.writer.lock().await;
+        let done = conn
+            .transaction::<(), diesel::result::Error, _>(async move |c| {
+                for e in &events {
+                    diesel_async::RunQueryDsl::execute(
+                        diesel::insert_into(orders::table)
+                            .values((orders::id.eq(e.id().to_string()), orders::total.eq(100_i64))),
+                        c,
+                    )
+                    .await?;
+                }
+                dpg::enqueue_all_async(c, &events).await?;
+                if commit {
+                    Ok(())
+                } else {
+                    Err(diesel::result::Error::RollbackTransaction)
+                }
+            })
+            .await;
+        match done {
+            Ok(()) => Ok(()),
+            Err(diesel::result::Error::RollbackTransaction) if !commit => Ok(()),
+            Err(e) => Err(outbox_diesel::map_diesel("write", e)),
+        }
+    }
+}
+
+impl outbox_core::testkit::StoreHarness for DieselPg {
+    type Store = outbox_diesel::DieselPgStore;
+    fn store(&self) -> outbox_diesel::DieselPgStore {
+        self.store.clone()
+    }
+    async fn commit(&self, events: Vec<Envelope>) -> outbox_core::Result<()> {
+        self.write(events, true).await
+    }
+    async fn roll_back(&self, events: Vec<Envelope>) -> outbox_core::Result<()> {
+        self.write(events, false).await
+    }
+}
+
+async fn drop_pg_schemas(url: &str, prefix: &str) {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(prefix)
+            .fetch_all(&pool)
+            .await
+            .expect("list");
+    assert!(!names.is_empty(), "the test's own schemas were found");
+    for n in names {
+        drop_pg_schema(url, &n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diesel_store_passes_the_conformance_suite_on_postgres() {
+    let Some(url) = service_url(
+        "diesel store conformance",
+        "OUTBOX_TEST_POSTGRES_URL",
+        PG_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let prefix = unique_name("outbox_dconf");
+    outbox_core::testkit::run_store_suite(|| DieselPg::new(&url, &prefix)).await;
+    drop_pg_schemas(&url, &prefix).await;
+}
+
+/// The reverse mixed stack: events written through outbox-sqlx are relayed by the diesel
+/// store and read back field for field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_stack_sqlx_writes_diesel_relays() {
+    let Some(url) = service_url(
+        "diesel mixed_stack_sqlx_writes_diesel_relays",
+        "OUTBOX_TEST_POSTGRES_URL",
+        PG_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let prefix = unique_name("outbox_dmix");
+    let d = DieselPg::new(&url, &prefix).await;
+    let events: Vec<Envelope> = (0..40).map(|i| ev(&format!("k{}", i % 6), i)).collect();
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let outbox = outbox_sqlx::postgres::PgOutbox::new(d.store.table().clone());
+    let mut tx = pool.begin().await.expect("begin");
+    outbox.enqueue_all(&mut tx, &events).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::new(d.store.clone(), publisher.clone(), config()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, events.len());
+    let mut got: Vec<Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| d.envelope)
+        .collect();
+    got.sort_by_key(Envelope::id);
+    let mut want = events;
+    want.sort_by_key(Envelope::id);
+    assert_eq!(got, want, "the same envelopes, field for field");
+    drop_pg_schemas(&url, &prefix).await;
+}

@@ -1,0 +1,252 @@
+//! [`DieselPgStore`]: the relay's store on diesel-async, for services that use diesel
+//! without sqlx. Its SQL is `outbox_core::sql::PgStatements`, the statement text the sqlx
+//! store runs too, so claims, leases and fencing behave the same on every stack.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text, Timestamptz};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::bb8::Pool;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use outbox_core::sql::{PG_CLAIM_SETTINGS, PgStatements, StoredRow, split_rows};
+use outbox_core::store::{Claim, DeadLetter, Lease, LeaseToken, Retry, Store};
+use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+
+use crate::error::map_diesel;
+
+/// A claimed row as diesel reads it.
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    aggregate_type: String,
+    #[diesel(sql_type = Text)]
+    aggregate_id: String,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Text)]
+    destination: String,
+    #[diesel(sql_type = Text)]
+    ordering_key: String,
+    #[diesel(sql_type = Binary)]
+    payload: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    content_type: String,
+    #[diesel(sql_type = Text)]
+    headers: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    tracestate: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    available_at: DateTime<Utc>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+}
+
+impl From<Row> for StoredRow {
+    fn from(r: Row) -> Self {
+        StoredRow {
+            seq: r.seq,
+            id: EventId::from_uuid(r.id),
+            aggregate_type: r.aggregate_type,
+            aggregate_id: r.aggregate_id,
+            event_type: r.event_type,
+            destination: r.destination,
+            ordering_key: r.ordering_key,
+            payload: r.payload,
+            content_type: r.content_type,
+            headers: r.headers,
+            traceparent: r.traceparent,
+            tracestate: r.tracestate,
+            created_at: r.created_at,
+            available_at: r.available_at,
+            attempts: r.attempts,
+            last_error: r.last_error,
+        }
+    }
+}
+
+/// The PostgreSQL store on a diesel-async (bb8) pool. Cheap to clone.
+#[derive(Clone)]
+pub struct DieselPgStore {
+    pool: Pool<AsyncPgConnection>,
+    table: TableName,
+    stmts: std::sync::Arc<PgStatements>,
+    limits: ValidationLimits,
+}
+
+impl std::fmt::Debug for DieselPgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pool's manager holds the URL (and any password): show only the table.
+        f.debug_struct("DieselPgStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn uuids(ids: impl Iterator<Item = EventId>) -> Vec<uuid::Uuid> {
+    ids.map(|id| id.as_uuid()).collect()
+}
+
+impl DieselPgStore {
+    /// Opens a pool of `max_size` connections on `url` for `table` (which the migration
+    /// created; name it with its schema if it is not on the search path).
+    pub async fn connect(url: &str, table: TableName, max_size: u32) -> Result<Self> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        let pool = Pool::builder()
+            .max_size(max_size)
+            .build(manager)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "opening a diesel-async pool on {}",
+                        outbox_core::redact_url(url)
+                    ),
+                )
+                .with_source(e)
+            })?;
+        Ok(Self::new(pool, table))
+    }
+
+    /// A store over `table` through an existing pool.
+    pub fn new(pool: Pool<AsyncPgConnection>, table: TableName) -> Self {
+        DieselPgStore {
+            stmts: std::sync::Arc::new(PgStatements::new(&table)),
+            pool,
+            table,
+            limits: ValidationLimits::default(),
+        }
+    }
+
+    /// Validates rows read back against these limits (default: core's defaults).
+    pub fn with_limits(mut self, limits: ValidationLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    async fn conn(
+        &self,
+        what: &str,
+    ) -> Result<diesel_async::pooled_connection::bb8::PooledConnection<'_, AsyncPgConnection>> {
+        self.pool.get().await.map_err(|e| {
+            Error::new(ErrorKind::Connection, format!("{what}: no pool connection")).with_source(e)
+        })
+    }
+
+    async fn fenced(&self, stmt: &str, lease: &Lease, ids: &[EventId], what: &str) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn(what).await?;
+        let n = diesel::sql_query(stmt)
+            .bind::<Array<diesel::sql_types::Uuid>, _>(uuids(ids.iter().copied()))
+            .bind::<BigInt, _>(lease.token.as_i64())
+            .execute(&mut conn)
+            .await
+            .map_err(|e| map_diesel(what, e))?;
+        Ok(n as u64)
+    }
+}
+
+impl Store for DieselPgStore {
+    async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
+        const WHAT: &str = "claiming outbox rows";
+        let token = LeaseToken::generate();
+        let until =
+            Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease_us = micros(lease_for);
+        let claim = self.stmts.claim.as_str();
+        let mut conn = self.conn(WHAT).await?;
+        let rows: Vec<Row> = conn
+            .transaction::<_, diesel::result::Error, _>(async move |c| {
+                diesel::sql_query(PG_CLAIM_SETTINGS).execute(c).await?;
+                diesel::sql_query(claim)
+                    .bind::<BigInt, _>(limit)
+                    .bind::<BigInt, _>(token.as_i64())
+                    .bind::<BigInt, _>(lease_us)
+                    .load(c)
+                    .await
+            })
+            .await
+            .map_err(|e| map_diesel(WHAT, e))?;
+        let (events, undecodable) = split_rows(
+            rows.into_iter().map(StoredRow::from).collect(),
+            &self.limits,
+        );
+        Ok(Claim {
+            lease: Lease { token, until },
+            events,
+            undecodable,
+        })
+    }
+
+    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        self.fenced(
+            &self.stmts.mark_published,
+            lease,
+            ids,
+            "marking rows published",
+        )
+        .await
+    }
+
+    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
+        const WHAT: &str = "scheduling retries";
+        if retries.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn(WHAT).await?;
+        let n = diesel::sql_query(self.stmts.retry.as_str())
+            .bind::<Array<diesel::sql_types::Uuid>, _>(uuids(retries.iter().map(|r| r.id)))
+            .bind::<BigInt, _>(lease.token.as_i64())
+            .bind::<Array<BigInt>, _>(retries.iter().map(|r| micros(r.delay)).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>())
+            .execute(&mut conn)
+            .await
+            .map_err(|e| map_diesel(WHAT, e))?;
+        Ok(n as u64)
+    }
+
+    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
+        const WHAT: &str = "dead-lettering rows";
+        if dead.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn(WHAT).await?;
+        let n = diesel::sql_query(self.stmts.dead.as_str())
+            .bind::<Array<diesel::sql_types::Uuid>, _>(uuids(dead.iter().map(|d| d.id)))
+            .bind::<BigInt, _>(lease.token.as_i64())
+            .bind::<Array<Text>, _>(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>())
+            .execute(&mut conn)
+            .await
+            .map_err(|e| map_diesel(WHAT, e))?;
+        Ok(n as u64)
+    }
+
+    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        self.fenced(&self.stmts.release, lease, ids, "releasing rows")
+            .await
+    }
+}
