@@ -38,3 +38,11 @@ ensure RabbitMQ 127.0.0.1 5672 120 rabbitmq-server -detached
 ensure NATS 127.0.0.1 4222 30 \
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
   -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+
+# SQS: moto's server from PyPI, installed when missing.
+if ! command -v moto_server >/dev/null 2>&1; then
+  log "installing moto[server] from PyPI"
+  python3 -m pip install --quiet 'moto[server]' >/dev/null
+fi
+ensure "SQS (moto)" 127.0.0.1 4566 60 \
+  bash -c 'nohup moto_server -H 127.0.0.1 -p 4566 >/tmp/outbox-moto.log 2>&1 &'
