@@ -46,3 +46,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 ensure "SQS (moto)" 127.0.0.1 4566 60 \
   bash -c 'nohup moto_server -H 127.0.0.1 -p 4566 >/tmp/outbox-moto.log 2>&1 &'
+
+# Kafka protocol: the tansu broker from crates.io (about 10 minutes to build, once), with
+# in-memory storage on loopback only.
+if ! command -v tansu >/dev/null 2>&1; then
+  log "installing tansu from crates.io (cargo install; about 10 minutes the first time)"
+  cargo install --locked --quiet tansu --features dynostore
+fi
+ensure "Kafka (tansu)" 127.0.0.1 9092 60 \
+  bash -c 'cd /tmp && nohup env -u STORAGE_ENGINE tansu broker \
+    --cluster-id outbox \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >/tmp/outbox-tansu.log 2>&1 &'

@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+pub mod config;
+pub mod error;
+pub mod publisher;
+
+pub use config::KafkaConfig;
+pub use error::classify;
+pub use publisher::KafkaPublisher;

@@ -1,0 +1,144 @@
+//! [`KafkaPublisher`]: an idempotent producer with one outcome per event.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use outbox_core::{Envelope, Error, ErrorKind, PublishOutcome, Publisher, Result, transport};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+use crate::config::KafkaConfig;
+use crate::error::classify;
+
+/// Publishes envelopes to Kafka with librdkafka's idempotent producer
+/// (`enable.idempotence=true`, `acks=all`; the config refuses weaker settings).
+///
+/// - destination -> topic; ordering key -> message key, so a key's events share a
+///   partition and keep their order; headers -> Kafka headers (the toolkit's transport
+///   headers, `outbox-event-id` among them, and the user's);
+/// - a batch is handed to librdkafka without waiting, then each event's delivery report is
+///   awaited: one outcome per event;
+/// - a full local queue waits for room (up to `message_timeout`) instead of failing.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    config: KafkaConfig,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A topic name Kafka accepts: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_topic(t: &str) -> std::result::Result<(), String> {
+    if t.is_empty() || t.len() > 249 || t == "." || t == ".." {
+        return Err(format!(
+            "topic {t:?} must be 1 to 249 characters, not . or .."
+        ));
+    }
+    if !t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "topic {t:?} may hold only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+impl KafkaPublisher {
+    /// Creates the producer from `config` (validated first).
+    pub fn new(config: KafkaConfig) -> Result<Self> {
+        config.validate()?;
+        let producer: FutureProducer = config.client_config().create().map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, "creating the Kafka producer").with_source(e)
+        })?;
+        Ok(KafkaPublisher { producer, config })
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Waits until every message handed to librdkafka is delivered or failed.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| Error::new(classify(&e), "flushing the Kafka producer").with_source(e))
+    }
+
+    fn failed(topic: &str, e: &KafkaError) -> PublishOutcome {
+        PublishOutcome::Failed(Error::new(
+            classify(e),
+            format!("producing to Kafka topic {topic:?}: {e}"),
+        ))
+    }
+
+    /// Hands one event to librdkafka, waiting for room in a full local queue.
+    async fn enqueue(
+        &self,
+        e: &Envelope,
+    ) -> std::result::Result<rdkafka::producer::DeliveryFuture, PublishOutcome> {
+        let topic = e.destination();
+        if let Err(why) = check_topic(topic) {
+            return Err(PublishOutcome::Failed(Error::new(
+                ErrorKind::InvalidInput,
+                format!("destination {why}"),
+            )));
+        }
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in transport::message_headers(e) {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .key(e.ordering_key())
+            .payload(e.payload().as_ref())
+            .headers(headers);
+        let give_up = tokio::time::Instant::now() + self.config.message_timeout;
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if tokio::time::Instant::now() < give_up =>
+                {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((err, _)) => return Err(Self::failed(topic, &err)),
+            }
+        }
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, events: &[Envelope]) -> Vec<PublishOutcome> {
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            pending.push((e.destination(), self.enqueue(e).await));
+        }
+        join_all(pending.into_iter().map(|(topic, p)| async move {
+            match p {
+                Err(outcome) => outcome,
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => PublishOutcome::Published,
+                    Ok(Err((err, _))) => Self::failed(topic, &err),
+                    Err(_canceled) => PublishOutcome::Failed(Error::new(
+                        ErrorKind::Connection,
+                        format!("the Kafka producer shut down before reporting on topic {topic:?}"),
+                    )),
+                },
+            }
+        }))
+        .await
+    }
+}
