@@ -397,33 +397,14 @@ async fn schema_parity_with_outbox_sqlx() {
     )
     .await
     .expect("sqlx migration");
-    let describe_pg = |schema: String| {
-        let pool = pool.clone();
-        async move {
-            let cols: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-                "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text \
-                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox_events' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(&schema)
-            .fetch_all(&pool)
-            .await
-            .expect("columns");
-            let idx: Vec<(String,)> = sqlx::query_as(
-                "SELECT replace(indexdef, $1, 'S') FROM pg_indexes WHERE schemaname = $2 \
-                 AND tablename = 'outbox_events' ORDER BY indexname",
-            )
-            .bind(format!("{schema}."))
-            .bind(&schema)
-            .fetch_all(&pool)
-            .await
-            .expect("indexes");
-            (cols, idx)
-        }
-    };
-    let (pg_a, pg_b) = (describe_pg(a.clone()).await, describe_pg(b.clone()).await);
-    assert_eq!(pg_a.0.len(), outbox_core::schema::COLUMNS.len());
-    assert_eq!(pg_a.1.len(), outbox_core::schema::INDEXES.len() + 1);
+    let pg_a = outbox_sqlx::shape::postgres(&pool, &a, "outbox_events")
+        .await
+        .expect("shape");
+    let pg_b = outbox_sqlx::shape::postgres(&pool, &b, "outbox_events")
+        .await
+        .expect("shape");
+    assert_eq!(pg_a.columns.len(), outbox_core::schema::COLUMNS.len());
+    assert_eq!(pg_a.indexes.len(), outbox_core::schema::INDEXES.len() + 1);
     assert_eq!(pg_a, pg_b, "PostgreSQL columns and indexes");
     for s in [&a, &b] {
         drop_pg_schema(&pg_url, s).await;
@@ -442,35 +423,14 @@ async fn schema_parity_with_outbox_sqlx() {
     )
     .await
     .expect("sqlx migration");
-    let describe_my = |db: String| {
-        let pool = pool.clone();
-        async move {
-            let cols: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-                "SELECT CAST(column_name AS CHAR), CAST(column_type AS CHAR), CAST(is_nullable AS CHAR), \
-                        CAST(column_default AS CHAR) \
-                 FROM information_schema.columns WHERE table_schema = ? AND table_name = 'outbox_events' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(&db)
-            .fetch_all(&pool)
-            .await
-            .expect("columns");
-            let idx: Vec<(String, i64, String, i64)> = sqlx::query_as(
-                "SELECT CAST(index_name AS CHAR), CAST(seq_in_index AS SIGNED), CAST(column_name AS CHAR), \
-                        CAST(non_unique AS SIGNED) \
-                 FROM information_schema.statistics WHERE table_schema = ? AND table_name = 'outbox_events' \
-                 ORDER BY index_name, seq_in_index",
-            )
-            .bind(&db)
-            .fetch_all(&pool)
-            .await
-            .expect("indexes");
-            (cols, idx)
-        }
-    };
-    let (my_a, my_b) = (describe_my(a.clone()).await, describe_my(b.clone()).await);
-    assert_eq!(my_a.0.len(), outbox_core::schema::COLUMNS.len());
-    assert!(!my_a.1.is_empty());
+    let my_a = outbox_sqlx::shape::mysql(&pool, &a, "outbox_events")
+        .await
+        .expect("shape");
+    let my_b = outbox_sqlx::shape::mysql(&pool, &b, "outbox_events")
+        .await
+        .expect("shape");
+    assert_eq!(my_a.columns.len(), outbox_core::schema::COLUMNS.len());
+    assert!(!my_a.indexes.is_empty());
     assert_eq!(my_a, my_b, "MariaDB columns and indexes");
     for d in [&a, &b] {
         drop_my_db(&my_url, d).await;

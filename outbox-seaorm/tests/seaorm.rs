@@ -383,40 +383,23 @@ async fn schema_parity_with_outbox_sqlx() {
     .await
     .expect("sqlx migration");
 
-    let describe = |schema: String| {
-        let pool = pool.clone();
-        async move {
-            let cols: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-                "SELECT column_name::text, data_type::text, is_nullable::text, column_default::text \
-                 FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'outbox_events' \
-                 ORDER BY ordinal_position",
-            )
-            .bind(&schema)
-            .fetch_all(&pool)
-            .await
-            .expect("columns");
-            let idx: Vec<(String,)> = sqlx::query_as(
-                "SELECT replace(indexdef, $1, 'S') FROM pg_indexes WHERE schemaname = $2 \
-                 AND tablename = 'outbox_events' ORDER BY indexname",
-            )
-            .bind(format!("{schema}."))
-            .bind(&schema)
-            .fetch_all(&pool)
-            .await
-            .expect("indexes");
-            (cols, idx)
-        }
-    };
-    let (cols_a, idx_a) = describe(a.clone()).await;
-    let (cols_b, idx_b) = describe(b.clone()).await;
-    assert_eq!(cols_a.len(), outbox_core::schema::COLUMNS.len());
-    assert_eq!(cols_a, cols_b, "columns, types, nullability and defaults");
+    let shape_a = outbox_sqlx::shape::postgres(&pool, &a, "outbox_events")
+        .await
+        .expect("shape a");
+    let shape_b = outbox_sqlx::shape::postgres(&pool, &b, "outbox_events")
+        .await
+        .expect("shape b");
+    assert_eq!(shape_a.columns.len(), outbox_core::schema::COLUMNS.len());
     assert_eq!(
-        idx_a.len(),
+        shape_a.indexes.len(),
         outbox_core::schema::INDEXES.len() + 1,
-        "{idx_a:?}"
+        "{:?}",
+        shape_a.indexes
     );
-    assert_eq!(idx_a, idx_b, "indexes");
+    assert_eq!(
+        shape_a, shape_b,
+        "columns, types, nullability, defaults and indexes"
+    );
     for s in [a, b] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{s}\" CASCADE")))
             .execute(&pool)

@@ -6,6 +6,7 @@ pub mod error;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod shape;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
