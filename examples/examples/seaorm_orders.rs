@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use outbox_core::{Envelope, Error, ErrorKind, InMemoryPublisher, Relay, RelayConfig};
-use outbox_seaorm::{OutboxMigrator, SeaOrmStore, enqueue, map_db_err};
+use outbox_seaorm::{OutboxMigrator, enqueue, map_db_err};
 use sea_orm::{
     ConnectionTrait, Database, DatabaseConnection, Statement, TransactionError, TransactionTrait,
 };
@@ -74,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         publish_timeout: Duration::from_secs(5),
         ..RelayConfig::default()
     };
-    let relay = Relay::new(SeaOrmStore::new(&db)?, publisher.clone(), config)?;
+    let relay = Relay::new(outbox_seaorm::store(&db)?, publisher.clone(), config)?;
     let report = relay.drain().await?;
     for d in publisher.deliveries() {
         println!(

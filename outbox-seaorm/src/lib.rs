@@ -9,4 +9,4 @@ pub mod store;
 pub use enqueue::{enqueue, enqueue_all};
 pub use error::map_db_err;
 pub use migration::{CreateOutboxTable, OutboxMigrator};
-pub use store::SeaOrmStore;
+pub use store::{SeaOrmStore, store, store_for_table};

@@ -118,7 +118,7 @@ impl Sea {
         .await
         .expect("orders");
         Sea {
-            store: SeaOrmStore::new(&db).expect("store"),
+            store: outbox_seaorm::store(&db).expect("store"),
             db,
             file: None,
         }

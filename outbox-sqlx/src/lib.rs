@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod any;
 mod common;
 pub mod error;
 #[cfg(feature = "mysql")]
@@ -10,4 +11,5 @@ pub mod shape;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use any::AnyStore;
 pub use error::{classify, map_sqlx};

@@ -1,0 +1,152 @@
+//! [`AnyStore`]: whichever of the three stores a URL names, behind one type, for programs
+//! that pick the database at run time (the `outbox` binary, SeaORM services).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox_core::store::{
+    BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
+    Retention, Retry, Store, StoreStats,
+};
+use outbox_core::{Error, ErrorKind, EventId, Result, TableName};
+
+/// One of the sqlx stores. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum AnyStore {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::PgStore),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(crate::mysql::MySqlStore),
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(crate::sqlite::SqliteStore),
+}
+
+/// Calls `$call` on whichever store this is.
+macro_rules! each {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($s) => $call,
+            #[cfg(feature = "mysql")]
+            AnyStore::MySql($s) => $call,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl AnyStore {
+    /// Opens a pool of up to `max_connections` on `url` (`postgres://`, `mysql://`,
+    /// `sqlite://`) for `table`. The URL's password never appears in errors.
+    pub async fn connect(url: &str, table: TableName, max_connections: u32) -> Result<Self> {
+        let shown = outbox_core::redact_url(url);
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let open = |e| map_open(&shown, e);
+        match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(url)
+                    .await
+                    .map_err(open)?;
+                Ok(AnyStore::Postgres(crate::postgres::PgStore::new(
+                    pool, table,
+                )))
+            }
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => {
+                let pool = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(&url.replacen("mariadb://", "mysql://", 1))
+                    .await
+                    .map_err(open)?;
+                Ok(AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)))
+            }
+            #[cfg(feature = "sqlite")]
+            "sqlite" => {
+                let pool = crate::sqlite::connect(url).await?;
+                Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::new(
+                    pool, table,
+                )))
+            }
+            other => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "source URL {shown}: scheme {other:?} is not postgres://, mysql:// or sqlite:// (or its feature is off)"
+                ),
+            )),
+        }
+    }
+
+    /// Creates the table (and schema or database) if missing.
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => crate::postgres::migrate(s.pool(), s.table()).await,
+            #[cfg(feature = "mysql")]
+            AnyStore::MySql(s) => crate::mysql::migrate(s.pool(), s.table()).await,
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite(s) => crate::sqlite::migrate(s.pool(), s.table()).await,
+        }
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        each!(self, s => s.table())
+    }
+}
+
+fn map_open(shown: &str, e: sqlx::Error) -> Error {
+    let kind = crate::error::classify(&e);
+    Error::new(kind, format!("opening {shown}")).with_source(e)
+}
+
+impl Store for AnyStore {
+    async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
+        each!(self, s => s.claim(limit, lease_for).await)
+    }
+    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        each!(self, s => s.mark_published(lease, ids).await)
+    }
+    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
+        each!(self, s => s.schedule_retry(lease, retries).await)
+    }
+    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
+        each!(self, s => s.dead_letter(lease, dead).await)
+    }
+    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
+        each!(self, s => s.release(lease, ids).await)
+    }
+}
+
+impl Retention for AnyStore {
+    async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        each!(self, s => s.purge_published(before, limit).await)
+    }
+}
+
+impl StoreStats for AnyStore {
+    async fn stats(&self) -> Result<BacklogStats> {
+        each!(self, s => s.stats().await)
+    }
+}
+
+impl DeadLetterAdmin for AnyStore {
+    async fn list_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        each!(self, s => s.list_dead(filter, limit).await)
+    }
+    async fn requeue_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        each!(self, s => s.requeue_dead(filter).await)
+    }
+    async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        each!(self, s => s.purge_dead(filter).await)
+    }
+}
