@@ -26,4 +26,5 @@ step "examples"
 cargo run --quiet -p outbox-examples --example quickstart >/dev/null
 cargo run --quiet -p outbox-examples --example seaorm_orders >/dev/null
 cargo run --quiet -p outbox-examples --example diesel_orders >/dev/null
+cargo run --quiet -p outbox-relay --no-default-features -- demo >/dev/null
 echo "all checks passed"

@@ -1,0 +1,342 @@
+//! The subcommands that work on a configuration: run, migrate, status, dead-letters.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use outbox_core::store::{DeadLetterAdmin, DeadLetterFilter, Retention, StoreStats};
+use outbox_core::{DynPublisher, Relay, TableName};
+use outbox_sqlx::AnyStore;
+
+use crate::config::{Config, PublisherConfig, SourceConfig};
+use crate::router::Router;
+use crate::sink::JsonLines;
+
+/// A command's failure, printed as `outbox: <message>`.
+pub type CmdResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+fn load(path: &Path) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Config::load(path, std::env::vars())?)
+}
+
+/// Opens one source's store.
+pub async fn open_source(
+    name: &str,
+    s: &SourceConfig,
+) -> Result<AnyStore, Box<dyn std::error::Error + Send + Sync>> {
+    let table = match &s.table {
+        Some(t) => TableName::parse(t)?,
+        None => TableName::default(),
+    };
+    AnyStore::connect(&s.url, table, s.max_connections)
+        .await
+        .map_err(|e| format!("source {name}: {}", e.to_report()).into())
+}
+
+/// Builds one named publisher.
+pub async fn open_publisher(
+    name: &str,
+    p: &PublisherConfig,
+) -> Result<Arc<dyn DynPublisher>, Box<dyn std::error::Error + Send + Sync>> {
+    let fail = |e: outbox_core::Error| format!("publisher {name}: {}", e.to_report());
+    Ok(match p {
+        #[cfg(feature = "nats")]
+        PublisherConfig::Nats(c) => Arc::new(
+            outbox_nats::NatsPublisher::connect(c.clone())
+                .await
+                .map_err(fail)?,
+        ),
+        #[cfg(feature = "amqp")]
+        PublisherConfig::Amqp(c) => Arc::new(
+            outbox_amqp::AmqpPublisher::connect(c.clone())
+                .await
+                .map_err(fail)?,
+        ),
+        #[cfg(feature = "kafka")]
+        PublisherConfig::Kafka(c) => {
+            Arc::new(outbox_kafka::KafkaPublisher::new(c.clone()).map_err(fail)?)
+        }
+        #[cfg(feature = "sqs")]
+        PublisherConfig::Sqs(c) => {
+            Arc::new(outbox_sqs::SqsPublisher::connect(c).await.map_err(fail)?)
+        }
+        PublisherConfig::Stdout => Arc::new(JsonLines::stdout()),
+        PublisherConfig::File { path } => Arc::new(JsonLines::file(path).await.map_err(fail)?),
+    })
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; SIGINT only");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// `outbox run`.
+pub async fn run(path: &Path) -> CmdResult {
+    let config = load(path)?;
+    if config.sources.is_empty() {
+        return Err(format!(
+            "config file {}: no [sources.<name>] to relay from",
+            path.display()
+        )
+        .into());
+    }
+    let mut publishers = Vec::new();
+    for (name, p) in &config.publishers {
+        publishers.push((name.clone(), open_publisher(name, p).await?));
+    }
+    let router = Arc::new(Router::new(
+        publishers,
+        &config.routes,
+        config.default_publisher.as_deref(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (name, s) in &config.sources {
+        let store = open_source(name, s).await?;
+        tracing::info!(source = %name, table = %store.table(), "relaying");
+        if let Some(keep) = s.retention {
+            tasks.push(tokio::spawn(retention_loop(
+                name.clone(),
+                store.clone(),
+                keep,
+                stop_rx.clone(),
+            )));
+        }
+        let relay = Relay::new(store, Arc::clone(&router), s.relay.clone())
+            .map_err(|e| format!("source {name}: {e}"))?
+            .with_name(name.clone());
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            relay
+                .run_until(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: in-flight batches finish or are released");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn retention_loop(
+    name: String,
+    store: AnyStore,
+    keep: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        loop {
+            match store.purge_published(cutoff, 1000).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(source = %name, purged = n, "retention"),
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "retention purge failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// `outbox migrate`.
+pub async fn migrate(path: &Path, only: Option<&str>) -> CmdResult {
+    let config = load(path)?;
+    if let Some(o) = only
+        && !config.sources.contains_key(o)
+    {
+        return Err(format!("config file {}: no source named {o:?}", path.display()).into());
+    }
+    for (name, s) in config
+        .sources
+        .iter()
+        .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
+    {
+        let store = open_source(name, s).await?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| format!("source {name}: {}", e.to_report()))?;
+        println!("{name}: {} ready", store.table());
+    }
+    Ok(())
+}
+
+/// `outbox status`.
+pub async fn status(path: &Path, json: bool) -> CmdResult {
+    let config = load(path)?;
+    let mut rows = Vec::new();
+    for (name, s) in &config.sources {
+        let row = match open_source(name, s).await {
+            Ok(store) => match store.stats().await {
+                Ok(st) => serde_json::json!({
+                    "source": name,
+                    "pending": st.pending,
+                    "in_flight": st.in_flight,
+                    "dead": st.dead,
+                    "oldest_unpublished_age_s": st.oldest_unpublished
+                        .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
+                }),
+                Err(e) => serde_json::json!({ "source": name, "error": e.to_report() }),
+            },
+            Err(e) => serde_json::json!({ "source": name, "error": e.to_string() }),
+        };
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>10} {:>10} {:>8} {:>14}",
+        "source", "pending", "in flight", "dead", "oldest age"
+    );
+    for r in &rows {
+        let name = r["source"].as_str().unwrap_or_default();
+        match r.get("error") {
+            Some(e) => println!("{name:<20} error: {}", e.as_str().unwrap_or_default()),
+            None => println!(
+                "{name:<20} {:>10} {:>10} {:>8} {:>14}",
+                r["pending"],
+                r["in_flight"],
+                r["dead"],
+                r["oldest_unpublished_age_s"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// What to do with dead letters.
+#[derive(Clone, Copy, Debug, Subcommand)]
+pub enum DeadAction {
+    /// Print matching dead letters as JSON lines.
+    List,
+    /// Return matching dead letters to pending, attempts reset.
+    Requeue,
+    /// Delete matching dead letters.
+    Purge,
+}
+
+/// Which dead letters, and where.
+#[derive(Clone, Debug, Args)]
+pub struct DeadArgs {
+    /// The source.
+    #[arg(long, global = true)]
+    pub source: Option<String>,
+    /// Only this event type.
+    #[arg(long, global = true)]
+    pub event_type: Option<String>,
+    /// Only this ordering key.
+    #[arg(long, global = true)]
+    pub key: Option<String>,
+    /// Only dead-lettered at or after this RFC 3339 time.
+    #[arg(long, global = true)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead-lettered before this RFC 3339 time.
+    #[arg(long, global = true)]
+    pub before: Option<DateTime<Utc>>,
+    /// Most rows to list (default 100).
+    #[arg(long, global = true, default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// `outbox dead-letters ...`.
+pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> CmdResult {
+    let config = load(path)?;
+    let name = match (&args.source, config.sources.len()) {
+        (Some(n), _) => n.clone(),
+        (None, 1) => config.sources.keys().next().cloned().unwrap_or_default(),
+        (None, _) => return Err("several sources: name one with --source".into()),
+    };
+    let s = config
+        .sources
+        .get(&name)
+        .ok_or_else(|| format!("config file {}: no source named {name:?}", path.display()))?;
+    let store = open_source(&name, s).await?;
+    let filter = DeadLetterFilter {
+        event_type: args.event_type.clone(),
+        ordering_key: args.key.clone(),
+        dead_since: args.since,
+        dead_before: args.before,
+        ids: None,
+    };
+    match action {
+        DeadAction::List => {
+            for d in store.list_dead(&filter, args.limit).await? {
+                let mut line = crate::sink::line(&d.envelope);
+                if let Some(o) = line.as_object_mut() {
+                    o.insert("attempts".into(), d.attempts.into());
+                    o.insert("last_error".into(), d.last_error.into());
+                    o.insert("dead_at".into(), d.dead_at.map(|t| t.to_rfc3339()).into());
+                }
+                println!("{line}");
+            }
+        }
+        DeadAction::Requeue | DeadAction::Purge => {
+            // In bounded batches by id, with progress on stderr.
+            let total = store.stats().await?.dead;
+            let mut done = 0u64;
+            loop {
+                let batch = store.list_dead(&filter, 500).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                let ids = DeadLetterFilter {
+                    ids: Some(batch.iter().map(|d| d.envelope.id()).collect()),
+                    ..filter.clone()
+                };
+                done += match action {
+                    DeadAction::Requeue => store.requeue_dead(&ids).await?,
+                    _ => store.purge_dead(&ids).await?,
+                };
+                eprint!(
+                    "\r{} {done}/{total}",
+                    if matches!(action, DeadAction::Requeue) {
+                        "requeued"
+                    } else {
+                        "purged"
+                    }
+                );
+            }
+            eprintln!();
+            println!("{done}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! The relay's configuration: a TOML file, with `OUTBOX__...` environment overrides.
+//!
+//! ```toml
+//! default_publisher = "stdout"
+//!
+//! [sources.orders]                       # any number of sources
+//! url = "postgres://relay@db/app"        # postgres://, mysql://, sqlite://
+//! table = "public.outbox_events"         # default outbox_events
+//! retention = "7d"                       # optional: purge published rows older than this
+//! [sources.orders.relay]                 # optional: core's RelayConfig
+//! batch_size = 200
+//!
+//! [publishers.bus]                       # any number of named publishers
+//! kind = "nats"                          # nats, amqp, kafka, sqs, stdout, file
+//! url = "nats://127.0.0.1:4222"
+//!
+//! [[routes]]                             # first match wins; else default_publisher
+//! destination_prefix = "orders."
+//! publisher = "bus"
+//! ```
+//!
+//! An environment variable `OUTBOX__SOURCES__ORDERS__URL=...` replaces
+//! `sources.orders.url` (keys are lower-cased; `__` separates them), so secrets need not
+//! sit in the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outbox_core::{RelayConfig, duration_serde, redact_url};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Sources by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Publishers by name.
+    #[serde(default)]
+    pub publishers: BTreeMap<String, PublisherConfig>,
+    /// Routing rules, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Publisher for events no rule matches; without one such events are dead-lettered
+    /// with an error naming their destination.
+    #[serde(default)]
+    pub default_publisher: Option<String>,
+}
+
+/// One database to relay from.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://...`, `mysql://...` or `sqlite://path`.
+    pub url: String,
+    /// Table, optionally `schema.table` (default `outbox_events`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Relay settings for this source.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Purge published rows older than this (`"7d"` is not accepted; use hours: `"168h"`).
+    #[serde(default, with = "opt_duration")]
+    pub retention: Option<Duration>,
+    /// Most connections to this source (default 4).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    4
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("url", &redact_url(&self.url))
+            .field("table", &self.table)
+            .field("relay", &self.relay)
+            .field("retention", &self.retention)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| outbox_core::duration_serde::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A named publisher.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PublisherConfig {
+    /// NATS JetStream.
+    #[cfg(feature = "nats")]
+    Nats(outbox_nats::NatsConfig),
+    /// RabbitMQ.
+    #[cfg(feature = "amqp")]
+    Amqp(outbox_amqp::AmqpConfig),
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(outbox_kafka::KafkaConfig),
+    /// SQS.
+    #[cfg(feature = "sqs")]
+    Sqs(outbox_sqs::SqsConfig),
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A routing rule: events matching every given condition go to `publisher`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Destination starts with this.
+    #[serde(default)]
+    pub destination_prefix: Option<String>,
+    /// Event type equals this, or starts with the part before a trailing `*`.
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// The publisher's name.
+    pub publisher: String,
+}
+
+/// A configuration problem, naming where it is.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path` (TOML), applies `OUTBOX__...` overrides from `env`, and checks the
+    /// cross-references (routes and default publisher name existing publishers).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses TOML `text` (from `origin`, for messages) with overrides from `env`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError(format!("config file {origin}: {e}")))?;
+        for (key, v) in env {
+            if let Some(path) = key.strip_prefix("OUTBOX__") {
+                let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+                set_path(&mut value, &keys, &v)
+                    .map_err(|why| ConfigError(format!("environment {key}: {why}")))?;
+            }
+        }
+        let config: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("config file {origin}: {e}")))?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let known = |name: &str| self.publishers.contains_key(name);
+        for (i, r) in self.routes.iter().enumerate() {
+            if !known(&r.publisher) {
+                return Err(ConfigError(format!(
+                    "config file {origin}: routes[{i}].publisher = {:?} names no [publishers.{}]",
+                    r.publisher, r.publisher
+                )));
+            }
+            if r.destination_prefix.is_none() && r.event_type.is_none() {
+                return Err(ConfigError(format!(
+                    "config file {origin}: routes[{i}] needs destination_prefix or event_type"
+                )));
+            }
+        }
+        if let Some(d) = &self.default_publisher
+            && !known(d)
+        {
+            return Err(ConfigError(format!(
+                "config file {origin}: default_publisher = {d:?} names no [publishers.{d}]"
+            )));
+        }
+        for (name, s) in &self.sources {
+            s.relay.validate().map_err(|e| {
+                ConfigError(format!("config file {origin}: sources.{name}.relay: {e}"))
+            })?;
+            if let Some(t) = &s.table {
+                outbox_core::TableName::parse(t).map_err(|e| {
+                    ConfigError(format!("config file {origin}: sources.{name}.table: {e}"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets `keys` in `table` to `raw`, read as a TOML value when it parses as one (numbers,
+/// booleans), else as a string.
+fn set_path(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{k} is not a table in the config"))?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut v| v.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// How long `duration_serde` understands, re-exported for the CLI's flags.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration_serde::parse(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+default_publisher = "out"
+
+[sources.orders]
+url = "sqlite:///tmp/x.db"
+retention = "24h"
+[sources.orders.relay]
+batch_size = 50
+
+[publishers.out]
+kind = "stdout"
+
+[[routes]]
+event_type = "order.*"
+publisher = "out"
+"#;
+
+    #[test]
+    fn parses_and_overrides() {
+        let c = Config::parse(
+            SAMPLE,
+            "sample.toml",
+            [(
+                "OUTBOX__SOURCES__ORDERS__URL".to_owned(),
+                "postgres://u:secret@h/db".to_owned(),
+            )],
+        )
+        .expect("valid");
+        let s = &c.sources["orders"];
+        assert_eq!(s.url, "postgres://u:secret@h/db");
+        assert_eq!(s.relay.batch_size, 50);
+        assert_eq!(s.retention, Some(Duration::from_secs(86_400)));
+        assert!(!format!("{s:?}").contains("secret"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let typo = SAMPLE.replace("batch_size", "batch_sise");
+        let err = Config::parse(&typo, "relay.toml", []).expect_err("typo");
+        assert!(
+            err.0.contains("relay.toml") && err.0.contains("batch_sise"),
+            "{err}"
+        );
+        let bad_route = SAMPLE.replace("publisher = \"out\"", "publisher = \"nope\"");
+        let err = Config::parse(&bad_route, "relay.toml", []).expect_err("bad route");
+        assert!(err.0.contains("routes[0].publisher"), "{err}");
+        let bad_table = SAMPLE.replace("retention", "table = \"a;b\"\nretention");
+        let err = Config::parse(&bad_table, "relay.toml", []).expect_err("bad table");
+        assert!(err.0.contains("sources.orders.table"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod router;
+pub mod sink;
+
+pub use config::{Config, ConfigError};
+pub use router::Router;
+pub use sink::JsonLines;

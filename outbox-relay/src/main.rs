@@ -1,0 +1,97 @@
+//! The `outbox` binary. See the crate README.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use outbox_relay::commands::{self, DeadAction, DeadArgs};
+use outbox_relay::demo::{self, DemoArgs};
+
+#[derive(Parser)]
+#[command(name = "outbox", version, about = "The transactional outbox relay")]
+struct Cli {
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, global = true, env = "OUTBOX_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "OUTBOX_CONFIG", default_value = "outbox.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Relay every source to its routed brokers until SIGINT or SIGTERM.
+    Run(ConfigArg),
+    /// Create the outbox table on every source (or one), idempotently.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Backlog per source: pending, in flight, dead letters, oldest unpublished age.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, requeue or purge dead letters.
+    DeadLetters {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: DeadAction,
+        #[command(flatten)]
+        args: DeadArgs,
+    },
+    /// The embedded demo: SQLite and a JSON-lines sink, nothing to install or configure.
+    Demo(DemoArgs),
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    let result = match cli.command {
+        Command::Run(c) => commands::run(&c.config).await,
+        Command::Migrate { config, source } => {
+            commands::migrate(&config.config, source.as_deref()).await
+        }
+        Command::Status { config, json } => commands::status(&config.config, json).await,
+        Command::DeadLetters {
+            config,
+            action,
+            args,
+        } => commands::dead_letters(&config.config, action, &args).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outbox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

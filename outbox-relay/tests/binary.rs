@@ -1,0 +1,366 @@
+//! The `outbox` binary as a process: the demo, config errors, and `run` across PostgreSQL,
+//! MariaDB and SQLite sources (rows written through sqlx and SeaORM) to NATS and a JSON-lines
+//! file, including a SIGKILL mid-run.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::{Envelope, EventId, TableName};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outbox");
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(unique_name(name))
+}
+
+/// Distinct event ids in a JSON-lines file, and how many lines it has.
+fn sink_ids(path: &Path) -> (HashSet<EventId>, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut ids = HashSet::new();
+    let mut lines = 0;
+    for l in text.lines() {
+        lines += 1;
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        let id: EventId = v["id"].as_str().expect("id").parse().expect("uuid");
+        ids.insert(id);
+    }
+    (ids, lines)
+}
+
+#[test]
+fn demo_delivers_every_committed_event() {
+    let out = temp("outbox_demo_sink");
+    let status = Command::new(BIN)
+        .args(["demo", "--orders", "8", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the demo");
+    let story = String::from_utf8_lossy(&status.stderr);
+    assert!(status.status.success(), "demo failed: {story}");
+    let (ids, lines) = sink_ids(&out);
+    assert_eq!(ids.len(), 7, "8 orders, one rolled back: {story}");
+    assert!(lines >= ids.len());
+    assert!(story.contains("crashed before marking"), "{story}");
+    let _ = std::fs::remove_file(out);
+}
+
+#[test]
+fn config_errors_name_the_file_and_key() {
+    let path = temp("outbox_bad").with_extension("toml");
+    std::fs::write(
+        &path,
+        "[sources.a]\nurl = \"sqlite:///tmp/x.db\"\n[sources.a.relay]\nbatch_sise = 3\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("batch_sise"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+fn ev(dest: &str, key: &str, n: usize) -> Envelope {
+    Envelope::builder("order", key, "order.placed", dest)
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("valid")
+}
+
+struct Relay(Child);
+
+impl Relay {
+    fn start(config: &Path) -> Relay {
+        Relay(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(config)
+                .env("OUTBOX_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start outbox run"),
+        )
+    }
+
+    fn kill9(mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+
+    fn sigterm(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().expect("wait")
+    }
+}
+
+async fn nats_ids(js: &async_nats::jetstream::Context, stream: &str) -> Vec<EventId> {
+    let mut s = js.get_stream(stream).await.expect("stream");
+    let info = s.info().await.expect("info").state.clone();
+    let mut ids = Vec::new();
+    if info.messages == 0 {
+        return ids;
+    }
+    for seq in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await
+            && let Some(v) = m.headers.get("outbox-event-id")
+            && let Ok(id) = v.as_str().parse()
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Three sources (PostgreSQL and SQLite written through sqlx, MariaDB through SeaORM), two
+/// routed publishers (NATS for `orders.*`, a JSON-lines file for the rest). The relay is
+/// SIGKILLed mid-run and restarted: every event reaches its routed broker, NATS holds each
+/// once (its dedupe window drops the re-sends), and SIGTERM ends the process cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_relays_mixed_sources_and_survives_sigkill() {
+    let Some(pg_url) = service_url(
+        "outbox run (pg)",
+        "OUTBOX_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(my_url) = service_url(
+        "outbox run (mariadb)",
+        "OUTBOX_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(nats_url) = service_url(
+        "outbox run (nats)",
+        "OUTBOX_TEST_NATS_URL",
+        "nats://127.0.0.1:4222",
+    )
+    .await
+    else {
+        return;
+    };
+    let name = unique_name("outbox_e2e");
+    let sqlite = temp("outbox_e2e").with_extension("db");
+    let sink = temp("outbox_e2e_sink").with_extension("jsonl");
+    let stream = name.to_uppercase();
+    let my_base = my_url
+        .rsplit_once('/')
+        .map_or(my_url.as_str(), |(b, _)| b)
+        .to_owned();
+    let config = temp("outbox_e2e").with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"default_publisher = "audit"
+
+[sources.pg]
+url = "{pg_url}"
+table = "{name}.outbox_events"
+[sources.pg.relay]
+lease = "2s"
+publish_timeout = "1500ms"
+poll_interval = "20ms"
+max_poll_interval = "200ms"
+
+[sources.maria]
+url = "{my_base}/{name}"
+[sources.maria.relay]
+lease = "2s"
+publish_timeout = "1500ms"
+poll_interval = "20ms"
+max_poll_interval = "200ms"
+
+[sources.lite]
+url = "sqlite://{}"
+[sources.lite.relay]
+lease = "2s"
+publish_timeout = "1500ms"
+poll_interval = "20ms"
+max_poll_interval = "200ms"
+
+[publishers.bus]
+kind = "nats"
+url = "{nats_url}"
+
+[publishers.audit]
+kind = "file"
+path = "{}"
+
+[[routes]]
+destination_prefix = "{name}.orders."
+publisher = "bus"
+"#,
+            sqlite.display(),
+            sink.display()
+        ),
+    )
+    .expect("config");
+
+    // The NATS stream, the MariaDB database; then `outbox migrate` creates the three tables.
+    let nats = async_nats::connect(&nats_url).await.expect("nats");
+    let js = async_nats::jetstream::new(nats);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{name}.orders.>")],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let my_admin = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
+        .execute(&my_admin)
+        .await
+        .expect("database");
+    let out = Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Writers: sqlx on PostgreSQL and SQLite, SeaORM on MariaDB.
+    let orders = |n: usize, key: &str| -> Vec<Envelope> {
+        (0..n)
+            .map(|i| {
+                ev(
+                    &format!("{name}.orders.{key}"),
+                    &format!("{key}-{}", i % 4),
+                    i,
+                )
+            })
+            .collect()
+    };
+    let pg_events = orders(60, "pg");
+    let my_events = orders(60, "maria");
+    let audit_events: Vec<Envelope> = (0..40)
+        .map(|i| ev("audit", &format!("a-{}", i % 3), i))
+        .collect();
+    let pg = sqlx::PgPool::connect(&pg_url).await.expect("pg");
+    let pg_outbox = outbox_sqlx::postgres::PgOutbox::new(
+        TableName::with_schema(&name, "outbox_events").expect("name"),
+    );
+    let lite = outbox_sqlx::sqlite::connect(&format!("sqlite://{}", sqlite.display()))
+        .await
+        .expect("sqlite");
+    let lite_outbox = outbox_sqlx::sqlite::SqliteOutbox::default();
+    let sea = sea_orm::Database::connect(format!("{my_base}/{name}"))
+        .await
+        .expect("seaorm");
+    let write_all = |from: usize, to: usize| {
+        let (pg, lite, sea) = (pg.clone(), lite.clone(), sea.clone());
+        let (pg_outbox, lite_outbox) = (pg_outbox.clone(), lite_outbox.clone());
+        let (p, m, a) = (
+            pg_events[from..to].to_vec(),
+            my_events[from..to].to_vec(),
+            audit_events[from.min(40)..to.min(40)].to_vec(),
+        );
+        async move {
+            let mut tx = pg.begin().await.expect("begin");
+            pg_outbox
+                .enqueue_all(&mut tx, &p)
+                .await
+                .expect("pg enqueue");
+            tx.commit().await.expect("commit");
+            let mut tx = lite.begin().await.expect("begin");
+            lite_outbox
+                .enqueue_all(&mut tx, &a)
+                .await
+                .expect("sqlite enqueue");
+            tx.commit().await.expect("commit");
+            use sea_orm::TransactionTrait as _;
+            let txn = sea.begin().await.expect("begin");
+            outbox_seaorm::enqueue_all(&txn, &m)
+                .await
+                .expect("seaorm enqueue");
+            txn.commit().await.expect("commit");
+        }
+    };
+    write_all(0, 30).await;
+
+    // First run: SIGKILL once some events are through.
+    let relay = Relay::start(&config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while nats_ids(&js, &stream).await.len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing relayed to NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.kill9();
+    write_all(30, 60).await;
+
+    // Restart; everything arrives.
+    let relay = Relay::start(&config);
+    let want_nats: HashSet<EventId> = pg_events
+        .iter()
+        .chain(&my_events)
+        .map(Envelope::id)
+        .collect();
+    let want_sink: HashSet<EventId> = audit_events.iter().map(Envelope::id).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<EventId> = nats_ids(&js, &stream).await.into_iter().collect();
+        let (sunk, _) = sink_ids(&sink);
+        if got == want_nats && sunk == want_sink {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not everything arrived: nats {}/{}, file {}/{}",
+            got.len(),
+            want_nats.len(),
+            sunk.len(),
+            want_sink.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = relay.sigterm();
+    assert!(
+        status.success(),
+        "SIGTERM ends the relay cleanly: {status:?}"
+    );
+    let stored = nats_ids(&js, &stream).await;
+    assert_eq!(
+        stored.len(),
+        want_nats.len(),
+        "NATS dropped the re-sent copies (Nats-Msg-Id)"
+    );
+
+    // Clean up.
+    let _ = js.delete_stream(&stream).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
+        .execute(&my_admin)
+        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{name}\" CASCADE"
+    )))
+    .execute(&pg)
+    .await;
+    for p in [&sqlite, &sink, &config] {
+        let _ = std::fs::remove_file(p);
+    }
+}
