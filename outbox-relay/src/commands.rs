@@ -115,9 +115,13 @@ pub async fn run(path: &Path) -> CmdResult {
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let mut watched = Vec::new();
     for (name, s) in &config.sources {
         let store = open_source(name, s).await?;
         tracing::info!(source = %name, table = %store.table(), "relaying");
+        let metrics = Arc::new(outbox_core::CountingMetrics::default());
+        watched.push((name.clone(), store.clone(), Arc::clone(&metrics)));
+        let sampled = store.clone();
         if let Some(keep) = s.retention {
             tasks.push(tokio::spawn(retention_loop(
                 name.clone(),
@@ -128,7 +132,9 @@ pub async fn run(path: &Path) -> CmdResult {
         }
         let relay = Relay::new(store, Arc::clone(&router), s.relay.clone())
             .map_err(|e| format!("source {name}: {e}"))?
-            .with_name(name.clone());
+            .with_name(name.clone())
+            .with_metrics(metrics)
+            .with_backlog_sampling(Arc::new(sampled), Duration::from_secs(5));
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             relay
@@ -138,6 +144,22 @@ pub async fn run(path: &Path) -> CmdResult {
                 .await;
         }));
     }
+    if let Some(http) = &config.http {
+        let brokers = config
+            .publishers
+            .iter()
+            .map(|(n, p)| (n.clone(), broker_endpoint(p)))
+            .collect();
+        let state = Arc::new(crate::http::HttpState {
+            sources: watched,
+            brokers,
+        });
+        tasks.push(
+            crate::http::serve(http.listen, state, stop_rx.clone())
+                .await
+                .map_err(|e| format!("http.listen {}: {e}", http.listen))?,
+        );
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: in-flight batches finish or are released");
     let _ = stop_tx.send(true);
@@ -145,6 +167,21 @@ pub async fn run(path: &Path) -> CmdResult {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The `host:port` a publisher talks to, for the health check.
+fn broker_endpoint(p: &PublisherConfig) -> Option<String> {
+    match p {
+        #[cfg(feature = "nats")]
+        PublisherConfig::Nats(c) => crate::http::endpoint(&c.url),
+        #[cfg(feature = "amqp")]
+        PublisherConfig::Amqp(c) => crate::http::endpoint(&c.url),
+        #[cfg(feature = "kafka")]
+        PublisherConfig::Kafka(c) => crate::http::endpoint(&c.bootstrap_servers),
+        #[cfg(feature = "sqs")]
+        PublisherConfig::Sqs(c) => c.endpoint_url.as_deref().and_then(crate::http::endpoint),
+        PublisherConfig::Stdout | PublisherConfig::File { .. } => None,
+    }
 }
 
 async fn retention_loop(

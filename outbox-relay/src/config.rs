@@ -47,6 +47,17 @@ pub struct Config {
     /// with an error naming their destination.
     #[serde(default)]
     pub default_publisher: Option<String>,
+    /// The metrics and health endpoint (off unless set).
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// Where `/metrics` and `/healthz` listen.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port`, e.g. `127.0.0.1:9464`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// One database to relay from.

@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod router;
 pub mod sink;
 

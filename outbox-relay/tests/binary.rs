@@ -78,7 +78,30 @@ fn ev(dest: &str, key: &str, n: usize) -> Envelope {
         .expect("valid")
 }
 
+/// The response to `GET path` on the relay's HTTP port, retried while it starts.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the relay's HTTP port {port} never answered");
+}
+
 struct Relay(Child);
+
+impl Drop for Relay {
+    /// A failing test must not leave the process behind.
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Relay {
     fn start(config: &Path) -> Relay {
@@ -88,14 +111,15 @@ impl Relay {
                 .arg(config)
                 .env("OUTBOX_LOG", "warn")
                 .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .spawn()
                 .expect("start outbox run"),
         )
     }
 
-    fn kill9(mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
+    fn kill9(self) {
+        // Drop sends SIGKILL and reaps the process.
+        drop(self);
     }
 
     fn sigterm(mut self) -> std::process::ExitStatus {
@@ -166,10 +190,17 @@ async fn run_relays_mixed_sources_and_survives_sigkill() {
         .map_or(my_url.as_str(), |(b, _)| b)
         .to_owned();
     let config = temp("outbox_e2e").with_extension("toml");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     std::fs::write(
         &config,
         format!(
             r#"default_publisher = "audit"
+
+[http]
+listen = "127.0.0.1:{http_port}"
 
 [sources.pg]
 url = "{pg_url}"
@@ -338,6 +369,20 @@ publisher = "bus"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let health = http_get(http_port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.contains("source pg") && health.contains("publisher bus"),
+        "{health}"
+    );
+    let metrics = http_get(http_port, "/metrics");
+    let published = metrics
+        .lines()
+        .find(|l| l.starts_with("outbox_published_total{source=\"maria\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("a published counter for maria");
+    assert!(published >= 30.0, "{metrics}");
     let status = relay.sigterm();
     assert!(
         status.success(),
