@@ -460,7 +460,14 @@ impl StoreStats for InMemoryStore {
                 RowStatus::InFlight if leased => s.in_flight += 1,
                 RowStatus::InFlight => s.pending += 1,
                 RowStatus::Dead => s.dead += 1,
-                RowStatus::Published => continue,
+                RowStatus::Published => {
+                    if r.processed_at
+                        .is_some_and(|p| now - p <= chrono::Duration::seconds(60))
+                    {
+                        s.published_last_minute += 1;
+                    }
+                    continue;
+                }
             }
             if r.status != RowStatus::Dead {
                 let created = r.envelope.created_at();

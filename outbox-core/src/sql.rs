@@ -206,7 +206,9 @@ impl PgStatements {
                 "SELECT count(*) FILTER (WHERE status = 0 OR (status = 1 AND lease_until <= now())), \
                         count(*) FILTER (WHERE status = 1 AND lease_until > now()), \
                         count(*) FILTER (WHERE status = 3), \
-                        min(created_at) FILTER (WHERE status IN (0, 1)) \
+                        min(created_at) FILTER (WHERE status IN (0, 1)), \
+                        (SELECT count(*) FROM {t} WHERE status = 2 \
+                           AND processed_at > now() - interval '1 minute') \
                  FROM {t} WHERE status IN (0, 1, 3)"
             ),
             list_dead: format!(

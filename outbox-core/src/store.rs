@@ -245,6 +245,8 @@ pub struct BacklogStats {
     pub dead: u64,
     /// `created_at` of the oldest pending or in-flight row.
     pub oldest_unpublished: Option<DateTime<Utc>>,
+    /// Rows marked published in the last 60 seconds, by the store's clock.
+    pub published_last_minute: u64,
 }
 
 /// Reports backlog figures.

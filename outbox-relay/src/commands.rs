@@ -244,6 +244,7 @@ pub async fn status(path: &Path, json: bool) -> CmdResult {
                     "pending": st.pending,
                     "in_flight": st.in_flight,
                     "dead": st.dead,
+                    "published_last_minute": st.published_last_minute,
                     "oldest_unpublished_age_s": st.oldest_unpublished
                         .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
                 }),
@@ -258,21 +259,22 @@ pub async fn status(path: &Path, json: bool) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<20} {:>10} {:>10} {:>8} {:>14}",
-        "source", "pending", "in flight", "dead", "oldest age"
+        "{:<20} {:>10} {:>10} {:>8} {:>14} {:>16}",
+        "source", "pending", "in flight", "dead", "oldest age", "published/1 min"
     );
     for r in &rows {
         let name = r["source"].as_str().unwrap_or_default();
         match r.get("error") {
             Some(e) => println!("{name:<20} error: {}", e.as_str().unwrap_or_default()),
             None => println!(
-                "{name:<20} {:>10} {:>10} {:>8} {:>14}",
+                "{name:<20} {:>10} {:>10} {:>8} {:>14} {:>16}",
                 r["pending"],
                 r["in_flight"],
                 r["dead"],
                 r["oldest_unpublished_age_s"]
                     .as_f64()
                     .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+                r["published_last_minute"],
             ),
         }
     }

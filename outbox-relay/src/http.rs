@@ -35,12 +35,21 @@ pub async fn serve(
                     let Ok((mut conn, _)) = accepted else { continue };
                     let state = Arc::clone(&state);
                     tokio::spawn(async move {
-                        let mut buf = vec![0u8; 4096];
-                        let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                            Ok(Ok(n)) => n,
-                            _ => return,
+                        // Read until the end of the headers (a request may arrive in pieces).
+                        let mut buf = Vec::with_capacity(1024);
+                        let read_head = async {
+                            let mut chunk = [0u8; 1024];
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                                match conn.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
                         };
-                        let request = String::from_utf8_lossy(&buf[..n]);
+                        if tokio::time::timeout(Duration::from_secs(5), read_head).await.is_err() {
+                            return;
+                        }
+                        let request = String::from_utf8_lossy(&buf);
                         let path = request.split_whitespace().nth(1).unwrap_or("/");
                         let (status, ctype, body) = match path {
                             "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(&state)),

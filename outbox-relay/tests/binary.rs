@@ -1,6 +1,6 @@
 //! The `outbox` binary as a process: the demo, config errors, and `run` across PostgreSQL,
-//! MariaDB and SQLite sources (rows written through sqlx and SeaORM) to NATS and a JSON-lines
-//! file, including a SIGKILL mid-run.
+//! MariaDB and SQLite sources (rows written through sqlx and SeaORM) to NATS, RabbitMQ and a
+//! JSON-lines file, including a SIGKILL mid-run.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     for _ in 0..50 {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
             return out;
@@ -148,8 +148,9 @@ async fn nats_ids(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Even
     ids
 }
 
-/// Three sources (PostgreSQL and SQLite written through sqlx, MariaDB through SeaORM), two
-/// routed publishers (NATS for `orders.*`, a JSON-lines file for the rest). The relay is
+/// Three sources (PostgreSQL and SQLite written through sqlx, MariaDB through SeaORM), three
+/// routed publishers (RabbitMQ for the MariaDB events, NATS for the PostgreSQL ones, a
+/// JSON-lines file for the rest). The relay is
 /// SIGKILLed mid-run and restarted: every event reaches its routed broker, NATS holds each
 /// once (its dedupe window drops the re-sends), and SIGTERM ends the process cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,6 +177,15 @@ async fn run_relays_mixed_sources_and_survives_sigkill() {
         "outbox run (nats)",
         "OUTBOX_TEST_NATS_URL",
         "nats://127.0.0.1:4222",
+    )
+    .await
+    else {
+        return;
+    };
+    let Some(amqp_url) = service_url(
+        "outbox run (rabbitmq)",
+        "OUTBOX_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
     )
     .await
     else {
@@ -235,6 +245,14 @@ url = "{nats_url}"
 kind = "file"
 path = "{}"
 
+[publishers.rabbit]
+kind = "amqp"
+url = "{amqp_url}"
+
+[[routes]]
+destination_prefix = "{name}.rabbit/"
+publisher = "rabbit"
+
 [[routes]]
 destination_prefix = "{name}.orders."
 publisher = "bus"
@@ -256,6 +274,39 @@ publisher = "bus"
     })
     .await
     .expect("stream");
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    };
+    let amqp = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp");
+    let ch = amqp.create_channel().await.expect("channel");
+    let exchange = format!("{name}.rabbit");
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("exchange");
+    ch.queue_declare(
+        name.as_str().into(),
+        QueueDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("queue");
+    ch.queue_bind(
+        name.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .expect("bind");
     let my_admin = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
         .execute(&my_admin)
@@ -285,7 +336,15 @@ publisher = "bus"
             .collect()
     };
     let pg_events = orders(60, "pg");
-    let my_events = orders(60, "maria");
+    let my_events: Vec<Envelope> = (0..60)
+        .map(|i| {
+            ev(
+                &format!("{name}.rabbit/orders"),
+                &format!("maria-{}", i % 4),
+                i,
+            )
+        })
+        .collect();
     let audit_events: Vec<Envelope> = (0..40)
         .map(|i| ev("audit", &format!("a-{}", i % 3), i))
         .collect();
@@ -346,28 +405,53 @@ publisher = "bus"
 
     // Restart; everything arrives.
     let relay = Relay::start(&config);
-    let want_nats: HashSet<EventId> = pg_events
-        .iter()
-        .chain(&my_events)
-        .map(Envelope::id)
-        .collect();
+    let want_nats: HashSet<EventId> = pg_events.iter().map(Envelope::id).collect();
+    let want_rabbit: HashSet<EventId> = my_events.iter().map(Envelope::id).collect();
+    let mut got_rabbit: HashSet<EventId> = HashSet::new();
     let want_sink: HashSet<EventId> = audit_events.iter().map(Envelope::id).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got: HashSet<EventId> = nats_ids(&js, &stream).await.into_iter().collect();
         let (sunk, _) = sink_ids(&sink);
-        if got == want_nats && sunk == want_sink {
+        while let Ok(Some(m)) = ch
+            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+        {
+            if let Some(id) = m
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|s| s.as_str().parse().ok())
+            {
+                got_rabbit.insert(id);
+            }
+        }
+        if got == want_nats && sunk == want_sink && got_rabbit == want_rabbit {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not everything arrived: nats {}/{}, file {}/{}",
+            "not everything arrived: nats {}/{}, rabbitmq {}/{}, file {}/{}",
             got.len(),
             want_nats.len(),
+            got_rabbit.len(),
+            want_rabbit.len(),
             sunk.len(),
             want_sink.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("status");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    for r in rows.as_array().expect("a row per source") {
+        assert_eq!(r["pending"], 0, "{r}");
+        assert_eq!(r["in_flight"], 0, "{r}");
+        assert!(r["published_last_minute"].as_u64().unwrap_or(0) > 0, "{r}");
     }
     let health = http_get(http_port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -397,6 +481,12 @@ publisher = "bus"
 
     // Clean up.
     let _ = js.delete_stream(&stream).await;
+    let _ = ch
+        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
         .execute(&my_admin)
         .await;

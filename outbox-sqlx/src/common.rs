@@ -32,6 +32,7 @@ where
         oldest_unpublished: row
             .try_get(3)
             .map_err(|e| crate::error::map_sqlx(WHAT, e))?,
+        published_last_minute: count(4)?,
     })
 }
 

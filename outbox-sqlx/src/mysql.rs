@@ -223,7 +223,9 @@ impl Statements {
                 "SELECT COUNT(CASE WHEN status = 0 OR (status = 1 AND lease_until <= {now}) THEN 1 END), \
                         COUNT(CASE WHEN status = 1 AND lease_until > {now} THEN 1 END), \
                         COUNT(CASE WHEN status = 3 THEN 1 END), \
-                        MIN(CASE WHEN status IN (0, 1) THEN created_at END) \
+                        MIN(CASE WHEN status IN (0, 1) THEN created_at END), \
+                        (SELECT COUNT(*) FROM {t} WHERE status = 2 \
+                           AND processed_at > {now} - INTERVAL 1 MINUTE) \
                  FROM {t} WHERE status IN (0, 1, 3)"
             )
             .into(),

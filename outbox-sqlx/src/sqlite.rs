@@ -375,9 +375,10 @@ impl StoreStats for SqliteStore {
             "SELECT coalesce(sum(status = 0 OR (status = 1 AND lease_until <= ?1)), 0), \
                     coalesce(sum(status = 1 AND lease_until > ?1), 0), \
                     coalesce(sum(status = 3), 0), \
-                    min(CASE WHEN status IN (0, 1) THEN created_at END) \
-             FROM {} WHERE status IN (0, 1, 3)",
-            self.quoted
+                    min(CASE WHEN status IN (0, 1) THEN created_at END), \
+                    (SELECT count(*) FROM {t} WHERE status = 2 AND processed_at > ?1 - 60000000) \
+             FROM {t} WHERE status IN (0, 1, 3)",
+            t = self.quoted
         );
         let row = sqlx::query(sql(stmt))
             .bind(now)
@@ -396,6 +397,7 @@ impl StoreStats for SqliteStore {
             in_flight: u64::try_from(get(1)?).unwrap_or(0),
             dead: u64::try_from(get(2)?).unwrap_or(0),
             oldest_unpublished: oldest.and_then(DateTime::from_timestamp_micros),
+            published_last_minute: u64::try_from(get(4)?).unwrap_or(0),
         })
     }
 }

@@ -509,6 +509,7 @@ where
     let empty = store.stats().await.expect("stats");
     assert_eq!((empty.pending, empty.in_flight, empty.dead), (0, 0, 0));
     assert_eq!(empty.oldest_unpublished, None);
+    assert_eq!(empty.published_last_minute, 0);
     let a0 = event("a", 0, "t.stats");
     let a1 = event("a", 1, "t.stats");
     let b0 = event("b", 0, "t.stats");
@@ -554,6 +555,7 @@ where
     }
     let s = store.stats().await.expect("stats");
     assert_eq!((s.pending, s.in_flight, s.dead), (1, 0, 1), "{s:?}");
+    assert_eq!(s.published_last_minute, 1, "a0 was just published: {s:?}");
     assert_eq!(s.oldest_unpublished, Some(a1.created_at()), "{s:?}");
 }
 
