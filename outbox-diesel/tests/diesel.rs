@@ -4,12 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DurationRound, Utc};
 use diesel::prelude::*;
 use outbox_core::testkit::{service_url, unique_name};
-use outbox_core::{
-    Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, TableName, TraceContext,
-};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, TableName};
 use outbox_diesel::{mysql as dmy, pg as dpg, sqlite as dlite};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -17,22 +14,7 @@ const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// An event with whole-microsecond times, a header and a trace, so read-backs compare equal.
 fn ev(key: &str, n: usize) -> Envelope {
-    let now = Utc::now()
-        .duration_trunc(chrono::Duration::microseconds(1))
-        .unwrap_or_else(|_| Utc::now());
-    Envelope::builder("order", key, "order.placed", "orders")
-        .with_created_at(now)
-        .with_header("x-tenant", "acme")
-        .with_trace(
-            TraceContext::new(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                None,
-            )
-            .expect("trace"),
-        )
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
+    outbox_core::testkit::round_trip_event(key, n, "orders")
 }
 
 fn config() -> RelayConfig {

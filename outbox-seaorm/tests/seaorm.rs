@@ -4,13 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DurationRound, Utc};
 use outbox_core::testkit::{
     StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
 };
-use outbox_core::{
-    Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName, TraceContext,
-};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_seaorm::{OutboxMigrator, SeaOrmStore, enqueue, enqueue_all, map_db_err};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, TransactionTrait,
@@ -178,22 +175,7 @@ impl StoreHarness for Sea {
 /// An event whose times are whole microseconds (what every database keeps), with headers and
 /// a trace, so a read-back compares equal.
 fn ev(key: &str, n: usize) -> Envelope {
-    let now = Utc::now()
-        .duration_trunc(chrono::Duration::microseconds(1))
-        .unwrap_or_else(|_| Utc::now());
-    Envelope::builder("order", key, "order.placed", "orders")
-        .with_created_at(now)
-        .with_header("x-tenant", "acme")
-        .with_trace(
-            TraceContext::new(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                None,
-            )
-            .expect("trace"),
-        )
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
+    outbox_core::testkit::round_trip_event(key, n, "orders")
 }
 
 fn config() -> RelayConfig {

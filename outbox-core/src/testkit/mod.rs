@@ -99,6 +99,29 @@ pub(crate) async fn step<F: std::future::Future<Output = ()>>(suite: &str, name:
     eprintln!("[{suite}] {name} ok");
 }
 
+/// An event for round-trip tests: times cut to whole microseconds (what every database
+/// keeps), a user header and a W3C trace context, so that a row read back through any store
+/// must compare equal to the envelope written, field for field.
+pub fn round_trip_event(key: &str, n: usize, destination: &str) -> crate::Envelope {
+    use chrono::DurationRound as _;
+    let now = chrono::Utc::now()
+        .duration_trunc(chrono::Duration::microseconds(1))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    crate::Envelope::builder("order", key, "order.placed", destination)
+        .with_created_at(now)
+        .with_header("x-tenant", "acme")
+        .with_trace(
+            crate::TraceContext::new(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                None,
+            )
+            .expect("a valid traceparent"),
+        )
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("a valid test envelope")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
