@@ -1,5 +1,12 @@
 //! outbox-diesel against the machine's real PostgreSQL, MariaDB and SQLite. Each test works
-//! in a schema, database or file of its own.
+//! in a schema, database or file of its own. Needs the `postgres` and `mysql` features (which
+//! link libpq and the MariaDB client); `scripts/test.sh` builds with all features.
+#![cfg(all(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "async"
+))]
 
 use std::collections::HashSet;
 use std::time::Duration;
