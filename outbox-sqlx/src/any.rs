@@ -44,7 +44,6 @@ impl AnyStore {
     pub async fn connect(url: &str, table: TableName, max_connections: u32) -> Result<Self> {
         let shown = outbox_core::redact_url(url);
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let open = |e| map_open(&shown, e);
         match scheme {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
@@ -52,7 +51,7 @@ impl AnyStore {
                     .max_connections(max_connections)
                     .connect(url)
                     .await
-                    .map_err(open)?;
+                    .map_err(|e| map_open(&shown, e))?;
                 Ok(AnyStore::Postgres(crate::postgres::PgStore::new(
                     pool, table,
                 )))
@@ -63,11 +62,13 @@ impl AnyStore {
                     .max_connections(max_connections)
                     .connect(&url.replacen("mariadb://", "mysql://", 1))
                     .await
-                    .map_err(open)?;
+                    .map_err(|e| map_open(&shown, e))?;
                 Ok(AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)))
             }
             #[cfg(feature = "sqlite")]
             "sqlite" => {
+                // SQLite serialises writers anyway; `connect` sizes its own pool.
+                let _ = max_connections;
                 let pool = crate::sqlite::connect(url).await?;
                 Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::new(
                     pool, table,
@@ -100,6 +101,7 @@ impl AnyStore {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn map_open(shown: &str, e: sqlx::Error) -> Error {
     let kind = crate::error::classify(&e);
     Error::new(kind, format!("opening {shown}")).with_source(e)

@@ -51,6 +51,11 @@ pub(crate) fn sql(text: impl Into<Arc<str>>) -> sqlx::AssertSqlSafe<Arc<str>> {
     sqlx::AssertSqlSafe(text.into())
 }
 
+/// A row limit as the `BIGINT` the databases take, saturating.
+pub(crate) fn limit_i64(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 /// Microseconds of a duration, saturating.
 pub(crate) fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)

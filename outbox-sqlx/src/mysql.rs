@@ -22,7 +22,7 @@ use sqlx::{Executor, MySql, Row};
 
 use crate::common::{
     FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, backlog_from_row, dead_filter,
-    markers, micros, split_rows, sql,
+    limit_i64, markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
 
@@ -250,10 +250,6 @@ impl std::fmt::Debug for MySqlStore {
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
-}
-
-fn limit_i64(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 fn bind_filter<'q>(

@@ -24,7 +24,9 @@ use sqlx::{Executor, Row};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::common::{INSERT_COLUMNS, RawRow, Sql, backlog_from_row, micros, split_rows, sql};
+use crate::common::{
+    INSERT_COLUMNS, RawRow, Sql, backlog_from_row, limit_i64, micros, split_rows, sql,
+};
 use crate::error::map_sqlx;
 
 /// Creates the schema (if named) and the outbox table with its indexes, idempotently.
@@ -296,7 +298,7 @@ impl Store for PgStore {
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
         let rows = sqlx::query(sql(Arc::clone(&self.stmts.claim)))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .bind(token.as_i64())
             .bind(micros(lease_for))
             .fetch_all(&mut *tx)
@@ -370,7 +372,7 @@ impl Retention for PgStore {
     async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
         let done = sqlx::query(sql(Arc::clone(&self.stmts.purge)))
             .bind(before)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .execute(&self.pool)
             .await
             .map_err(|e| map_sqlx("purging published rows", e))?;
@@ -395,7 +397,7 @@ impl DeadLetterAdmin for PgStore {
         limit: usize,
     ) -> Result<Vec<DeadLetterRecord>> {
         let rows = Self::dead_query(&self.stmts.list_dead, filter)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| map_sqlx("listing dead letters", e))?;

@@ -23,8 +23,8 @@ use sqlx::sqlite::{
 use sqlx::{Executor, Row};
 
 use crate::common::{
-    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, dead_filter, markers, micros,
-    split_rows, sql,
+    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, dead_filter, limit_i64, markers,
+    micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
 
@@ -297,7 +297,7 @@ impl Store for SqliteStore {
             .bind(token.as_i64())
             .bind(to_micros(until))
             .bind(to_micros(now))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| map_sqlx("claiming outbox rows", e))?;
@@ -360,7 +360,7 @@ impl Retention for SqliteStore {
         );
         let done = sqlx::query(sql(stmt))
             .bind(to_micros(before))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .execute(&self.pool)
             .await
             .map_err(|e| map_sqlx("purging published rows", e))?;
@@ -427,7 +427,7 @@ impl DeadLetterAdmin for SqliteStore {
             self.quoted
         );
         let rows = bind_all(sqlx::query(sql(stmt)), binds)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(limit_i64(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| map_sqlx("listing dead letters", e))?;
