@@ -3,6 +3,8 @@
 pub mod duration_serde;
 pub mod envelope;
 pub mod error;
+pub mod inbox;
+pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod publisher;
@@ -21,6 +23,8 @@ pub use envelope::{
     ValidationLimits,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use inbox::InboxOutcome;
+pub use log::{Checkpoint, LogRelay, LogRelayConfig, LogSource};
 pub use memory::{InMemoryPublisher, InMemoryStore};
 pub use metrics::{CountingMetrics, NoMetrics, RelayMetrics};
 pub use publisher::{DynPublisher, PublishOutcome, Publisher};
