@@ -3,6 +3,8 @@
 mod any;
 mod common;
 pub mod error;
+pub mod event_table;
+pub mod inbox;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]

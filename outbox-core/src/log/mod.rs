@@ -305,16 +305,23 @@ impl Checkpoint {
     /// Closes the gaps the database vouches for (see the module docs) and those past the
     /// timeout; trims the list to `max_gaps`. Returns the gaps closed by timeout or trimming
     /// (rows committed into them later would be missed), for logging.
+    ///
+    /// `read_through` is the last position the read could vouch for: when a read was cut
+    /// short by its limit, gaps above its last row were not looked at and stay open.
     pub fn close_gaps(
         &mut self,
         now: DateTime<Utc>,
         oracle: GapOracle,
+        read_through: Option<i64>,
         cfg: &LogRelayConfig,
     ) -> Vec<Gap> {
         let grace = chrono::Duration::from_std(cfg.gap_grace).unwrap_or(chrono::Duration::MAX);
         let limit = chrono::Duration::from_std(cfg.gap_timeout).unwrap_or(chrono::Duration::MAX);
         let mut abandoned = Vec::new();
         self.gaps.retain(|g| {
+            if read_through.is_some_and(|last| g.to > last) {
+                return true;
+            }
             let age = now.signed_duration_since(g.seen_at);
             let vouched = match (oracle, g.horizon) {
                 (GapOracle::Serialized, _) => true,
@@ -416,6 +423,10 @@ pub trait LogSource: Send + Sync {
 
     /// Reads up to `limit` rows the plan covers, in position order, in one snapshot, with
     /// the database clock and transaction horizon.
+    ///
+    /// The horizon must be consistent with the snapshot: `oldest_running` measured no later
+    /// than the snapshot was taken (so a transaction seen as ended has its rows in the
+    /// read), and `marker` no earlier (so every writer of a missing row is below it).
     fn read(&self, plan: &ReadPlan, limit: usize) -> impl Future<Output = Result<LogRead>> + Send;
 
     /// Saves the checkpoint and renews the lease, only if `owner` still holds it (otherwise
@@ -732,7 +743,9 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
         report.retry_attempts = pending.iter().map(|p| p.attempts).max().unwrap_or(0);
         cp.retries = pending;
 
-        let abandoned = cp.close_gaps(read.now, read.oracle, cfg);
+        let read_through =
+            (report.read >= cfg.batch_size).then(|| seen.last().copied().unwrap_or(i64::MIN));
+        let abandoned = cp.close_gaps(read.now, read.oracle, read_through, cfg);
         for g in &abandoned {
             warn!(
                 source = self.source.name(),

@@ -10,10 +10,12 @@
 //! checks that it answers, and either skips the test with a printed notice or, under
 //! `OUTBOX_REQUIRE_SERVICES=1`, fails it.
 
+mod inbox_suite;
 mod proxy;
 mod publisher_suite;
 mod store_suite;
 
+pub use inbox_suite::{InboxHarness, run_inbox_suite};
 pub use proxy::TcpProxy;
 
 pub use publisher_suite::{

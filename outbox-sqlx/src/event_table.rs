@@ -1,0 +1,922 @@
+//! [`EventTableSource`]: relays an existing append-only table (an event store, a ledger)
+//! without copying its rows into an outbox. The user maps their columns to the envelope;
+//! the relay keeps a gap-aware checkpoint in a table of its own (`outbox_checkpoints` by
+//! default). See [`outbox_core::log`] for how rows that commit out of position order are
+//! never skipped.
+//!
+//! ```no_run
+//! # async fn f(pool: sqlx::PgPool, publisher: outbox_core::InMemoryPublisher) -> outbox_core::Result<()> {
+//! use outbox_sqlx::event_table::{EventTableMapping, EventTableSource};
+//! use outbox_core::{LogRelay, LogRelayConfig};
+//!
+//! let mapping = EventTableMapping {
+//!     table: "ledger_transactions".into(),
+//!     position: "id".into(),
+//!     aggregate_id: "account_id".into(),
+//!     event_type: "kind".into(),
+//!     payload: "body".into(),
+//!     created_at: Some("booked_at".into()),
+//!     destination: "ledger".into(),
+//!     ..EventTableMapping::default()
+//! };
+//! let source = EventTableSource::new(pool, "ledger-to-kafka", mapping)?;
+//! source.migrate().await?; // the checkpoint table
+//! let relay = LogRelay::new(source, publisher, LogRelayConfig::default())?;
+//! relay.run_until(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Column requirements
+//!
+//! - `position`: a unique integer column that grows with inserts (identity, sequence,
+//!   `AUTO_INCREMENT`, SQLite `INTEGER PRIMARY KEY`), indexed (a primary key is).
+//! - `payload`: text or JSON (`TEXT`, `JSON`, `JSONB`, `VARCHAR`). It is read as text.
+//! - `created_at`: a timestamp; MySQL `DATETIME` values are taken as UTC; on SQLite an
+//!   integer is Unix microseconds and text is an ISO-8601 time.
+//! - `event_id`: a UUID (or its text). Without one, ids are derived from the source name
+//!   and the position ([`outbox_core::log::derived_event_id`]), stable across replays.
+//! - `headers`: a JSON object of string values.
+//!
+//! # Gap detection per database
+//!
+//! PostgreSQL reads in a `REPEATABLE READ` transaction whose snapshot also yields the
+//! transaction horizon (`pg_current_snapshot()`), so gaps close exactly when their writers
+//! ended. MySQL/MariaDB use the start time of the oldest InnoDB transaction (needs the
+//! `PROCESS` privilege; without it gaps close after `gap_timeout`, logged once). SQLite
+//! serialises writers, so its gaps are final at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox_core::envelope::{EnvelopeParts, JSON_CONTENT_TYPE};
+use outbox_core::log::{
+    Checkpoint, GapOracle, LogRead, LogRecord, LogSource, ReadPlan, UndecodableRecord,
+    derived_event_id,
+};
+use outbox_core::schema::Dialect;
+use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use tracing::warn;
+
+use crate::common::{limit_i64, micros, sql};
+use crate::error::map_sqlx;
+
+/// The default checkpoint table.
+pub const DEFAULT_CHECKPOINT_TABLE: &str = "outbox_checkpoints";
+
+/// How the user's table maps to the envelope. Column names are checked identifiers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventTableMapping {
+    /// The table (`table` or `schema.table`).
+    pub table: String,
+    /// The position column (default `id`).
+    pub position: String,
+    /// The aggregate id column (also the default ordering key).
+    pub aggregate_id: String,
+    /// The event type column.
+    pub event_type: String,
+    /// The payload column.
+    pub payload: String,
+    /// The aggregate type column; without one, [`aggregate_type_name`](Self::aggregate_type_name).
+    pub aggregate_type: Option<String>,
+    /// The aggregate type when there is no column (default: the table name).
+    pub aggregate_type_name: Option<String>,
+    /// The creation time column; without one, the time of the read.
+    pub created_at: Option<String>,
+    /// The event id column; without one, ids are derived from the position.
+    pub event_id: Option<String>,
+    /// A column of JSON headers.
+    pub headers: Option<String>,
+    /// Where every event goes (topic, subject, queue, `exchange/key`).
+    pub destination: String,
+    /// The payload's content type (default `application/json`).
+    pub content_type: String,
+    /// Start after this position when the checkpoint is created (default 0: the whole
+    /// table).
+    pub start_after: i64,
+}
+
+impl Default for EventTableMapping {
+    fn default() -> Self {
+        EventTableMapping {
+            table: String::new(),
+            position: "id".to_owned(),
+            aggregate_id: "aggregate_id".to_owned(),
+            event_type: "event_type".to_owned(),
+            payload: "payload".to_owned(),
+            aggregate_type: None,
+            aggregate_type_name: None,
+            created_at: None,
+            event_id: None,
+            headers: None,
+            destination: String::new(),
+            content_type: JSON_CONTENT_TYPE.to_owned(),
+            start_after: 0,
+        }
+    }
+}
+
+fn check_column(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "event table mapping `{field}` = {name:?} is not a column name: use 1 to 63 ASCII letters, digits or '_', not starting with a digit"
+            ),
+        ))
+    }
+}
+
+impl EventTableMapping {
+    /// Checks the mapping; the error names the field.
+    pub fn validate(&self) -> Result<TableName> {
+        if self.table.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "event table mapping `table` is empty",
+            ));
+        }
+        let table = TableName::parse(&self.table)?;
+        for (field, col) in [
+            ("position", &self.position),
+            ("aggregate_id", &self.aggregate_id),
+            ("event_type", &self.event_type),
+            ("payload", &self.payload),
+        ] {
+            check_column(field, col)?;
+        }
+        for (field, col) in [
+            ("aggregate_type", &self.aggregate_type),
+            ("created_at", &self.created_at),
+            ("event_id", &self.event_id),
+            ("headers", &self.headers),
+        ] {
+            if let Some(c) = col {
+                check_column(field, c)?;
+            }
+        }
+        if self.destination.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "event table mapping `destination` is empty: name the topic, subject, queue or exchange",
+            ));
+        }
+        Ok(table)
+    }
+}
+
+/// The database behind an [`EventTableSource`].
+#[derive(Clone, Debug)]
+pub enum LogPool {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for LogPool {
+    fn from(p: sqlx::PgPool) -> Self {
+        LogPool::Postgres(p)
+    }
+}
+#[cfg(feature = "mysql")]
+impl From<sqlx::MySqlPool> for LogPool {
+    fn from(p: sqlx::MySqlPool) -> Self {
+        LogPool::MySql(p)
+    }
+}
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for LogPool {
+    fn from(p: sqlx::SqlitePool) -> Self {
+        LogPool::Sqlite(p)
+    }
+}
+
+impl LogPool {
+    /// Opens a pool on `url` (`postgres://`, `mysql://`, `sqlite://`). The URL's password
+    /// never appears in errors.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let shown = outbox_core::redact_url(url);
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let open = |e: sqlx::Error| {
+            let kind = crate::error::classify(&e);
+            Error::new(kind, format!("opening {shown}")).with_source(e)
+        };
+        match scheme {
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => Ok(LogPool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(url)
+                    .await
+                    .map_err(open)?,
+            )),
+            #[cfg(feature = "mysql")]
+            "mysql" | "mariadb" => Ok(LogPool::MySql(
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(&url.replacen("mariadb://", "mysql://", 1))
+                    .await
+                    .map_err(open)?,
+            )),
+            #[cfg(feature = "sqlite")]
+            "sqlite" => Ok(LogPool::Sqlite(crate::sqlite::connect(url).await?)),
+            other => {
+                let _ = open;
+                Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "source URL {shown}: scheme {other:?} is not postgres://, mysql:// or sqlite:// (or its feature is off)"
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(_) => Dialect::Postgres,
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(_) => Dialect::MySql,
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+}
+
+/// One row as read, before mapping.
+struct RawRecord {
+    position: i64,
+    event_id: Option<String>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    event_type: Option<String>,
+    payload: Option<String>,
+    created_micros: Option<i64>,
+    headers: Option<String>,
+}
+
+/// Relays an existing append-only table. See the module docs.
+#[derive(Clone)]
+pub struct EventTableSource {
+    name: String,
+    pool: LogPool,
+    mapping: Arc<EventTableMapping>,
+    checkpoint_table: TableName,
+    select: Arc<str>,
+    position_col: Arc<str>,
+    limits: ValidationLimits,
+    oracle_warned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for EventTableSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventTableSource")
+            .field("name", &self.name)
+            .field("table", &self.mapping.table)
+            .field("checkpoint_table", &self.checkpoint_table)
+            .finish()
+    }
+}
+
+fn quote(dialect: Dialect, ident: &str) -> String {
+    match dialect {
+        Dialect::MySql => format!("`{ident}`"),
+        Dialect::Postgres | Dialect::Sqlite => format!("\"{ident}\""),
+    }
+}
+
+fn as_text(dialect: Dialect, col: Option<&str>) -> String {
+    match col {
+        None => "NULL".to_owned(),
+        Some(c) => {
+            let q = quote(dialect, c);
+            match dialect {
+                Dialect::MySql => format!("CAST({q} AS CHAR)"),
+                Dialect::Postgres | Dialect::Sqlite => format!("CAST({q} AS TEXT)"),
+            }
+        }
+    }
+}
+
+fn as_micros(dialect: Dialect, col: Option<&str>) -> String {
+    match col {
+        None => "NULL".to_owned(),
+        Some(c) => {
+            let q = quote(dialect, c);
+            match dialect {
+                Dialect::Postgres => format!("CAST(EXTRACT(EPOCH FROM {q}) * 1000000 AS BIGINT)"),
+                Dialect::MySql => {
+                    format!(
+                        "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {q}) AS SIGNED)"
+                    )
+                }
+                Dialect::Sqlite => format!(
+                    "CASE typeof({q}) WHEN 'integer' THEN {q} WHEN 'null' THEN NULL \
+                     ELSE CAST(ROUND((julianday({q}) - 2440587.5) * 86400000000.0) AS INTEGER) END"
+                ),
+            }
+        }
+    }
+}
+
+impl EventTableSource {
+    /// A source named `name` (the checkpoint's key: one relay position per name) over the
+    /// mapped table, with its checkpoint in `outbox_checkpoints`.
+    pub fn new(
+        pool: impl Into<LogPool>,
+        name: impl Into<String>,
+        mapping: EventTableMapping,
+    ) -> Result<Self> {
+        let pool = pool.into();
+        let name = name.into();
+        if name.is_empty() || name.len() > 190 || name.chars().any(char::is_control) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "event table source name {name:?} must be 1 to 190 bytes without control characters"
+                ),
+            ));
+        }
+        let table = mapping.validate()?;
+        let d = pool.dialect();
+        let m = &mapping;
+        let select = format!(
+            "SELECT {pos}, {id}, {atype}, {aid}, {etype}, {payload}, {created}, {headers} FROM {table}",
+            pos = quote(d, &m.position),
+            id = as_text(d, m.event_id.as_deref()),
+            atype = as_text(d, m.aggregate_type.as_deref()),
+            aid = as_text(d, Some(&m.aggregate_id)),
+            etype = as_text(d, Some(&m.event_type)),
+            payload = as_text(d, Some(&m.payload)),
+            created = as_micros(d, m.created_at.as_deref()),
+            headers = as_text(d, m.headers.as_deref()),
+            table = table.quoted(d),
+        );
+        let checkpoint_table = TableName::parse(DEFAULT_CHECKPOINT_TABLE)?;
+        Ok(EventTableSource {
+            position_col: quote(d, &m.position).into(),
+            name,
+            pool,
+            mapping: Arc::new(mapping),
+            checkpoint_table,
+            select: select.into(),
+            limits: ValidationLimits::default(),
+            oracle_warned: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Keeps the checkpoint in `table` instead of `outbox_checkpoints`.
+    pub fn with_checkpoint_table(mut self, table: TableName) -> Self {
+        self.checkpoint_table = table;
+        self
+    }
+
+    /// Validates mapped rows with these limits instead of the defaults.
+    pub fn with_limits(mut self, limits: ValidationLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &LogPool {
+        &self.pool
+    }
+
+    /// The mapping.
+    pub fn mapping(&self) -> &EventTableMapping {
+        &self.mapping
+    }
+
+    /// The checkpoint as saved, if any (for status tools).
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let q = match self.pool.dialect() {
+            Dialect::Postgres => format!("SELECT state FROM {t} WHERE name = $1"),
+            _ => format!("SELECT state FROM {t} WHERE name = ?"),
+        };
+        let state: Option<String> = match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => {
+                sqlx::query_scalar(sql(q))
+                    .bind(&self.name)
+                    .fetch_optional(p)
+                    .await
+            }
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => {
+                sqlx::query_scalar(sql(q))
+                    .bind(&self.name)
+                    .fetch_optional(p)
+                    .await
+            }
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => {
+                sqlx::query_scalar(sql(q))
+                    .bind(&self.name)
+                    .fetch_optional(p)
+                    .await
+            }
+        }
+        .map_err(|e| map_sqlx("reading the checkpoint", e))?;
+        state.map(|s| parse_state(&s)).transpose()
+    }
+
+    /// Creates the checkpoint table, idempotently.
+    pub async fn migrate(&self) -> Result<()> {
+        let d = self.pool.dialect();
+        let t = self.checkpoint_table.quoted(d);
+        let ddl = match d {
+            Dialect::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, lease_until TIMESTAMPTZ, \
+                 high BIGINT NOT NULL, state TEXT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            ),
+            Dialect::MySql => format!(
+                "CREATE TABLE IF NOT EXISTS {t} (name VARCHAR(190) NOT NULL PRIMARY KEY, owner VARCHAR(190), \
+                 lease_until DATETIME(6), high BIGINT NOT NULL, state LONGTEXT NOT NULL, updated_at DATETIME(6) NOT NULL) \
+                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            ),
+            Dialect::Sqlite => format!(
+                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, lease_until INTEGER, \
+                 high INTEGER NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL)"
+            ),
+        };
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
+        }
+        .map_err(|e| map_sqlx("creating the checkpoint table", e))
+    }
+
+    fn read_sql(&self, plan: &ReadPlan, limit: usize) -> String {
+        let limit = limit_i64(limit);
+        format!(
+            "{} WHERE {} ORDER BY {} LIMIT {limit}",
+            self.select,
+            plan.sql_condition(&self.position_col),
+            self.position_col
+        )
+    }
+
+    fn map(
+        &self,
+        raw: RawRecord,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<LogRecord, UndecodableRecord> {
+        let position = raw.position;
+        let bad = |field: &str, why: String| UndecodableRecord {
+            position,
+            error: Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "row at position {position} of {}: column for `{field}` {why}",
+                    self.mapping.table
+                ),
+            ),
+        };
+        let id = match raw.event_id {
+            Some(text) => EventId::from_uuid(
+                uuid::Uuid::parse_str(text.trim())
+                    .map_err(|e| bad("event_id", format!("is not a UUID ({e})")))?,
+            ),
+            None if self.mapping.event_id.is_some() => {
+                return Err(bad("event_id", "is NULL".into()));
+            }
+            None => derived_event_id(&self.name, position),
+        };
+        let need = |field: &str, v: Option<String>| v.ok_or_else(|| bad(field, "is NULL".into()));
+        let aggregate_id = need("aggregate_id", raw.aggregate_id)?;
+        let event_type = need("event_type", raw.event_type)?;
+        let payload = need("payload", raw.payload)?;
+        let aggregate_type = match (raw.aggregate_type, &self.mapping.aggregate_type_name) {
+            (Some(t), _) => t,
+            (None, Some(n)) => n.clone(),
+            (None, None) => self.mapping.table.clone(),
+        };
+        let created_at = match raw.created_micros {
+            Some(us) => DateTime::<Utc>::from_timestamp_micros(us)
+                .ok_or_else(|| bad("created_at", format!("is out of range ({us} µs)")))?,
+            None => now,
+        };
+        let headers = match raw.headers {
+            Some(json) => {
+                EnvelopeParts::parse_headers(&json).map_err(|e| bad("headers", e.to_string()))?
+            }
+            None => Default::default(),
+        };
+        let parts = EnvelopeParts {
+            id,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            destination: self.mapping.destination.clone(),
+            ordering_key: None,
+            payload: payload.into_bytes().into(),
+            content_type: self.mapping.content_type.clone(),
+            headers,
+            created_at,
+            available_at: None,
+            traceparent: None,
+            tracestate: None,
+        };
+        parts
+            .into_envelope(&self.limits)
+            .map(|envelope| LogRecord { position, envelope })
+            .map_err(|e| UndecodableRecord {
+                position,
+                error: Error::new(
+                    ErrorKind::Decode,
+                    format!("row at position {position}: {e}"),
+                ),
+            })
+    }
+
+    fn split(&self, raws: Vec<RawRecord>, now: DateTime<Utc>, oracle: GapOracle) -> LogRead {
+        let mut records = Vec::with_capacity(raws.len());
+        let mut undecodable = Vec::new();
+        for raw in raws {
+            match self.map(raw, now) {
+                Ok(r) => records.push(r),
+                Err(u) => undecodable.push(u),
+            }
+        }
+        LogRead {
+            records,
+            undecodable,
+            now,
+            oracle,
+        }
+    }
+
+    fn initial_state(&self) -> Result<String> {
+        serde_json::to_string(&Checkpoint::starting_after(self.mapping.start_after))
+            .map_err(|e| Error::new(ErrorKind::Other, "encoding the checkpoint").with_source(e))
+    }
+}
+
+fn parse_state(s: &str) -> Result<Checkpoint> {
+    serde_json::from_str(s).map_err(|e| {
+        Error::new(
+            ErrorKind::Decode,
+            format!("the saved checkpoint is not valid: {e}"),
+        )
+    })
+}
+
+fn encode_state(cp: &Checkpoint) -> Result<String> {
+    serde_json::to_string(cp)
+        .map_err(|e| Error::new(ErrorKind::Other, "encoding the checkpoint").with_source(e))
+}
+
+fn raw_from<R: Row>(row: &R) -> std::result::Result<RawRecord, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(RawRecord {
+        position: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        aggregate_type: row.try_get(2)?,
+        aggregate_id: row.try_get(3)?,
+        event_type: row.try_get(4)?,
+        payload: row.try_get(5)?,
+        created_micros: row.try_get(6)?,
+        headers: row.try_get(7)?,
+    })
+}
+
+fn micros_to_time(us: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_else(Utc::now)
+}
+
+impl LogSource for EventTableSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn acquire(&self, owner: &str, lease_for: Duration) -> Result<Option<Checkpoint>> {
+        let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let init = self.initial_state()?;
+        let start = self.mapping.start_after;
+        let lease = micros(lease_for);
+        let err = |e| map_sqlx("taking the checkpoint", e);
+        let row: Option<(Option<String>, String)> = match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => {
+                let q = format!(
+                    "INSERT INTO {t} AS c (name, owner, lease_until, high, state) \
+                     VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
+                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until \
+                     WHERE c.owner IS NULL OR c.owner = EXCLUDED.owner OR c.lease_until < now() \
+                     RETURNING c.owner, c.state"
+                );
+                sqlx::query_as(sql(q))
+                    .bind(&self.name)
+                    .bind(owner)
+                    .bind(lease)
+                    .bind(start)
+                    .bind(&init)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(err)?
+            }
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => {
+                let ins = format!(
+                    "INSERT IGNORE INTO {t} (name, owner, lease_until, high, state, updated_at) \
+                     VALUES (?, NULL, NULL, ?, ?, UTC_TIMESTAMP(6))"
+                );
+                sqlx::query(sql(ins))
+                    .bind(&self.name)
+                    .bind(start)
+                    .bind(&init)
+                    .execute(p)
+                    .await
+                    .map_err(err)?;
+                let upd = format!(
+                    "UPDATE {t} SET owner = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                     WHERE name = ? AND (owner IS NULL OR owner = ? OR lease_until < UTC_TIMESTAMP(6))"
+                );
+                sqlx::query(sql(upd))
+                    .bind(owner)
+                    .bind(lease)
+                    .bind(&self.name)
+                    .bind(owner)
+                    .execute(p)
+                    .await
+                    .map_err(err)?;
+                let sel = format!("SELECT owner, state FROM {t} WHERE name = ?");
+                sqlx::query_as(sql(sel))
+                    .bind(&self.name)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(err)?
+            }
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => {
+                let now = Utc::now().timestamp_micros();
+                let ins = format!(
+                    "INSERT INTO {t} (name, owner, lease_until, high, state, updated_at) \
+                     VALUES (?, NULL, NULL, ?, ?, ?) ON CONFLICT DO NOTHING"
+                );
+                sqlx::query(sql(ins))
+                    .bind(&self.name)
+                    .bind(start)
+                    .bind(&init)
+                    .bind(now)
+                    .execute(p)
+                    .await
+                    .map_err(err)?;
+                let upd = format!(
+                    "UPDATE {t} SET owner = ?, lease_until = ? \
+                     WHERE name = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) RETURNING owner, state"
+                );
+                sqlx::query_as(sql(upd))
+                    .bind(owner)
+                    .bind(now.saturating_add(lease))
+                    .bind(&self.name)
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_optional(p)
+                    .await
+                    .map_err(err)?
+            }
+        };
+        match row {
+            Some((Some(o), state)) if o == owner => parse_state(&state).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn read(&self, plan: &ReadPlan, limit: usize) -> Result<LogRead> {
+        let q = self.read_sql(plan, limit);
+        let err = |e| map_sqlx("reading the event table", e);
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(err)?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                // The first statement fixes the snapshot; the horizon comes from it.
+                let (now_us, xmin, xmax): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT), \
+                     CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT), \
+                     CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS TEXT) AS BIGINT)",
+                )
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(err)?;
+                let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                let raws = rows
+                    .iter()
+                    .map(raw_from)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                let oracle = GapOracle::Horizon {
+                    marker: xmax,
+                    oldest_running: Some(xmin),
+                };
+                Ok(self.split(raws, micros_to_time(now_us), oracle))
+            }
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => {
+                let mut conn = p.acquire().await.map_err(err)?;
+                // The oldest running transaction is measured before the snapshot is taken,
+                // the marker (now) after: see `LogSource::read`.
+                let oldest: std::result::Result<(Option<i64>,), sqlx::Error> = sqlx::query_as(
+                    "SELECT CAST(MIN(UNIX_TIMESTAMP(trx_started)) * 1000000 AS SIGNED) \
+                     FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()",
+                )
+                .fetch_one(&mut *conn)
+                .await;
+                let oldest = match oldest {
+                    Ok((o,)) => Some(o),
+                    Err(e) => {
+                        if !self.oracle_warned.swap(true, Ordering::Relaxed) {
+                            warn!(source = %self.name, error = %e, "cannot read information_schema.innodb_trx (PROCESS privilege?); gaps will close by timeout only");
+                        }
+                        None
+                    }
+                };
+                {
+                    use sqlx::Executor;
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                        .await
+                        .map_err(err)?;
+                    conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                        .await
+                        .map_err(err)?;
+                }
+                let res = async {
+                    let (now_us,): (i64,) =
+                        sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                    let rows = sqlx::query(sql(q)).fetch_all(&mut *conn).await?;
+                    sqlx::Executor::execute(&mut *conn, "COMMIT").await?;
+                    Ok::<_, sqlx::Error>((now_us, rows))
+                }
+                .await;
+                let (now_us, rows) = match res {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
+                        return Err(err(e));
+                    }
+                };
+                let raws = rows
+                    .iter()
+                    .map(raw_from)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                let oracle = match oldest {
+                    Some(o) => GapOracle::Horizon {
+                        marker: now_us,
+                        oldest_running: o,
+                    },
+                    None => GapOracle::Unknown,
+                };
+                Ok(self.split(raws, micros_to_time(now_us), oracle))
+            }
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => {
+                let rows = sqlx::query(sql(q)).fetch_all(p).await.map_err(err)?;
+                let raws = rows
+                    .iter()
+                    .map(raw_from)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                Ok(self.split(raws, Utc::now(), GapOracle::Serialized))
+            }
+        }
+    }
+
+    async fn save(&self, owner: &str, lease_for: Duration, checkpoint: &Checkpoint) -> Result<()> {
+        let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let state = encode_state(checkpoint)?;
+        let lease = micros(lease_for);
+        let err = |e| map_sqlx("saving the checkpoint", e);
+        let rows = match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => {
+                let q = format!(
+                    "UPDATE {t} SET state = $1, high = $2, lease_until = now() + make_interval(secs => $3::bigint / 1000000.0), \
+                     updated_at = now() WHERE name = $4 AND owner = $5"
+                );
+                sqlx::query(sql(q))
+                    .bind(&state)
+                    .bind(checkpoint.high)
+                    .bind(lease)
+                    .bind(&self.name)
+                    .bind(owner)
+                    .execute(p)
+                    .await
+                    .map_err(err)?
+                    .rows_affected()
+            }
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => {
+                let q = format!(
+                    "UPDATE {t} SET state = ?, high = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+                     updated_at = UTC_TIMESTAMP(6) WHERE name = ? AND owner = ?"
+                );
+                sqlx::query(sql(q))
+                    .bind(&state)
+                    .bind(checkpoint.high)
+                    .bind(lease)
+                    .bind(&self.name)
+                    .bind(owner)
+                    .execute(p)
+                    .await
+                    .map_err(err)?
+                    .rows_affected()
+            }
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => {
+                let now = Utc::now().timestamp_micros();
+                let q = format!(
+                    "UPDATE {t} SET state = ?, high = ?, lease_until = ?, updated_at = ? WHERE name = ? AND owner = ?"
+                );
+                sqlx::query(sql(q))
+                    .bind(&state)
+                    .bind(checkpoint.high)
+                    .bind(now.saturating_add(lease))
+                    .bind(now)
+                    .bind(&self.name)
+                    .bind(owner)
+                    .execute(p)
+                    .await
+                    .map_err(err)?
+                    .rows_affected()
+            }
+        };
+        if rows == 0 {
+            return Err(Error::new(
+                ErrorKind::LeaseLost,
+                format!("checkpoint {:?} is no longer held by {owner}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str) -> Result<()> {
+        let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let err = |e| map_sqlx("releasing the checkpoint", e);
+        match &self.pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres(p) => sqlx::query(sql(format!(
+                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = $1 AND owner = $2"
+            )))
+            .bind(&self.name)
+            .bind(owner)
+            .execute(p)
+            .await
+            .map(|_| ()),
+            #[cfg(feature = "mysql")]
+            LogPool::MySql(p) => sqlx::query(sql(format!(
+                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
+            )))
+            .bind(&self.name)
+            .bind(owner)
+            .execute(p)
+            .await
+            .map(|_| ()),
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite(p) => sqlx::query(sql(format!(
+                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
+            )))
+            .bind(&self.name)
+            .bind(owner)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        }
+        .map_err(err)
+    }
+}
