@@ -772,8 +772,9 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
         }
     }
 
-    /// Runs until `shutdown` resolves, then releases the checkpoint. Source errors are
-    /// logged and retried after a back-off; they do not stop the relay.
+    /// Runs until `shutdown` resolves, finishing the round in progress, then releases the
+    /// checkpoint. Source errors are logged and retried after a back-off; they do not stop
+    /// the relay.
     pub async fn run_until<F: Future<Output = ()> + Send>(self, shutdown: F) -> LogReport {
         let cfg = self.config.clone();
         let mut total = LogReport::default();
@@ -782,11 +783,12 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
         info!(source = self.source.name(), owner = %self.owner, "log relay started");
         tokio::pin!(shutdown);
         loop {
-            let round = tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                r = self.run_once() => r,
-            };
+            // A round is never cut off half-way: it ends within `publish_timeout` plus two
+            // database calls, so a graceful stop republishes nothing.
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                break;
+            }
+            let round = self.run_once().await;
             let wait = match round {
                 Ok(r) => {
                     failures = 0;
