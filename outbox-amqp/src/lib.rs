@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod consumer;
 pub mod error;
 pub mod publisher;
 
