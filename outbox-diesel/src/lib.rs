@@ -2,6 +2,7 @@
 
 mod backend;
 pub mod error;
+pub mod inbox;
 #[cfg(feature = "async")]
 pub mod store;
 
