@@ -3,6 +3,7 @@
 pub mod enqueue;
 pub mod entity;
 pub mod error;
+pub mod inbox;
 pub mod migration;
 pub mod store;
 

@@ -1,0 +1,166 @@
+//! The consumer-side inbox for SeaORM: record an event id inside the transaction that
+//! applies its effect, and learn whether it was processed before.
+//!
+//! ```no_run
+//! # async fn f(db: sea_orm::DatabaseConnection, event_id: outbox_core::EventId) -> outbox_core::Result<()> {
+//! use outbox_seaorm::inbox::Inbox;
+//! use sea_orm::TransactionTrait;
+//!
+//! let inbox = Inbox::new("shipping")?;
+//! let txn = db.begin().await.map_err(|e| outbox_seaorm::map_db_err("begin", e))?;
+//! if inbox.record(&txn, event_id).await?.is_new() {
+//!     // apply the business change with `&txn`
+//! }
+//! txn.commit().await.map_err(|e| outbox_seaorm::map_db_err("commit", e))?;
+//! // now acknowledge the message to the broker
+//! # Ok(()) }
+//! ```
+//!
+//! See [`outbox_core::inbox`] for the semantics.
+
+use std::time::Duration;
+
+use outbox_core::inbox::{
+    InboxOutcome, InboxStatements, create_inbox_table_sql, default_inbox_table, event_id_text,
+    validate_consumer,
+};
+use outbox_core::schema::Dialect;
+use outbox_core::{EventId, Result, TableName};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+
+use crate::error::map_db_err;
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// One consumer's view of an inbox table. Cheap to clone; build it once.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    consumer: String,
+    table: TableName,
+    postgres: InboxStatements,
+    mysql: InboxStatements,
+    sqlite: InboxStatements,
+}
+
+fn dialect(backend: DbBackend) -> Dialect {
+    match backend {
+        DbBackend::Postgres => Dialect::Postgres,
+        DbBackend::MySql => Dialect::MySql,
+        _ => Dialect::Sqlite,
+    }
+}
+
+impl Inbox {
+    /// The inbox of `consumer` in the default table `outbox_inbox`. The name is checked
+    /// (1 to 190 bytes, no control characters).
+    pub fn new(consumer: impl Into<String>) -> Result<Self> {
+        Self::with_table(consumer, default_inbox_table())
+    }
+
+    /// The inbox of `consumer` in `table`.
+    pub fn with_table(consumer: impl Into<String>, table: TableName) -> Result<Self> {
+        let consumer = consumer.into();
+        validate_consumer(&consumer)?;
+        Ok(Inbox {
+            postgres: InboxStatements::new(&table, Dialect::Postgres),
+            mysql: InboxStatements::new(&table, Dialect::MySql),
+            sqlite: InboxStatements::new(&table, Dialect::Sqlite),
+            consumer,
+            table,
+        })
+    }
+
+    /// The consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    fn statements(&self, backend: DbBackend) -> &InboxStatements {
+        match dialect(backend) {
+            Dialect::Postgres => &self.postgres,
+            Dialect::MySql => &self.mysql,
+            Dialect::Sqlite => &self.sqlite,
+        }
+    }
+
+    /// Creates the inbox table and its index, idempotently.
+    pub async fn migrate<C: ConnectionTrait>(&self, conn: &C) -> Result<()> {
+        let backend = conn.get_database_backend();
+        for stmt in create_inbox_table_sql(&self.table, dialect(backend)) {
+            conn.execute_raw(Statement::from_string(backend, stmt))
+                .await
+                .map_err(|e| map_db_err("creating the inbox table", e))?;
+        }
+        Ok(())
+    }
+
+    /// Records `id` for this consumer through `conn` (the consumer's open transaction) and
+    /// says whether it is new. Apply the business change only when it is, on the same
+    /// transaction, then commit.
+    pub async fn record<C: ConnectionTrait>(&self, conn: &C, id: EventId) -> Result<InboxOutcome> {
+        let backend = conn.get_database_backend();
+        let id_value: Value = match backend {
+            DbBackend::Postgres => id.as_uuid().into(),
+            _ => event_id_text(id).into(),
+        };
+        let mut values: Vec<Value> = vec![self.consumer.clone().into(), id_value];
+        if dialect(backend) == Dialect::Sqlite {
+            values.push(chrono::Utc::now().timestamp_micros().into());
+        }
+        let stmt = Statement::from_sql_and_values(
+            backend,
+            self.statements(backend).record.clone(),
+            values,
+        );
+        let done = conn
+            .execute_raw(stmt)
+            .await
+            .map_err(|e| map_db_err("recording the event in the inbox", e))?;
+        Ok(InboxOutcome::from_rows_affected(done.rows_affected()))
+    }
+
+    /// Deletes records processed more than `older_than` ago, `batch` rows per statement.
+    /// Returns how many.
+    pub async fn purge<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        older_than: Duration,
+        batch: usize,
+    ) -> Result<u64> {
+        let backend = conn.get_database_backend();
+        let batch = batch.max(1);
+        let limit = i64::try_from(batch).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            let first: Value = if dialect(backend) == Dialect::Sqlite {
+                chrono::Utc::now()
+                    .timestamp_micros()
+                    .saturating_sub(micros(older_than))
+                    .into()
+            } else {
+                micros(older_than).into()
+            };
+            let stmt = Statement::from_sql_and_values(
+                backend,
+                self.statements(backend).purge.clone(),
+                vec![first, limit.into()],
+            );
+            let n = conn
+                .execute_raw(stmt)
+                .await
+                .map_err(|e| map_db_err("purging the inbox", e))?
+                .rows_affected();
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The SeaORM inbox helper passes the shared inbox suite on the machine's real PostgreSQL,
+//! MariaDB and SQLite. Each harness has tables of its own, dropped afterwards.
+
+use std::time::Duration;
+
+use outbox_core::testkit::{InboxHarness, run_inbox_suite, service_url, unique_name};
+use outbox_core::{EventId, InboxOutcome, Result, TableName};
+use outbox_seaorm::inbox::Inbox;
+use outbox_seaorm::map_db_err;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait};
+
+struct Sea {
+    db: DatabaseConnection,
+    table: TableName,
+    effects: String,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Drop for Sea {
+    fn drop(&mut self) {
+        if let Some(path) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
+}
+
+impl Sea {
+    async fn new(db: DatabaseConnection) -> Sea {
+        let table = TableName::parse(&unique_name("sinbox")).expect("name");
+        let effects = unique_name("seffects");
+        let inbox = Inbox::with_table("setup", table.clone()).expect("inbox");
+        inbox.migrate(&db).await.expect("migrate");
+        inbox.migrate(&db).await.expect("migrate is idempotent");
+        exec(
+            &db,
+            format!("CREATE TABLE {effects} (event_id VARCHAR(36) NOT NULL)"),
+        )
+        .await;
+        Sea {
+            db,
+            table,
+            effects,
+            file: None,
+        }
+    }
+
+    async fn drop_tables(&self) {
+        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.table)).await;
+        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.effects)).await;
+    }
+}
+
+async fn exec<C: ConnectionTrait>(c: &C, sql: String) {
+    c.execute_raw(Statement::from_string(c.get_database_backend(), sql))
+        .await
+        .expect("sql");
+}
+
+impl InboxHarness for Sea {
+    async fn process(
+        &self,
+        consumer: &str,
+        id: EventId,
+        hold: Duration,
+        commit: bool,
+    ) -> Result<InboxOutcome> {
+        let inbox = Inbox::with_table(consumer, self.table.clone())?;
+        let txn = self.db.begin().await.map_err(|e| map_db_err("begin", e))?;
+        let outcome = inbox.record(&txn, id).await?;
+        if outcome.is_new() {
+            txn.execute_raw(Statement::from_string(
+                txn.get_database_backend(),
+                format!("INSERT INTO {} (event_id) VALUES ('{id}')", self.effects),
+            ))
+            .await
+            .map_err(|e| map_db_err("effect", e))?;
+        }
+        tokio::time::sleep(hold).await;
+        if commit {
+            txn.commit().await.map_err(|e| map_db_err("commit", e))?;
+        } else {
+            txn.rollback()
+                .await
+                .map_err(|e| map_db_err("rollback", e))?;
+        }
+        Ok(outcome)
+    }
+
+    async fn effects(&self, id: EventId) -> Result<u64> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                format!(
+                    "SELECT COUNT(*) AS n FROM {} WHERE event_id = '{id}'",
+                    self.effects
+                ),
+            ))
+            .await
+            .map_err(|e| map_db_err("count", e))?;
+        let n: i64 = row
+            .map(|r| r.try_get("", "n"))
+            .transpose()
+            .map_err(|e| map_db_err("count", e))?
+            .unwrap_or(0);
+        Ok(n.unsigned_abs())
+    }
+
+    async fn purge(&self, older_than: Duration) -> Result<u64> {
+        Inbox::with_table("any", self.table.clone())?
+            .purge(&self.db, older_than, 3)
+            .await
+    }
+}
+
+async fn suite(name: &str, env: &str, default: &str) {
+    let Some(url) = service_url(name, env, default).await else {
+        return;
+    };
+    let db = Database::connect(&url).await.expect("connect");
+    let made = std::sync::Mutex::new(Vec::new());
+    run_inbox_suite(|| async {
+        let s = Sea::new(db.clone()).await;
+        made.lock()
+            .expect("lock")
+            .push((s.table.clone(), s.effects.clone()));
+        s
+    })
+    .await;
+    for (table, effects) in made.into_inner().expect("lock") {
+        Sea {
+            db: db.clone(),
+            table,
+            effects,
+        }
+        .drop_tables()
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_suite_on_postgres() {
+    suite(
+        "seaorm inbox (pg)",
+        "OUTBOX_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_suite_on_mariadb() {
+    suite(
+        "seaorm inbox (mariadb)",
+        "OUTBOX_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_suite_on_sqlite() {
+    run_inbox_suite(|| async {
+        let path = std::env::temp_dir().join(format!("{}.db", unique_name("sinbox")));
+        let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("open");
+        let mut sea = Sea::new(db).await;
+        sea.file = Some(path);
+        sea
+    })
+    .await;
+}
