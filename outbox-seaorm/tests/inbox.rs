@@ -134,6 +134,7 @@ async fn suite(name: &str, env: &str, default: &str) {
             db: db.clone(),
             table,
             effects,
+            file: None,
         }
         .drop_tables()
         .await;
