@@ -46,7 +46,9 @@
 //! serialises writers, so its gaps are final at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+#[cfg(feature = "mysql")]
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -59,6 +61,7 @@ use outbox_core::schema::Dialect;
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+#[cfg(feature = "mysql")]
 use tracing::warn;
 
 use crate::common::{limit_i64, micros, sql};
@@ -283,6 +286,7 @@ pub struct EventTableSource {
     select: Arc<str>,
     position_col: Arc<str>,
     limits: ValidationLimits,
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     oracle_warned: Arc<AtomicBool>,
 }
 
