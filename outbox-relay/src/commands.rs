@@ -97,9 +97,9 @@ async fn shutdown_signal() {
 /// `outbox run`.
 pub async fn run(path: &Path) -> CmdResult {
     let config = load(path)?;
-    if config.sources.is_empty() {
+    if config.sources.is_empty() && config.event_tables.is_empty() {
         return Err(format!(
-            "config file {}: no [sources.<name>] to relay from",
+            "config file {}: no [sources.<name>] or [event_tables.<name>] to relay from",
             path.display()
         )
         .into());
@@ -135,6 +135,33 @@ pub async fn run(path: &Path) -> CmdResult {
             .with_name(name.clone())
             .with_metrics(metrics)
             .with_backlog_sampling(Arc::new(sampled), Duration::from_secs(5));
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            relay
+                .run_until(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }));
+    }
+    for (name, t) in &config.event_tables {
+        let pool = outbox_sqlx::event_table::LogPool::connect(&t.url, t.max_connections)
+            .await
+            .map_err(|e| format!("event table {name}: {e}"))?;
+        let source =
+            outbox_sqlx::event_table::EventTableSource::new(pool, name.clone(), t.mapping.clone())
+                .map_err(|e| format!("event table {name}: {e}"))?;
+        source
+            .migrate()
+            .await
+            .map_err(|e| format!("event table {name}: creating the checkpoint table: {e}"))?;
+        let owner = t.owner.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "outbox-relay".to_owned())
+        });
+        tracing::info!(event_table = %name, table = %t.mapping.table, %owner, "relaying");
+        let relay = outbox_core::LogRelay::new(source, Arc::clone(&router), t.relay.clone())
+            .map_err(|e| format!("event table {name}: {e}"))?
+            .with_owner(owner);
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             relay

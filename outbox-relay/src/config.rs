@@ -10,6 +10,16 @@
 //! [sources.orders.relay]                 # optional: core's RelayConfig
 //! batch_size = 200
 //!
+//! [event_tables.ledger]                  # an append-only table relayed directly
+//! url = "postgres://relay@db/bank"
+//! [event_tables.ledger.mapping]          # outbox_sqlx::event_table::EventTableMapping
+//! table = "ledger_transactions"
+//! position = "id"
+//! aggregate_id = "account_id"
+//! event_type = "kind"
+//! payload = "body"
+//! destination = "ledger"
+//!
 //! [publishers.bus]                       # any number of named publishers
 //! kind = "nats"                          # nats, amqp, kafka, sqs, stdout, file
 //! url = "nats://127.0.0.1:4222"
@@ -37,6 +47,10 @@ pub struct Config {
     /// Sources by name.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Append-only event tables relayed directly (no outbox table), by name. The name is
+    /// also the checkpoint's key.
+    #[serde(default)]
+    pub event_tables: BTreeMap<String, EventTableConfig>,
     /// Publishers by name.
     #[serde(default)]
     pub publishers: BTreeMap<String, PublisherConfig>,
@@ -78,6 +92,38 @@ pub struct SourceConfig {
     /// Most connections to this source (default 4).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+}
+
+/// An existing append-only table to relay with a checkpoint instead of row marks.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTableConfig {
+    /// `postgres://...`, `mysql://...` or `sqlite://path`.
+    pub url: String,
+    /// How the table's columns map to the envelope.
+    pub mapping: outbox_sqlx::event_table::EventTableMapping,
+    /// Log relay settings.
+    #[serde(default)]
+    pub relay: outbox_core::LogRelayConfig,
+    /// This relay's name as the checkpoint's owner (default: the `HOSTNAME` environment
+    /// variable, else `outbox-relay`). A restarted relay with the same name takes its
+    /// checkpoint back at once; give relays on one host different names.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Most connections (default 4).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for EventTableConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventTableConfig")
+            .field("url", &redact_url(&self.url))
+            .field("mapping", &self.mapping)
+            .field("relay", &self.relay)
+            .field("owner", &self.owner)
+            .finish()
+    }
 }
 
 fn default_max_connections() -> u32 {
