@@ -26,5 +26,8 @@ step "examples"
 cargo run --quiet -p outbox-examples --example quickstart >/dev/null
 cargo run --quiet -p outbox-examples --example seaorm_orders >/dev/null
 cargo run --quiet -p outbox-examples --example diesel_orders >/dev/null
+# These two check their own outcome against real services and exit non-zero on a mismatch.
+cargo run --quiet -p outbox-examples --example order_shipping
+cargo run --quiet -p outbox-examples --example ledger_kafka
 cargo run --quiet -p outbox-relay --no-default-features -- demo >/dev/null
 echo "all checks passed"
