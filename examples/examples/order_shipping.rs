@@ -84,7 +84,7 @@ async fn place_order(
         .json(&serde_json::json!({ "order_id": order_id, "total_cents": total_cents }))
         .build()?;
     // Every seventh order breaks a business rule after both writes: it rolls back.
-    let fails = n % 7 == 0;
+    let fails = n.is_multiple_of(7);
     let result = conn
         .transaction::<(), diesel::result::Error, _>(async move |conn| {
             diesel::insert_into(orders::table)
@@ -175,11 +175,8 @@ async fn main() -> Result<(), BoxError> {
     let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {shipping_db}"))
         .execute(&mut my_admin)
         .await;
-    if let Ok(conn) = lapin::Connection::connect(
-        amqp_url.as_str().into(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
+    if let Ok(conn) =
+        lapin::Connection::connect(amqp_url.as_str(), lapin::ConnectionProperties::default()).await
         && let Ok(ch) = conn.create_channel().await
     {
         let _ = ch
@@ -208,8 +205,7 @@ async fn run_example(
     diesel::sql_query("CREATE TABLE shipments (id BIGINT AUTO_INCREMENT PRIMARY KEY, order_id VARCHAR(64) NOT NULL)")
         .execute(&mut shipping_conn)
         .await?;
-    let amqp =
-        lapin::Connection::connect(amqp_url.into(), lapin::ConnectionProperties::default()).await?;
+    let amqp = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = amqp.create_channel().await?;
     channel
         .queue_declare(

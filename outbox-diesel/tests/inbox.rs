@@ -131,7 +131,7 @@ mod sqlite {
         ))
         .load(c)
         .map_err(|e| map_diesel("count", e))?;
-        Ok(rows.iter().next().map_or(0, |r| r.n.unsigned_abs()))
+        Ok(<[Count]>::first(&rows).map_or(0, |r| r.n.unsigned_abs()))
     }
 }
 
@@ -249,7 +249,7 @@ mod asynchronous {
             let rows: Vec<Count> = with_conn!(self, c => {
                 diesel::sql_query(q).load(&mut c).await.map_err(|e| map_diesel("count", e))?
             });
-            Ok(rows.iter().next().map_or(0, |r| r.n.unsigned_abs()))
+            Ok(<[Count]>::first(&rows).map_or(0, |r| r.n.unsigned_abs()))
         }
 
         async fn purge(&self, older_than: Duration) -> Result<u64> {
@@ -416,7 +416,7 @@ mod native {
             let rows: Vec<Count> = with_native!(self.url, self.pg, c => {
                 diesel::sql_query(q).load(&mut c).map_err(|e| map_diesel("count", e))?
             });
-            Ok(rows.iter().next().map_or(0, |r| r.n.unsigned_abs()))
+            Ok(<[Count]>::first(&rows).map_or(0, |r| r.n.unsigned_abs()))
         }
 
         async fn purge(&self, older_than: Duration) -> Result<u64> {
