@@ -323,7 +323,7 @@ async fn run_example(
     println!("| records consumed again (2nd pass)         | {rec2:>5} |");
     println!("| applied again (2nd pass; must be 0)       | {new2:>5} |");
     println!(
-        "| published by relay a / b (after restart)  | {:>5} / {:>5} |",
+        "| published by relay a / restarted relay b  | {:>5} / {:>5} |",
         r1.published, r3.published
     );
     if ids != want_ids {
