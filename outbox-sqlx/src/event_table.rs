@@ -754,8 +754,10 @@ impl LogSource for EventTableSource {
                 // The oldest running transaction is measured before the snapshot is taken,
                 // the marker (now) after: see `LogSource::read`.
                 let oldest: std::result::Result<(Option<i64>,), sqlx::Error> = sqlx::query_as(
-                    "SELECT CAST(MIN(UNIX_TIMESTAMP(trx_started)) * 1000000 AS SIGNED) \
-                     FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()",
+                    "SELECT CAST(MIN(UNIX_TIMESTAMP(t.trx_started)) * 1000000 AS SIGNED) \
+                     FROM information_schema.innodb_trx t \
+                     JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+                     WHERE t.trx_mysql_thread_id <> CONNECTION_ID()",
                 )
                 .fetch_one(&mut *conn)
                 .await;
@@ -768,32 +770,28 @@ impl LogSource for EventTableSource {
                         None
                     }
                 };
-                {
-                    use sqlx::Executor;
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                sqlx::Executor::execute(
+                    &mut *conn,
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                )
+                .await
+                .map_err(err)?;
+                // A sqlx transaction, so that a read cut off half-way (a cancelled relay) is
+                // rolled back instead of returning an open snapshot to the pool, where it
+                // would hold the horizon back.
+                let mut tx = sqlx::Connection::begin_with(
+                    &mut *conn,
+                    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                )
+                .await
+                .map_err(err)?;
+                let (now_us,): (i64,) =
+                    sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(err)?;
-                    conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                        .await
-                        .map_err(err)?;
-                }
-                let res = async {
-                    let (now_us,): (i64,) =
-                        sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
-                            .fetch_one(&mut *conn)
-                            .await?;
-                    let rows = sqlx::query(sql(q)).fetch_all(&mut *conn).await?;
-                    sqlx::Executor::execute(&mut *conn, "COMMIT").await?;
-                    Ok::<_, sqlx::Error>((now_us, rows))
-                }
-                .await;
-                let (now_us, rows) = match res {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = sqlx::Executor::execute(&mut *conn, "ROLLBACK").await;
-                        return Err(err(e));
-                    }
-                };
+                let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
+                tx.commit().await.map_err(err)?;
                 let raws = rows
                     .iter()
                     .map(raw_from)
