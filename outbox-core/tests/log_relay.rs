@@ -307,3 +307,35 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_restart_fences_the_crashed_instance() {
+    use outbox_core::log::LogSource;
+    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
+    let lease = Duration::from_secs(60);
+    let old = log
+        .acquire("host#1", lease)
+        .await
+        .expect("acquire")
+        .expect("free");
+    // The restart (same name, new instance) takes over at once...
+    assert!(
+        log.acquire("host#2", lease)
+            .await
+            .expect("acquire")
+            .is_some()
+    );
+    // ...a relay of another name waits for the lease...
+    assert!(
+        log.acquire("other#3", lease)
+            .await
+            .expect("acquire")
+            .is_none()
+    );
+    // ...and a save still in flight from the crashed instance cannot land.
+    let err = log.save("host#1", lease, &old).await.expect_err("fenced");
+    assert_eq!(err.kind(), ErrorKind::LeaseLost);
+    log.save("host#2", lease, &old)
+        .await
+        .expect("the new instance saves");
+}

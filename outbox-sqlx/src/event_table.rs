@@ -449,16 +449,16 @@ impl EventTableSource {
         let t = self.checkpoint_table.quoted(d);
         let ddl = match d {
             Dialect::Postgres => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, lease_until TIMESTAMPTZ, \
+                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, owner_name TEXT, lease_until TIMESTAMPTZ, \
                  high BIGINT NOT NULL, state TEXT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             ),
             Dialect::MySql => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name VARCHAR(190) NOT NULL PRIMARY KEY, owner VARCHAR(190), \
+                "CREATE TABLE IF NOT EXISTS {t} (name VARCHAR(190) NOT NULL PRIMARY KEY, owner VARCHAR(255), owner_name VARCHAR(255), \
                  lease_until DATETIME(6), high BIGINT NOT NULL, state LONGTEXT NOT NULL, updated_at DATETIME(6) NOT NULL) \
                  ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
             ),
             Dialect::Sqlite => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, lease_until INTEGER, \
+                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, owner_name TEXT, lease_until INTEGER, \
                  high INTEGER NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL)"
             ),
         };
@@ -626,15 +626,18 @@ impl LogSource for EventTableSource {
         let init = self.initial_state()?;
         let start = self.mapping.start_after;
         let lease = micros(lease_for);
+        let name_of = outbox_core::log::owner_name(owner);
         let err = |e| map_sqlx("taking the checkpoint", e);
         let row: Option<(Option<String>, String)> = match &self.pool {
             #[cfg(feature = "postgres")]
             LogPool::Postgres(p) => {
                 let q = format!(
-                    "INSERT INTO {t} AS c (name, owner, lease_until, high, state) \
-                     VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
-                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until \
-                     WHERE c.owner IS NULL OR c.owner = EXCLUDED.owner OR c.lease_until < now() \
+                    "INSERT INTO {t} AS c (name, owner, owner_name, lease_until, high, state) \
+                     VALUES ($1, $2, $6, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
+                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, owner_name = EXCLUDED.owner_name, \
+                     lease_until = EXCLUDED.lease_until \
+                     WHERE c.owner IS NULL OR c.owner = EXCLUDED.owner OR c.owner_name = EXCLUDED.owner_name \
+                     OR c.lease_until < now() \
                      RETURNING c.owner, c.state"
                 );
                 sqlx::query_as(sql(q))
@@ -643,6 +646,7 @@ impl LogSource for EventTableSource {
                     .bind(lease)
                     .bind(start)
                     .bind(&init)
+                    .bind(name_of)
                     .fetch_optional(p)
                     .await
                     .map_err(err)?
@@ -661,14 +665,16 @@ impl LogSource for EventTableSource {
                     .await
                     .map_err(err)?;
                 let upd = format!(
-                    "UPDATE {t} SET owner = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-                     WHERE name = ? AND (owner IS NULL OR owner = ? OR lease_until < UTC_TIMESTAMP(6))"
+                    "UPDATE {t} SET owner = ?, owner_name = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                     WHERE name = ? AND (owner IS NULL OR owner = ? OR owner_name = ? OR lease_until < UTC_TIMESTAMP(6))"
                 );
                 sqlx::query(sql(upd))
                     .bind(owner)
+                    .bind(name_of)
                     .bind(lease)
                     .bind(&self.name)
                     .bind(owner)
+                    .bind(name_of)
                     .execute(p)
                     .await
                     .map_err(err)?;
@@ -695,14 +701,17 @@ impl LogSource for EventTableSource {
                     .await
                     .map_err(err)?;
                 let upd = format!(
-                    "UPDATE {t} SET owner = ?, lease_until = ? \
-                     WHERE name = ? AND (owner IS NULL OR owner = ? OR lease_until < ?) RETURNING owner, state"
+                    "UPDATE {t} SET owner = ?, owner_name = ?, lease_until = ? \
+                     WHERE name = ? AND (owner IS NULL OR owner = ? OR owner_name = ? OR lease_until < ?) \
+                     RETURNING owner, state"
                 );
                 sqlx::query_as(sql(upd))
                     .bind(owner)
+                    .bind(name_of)
                     .bind(now.saturating_add(lease))
                     .bind(&self.name)
                     .bind(owner)
+                    .bind(name_of)
                     .bind(now)
                     .fetch_optional(p)
                     .await
@@ -893,7 +902,7 @@ impl LogSource for EventTableSource {
         match &self.pool {
             #[cfg(feature = "postgres")]
             LogPool::Postgres(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = $1 AND owner = $2"
+                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = $1 AND owner = $2"
             )))
             .bind(&self.name)
             .bind(owner)
@@ -902,7 +911,7 @@ impl LogSource for EventTableSource {
             .map(|_| ()),
             #[cfg(feature = "mysql")]
             LogPool::MySql(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
+                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
             )))
             .bind(&self.name)
             .bind(owner)
@@ -911,7 +920,7 @@ impl LogSource for EventTableSource {
             .map(|_| ()),
             #[cfg(feature = "sqlite")]
             LogPool::Sqlite(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
+                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
             )))
             .bind(&self.name)
             .bind(owner)

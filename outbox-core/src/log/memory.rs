@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::{Checkpoint, GapOracle, LogRead, LogRecord, LogSource, ReadPlan};
+use super::{Checkpoint, GapOracle, LogRead, LogRecord, LogSource, ReadPlan, owner_name};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -171,6 +171,7 @@ impl LogSource for InMemoryLog {
         let now = Instant::now();
         if let Some(o) = &st.owner
             && o.name != owner
+            && owner_name(&o.name) != owner_name(owner)
             && o.until > now
         {
             return Ok(None);

@@ -54,8 +54,12 @@
 //!
 //! # One relay per checkpoint
 //!
-//! The checkpoint row carries an owner and a lease. A relay takes it only when it is free or
-//! expired, renews it on each round, and every save is fenced by ownership: a relay that
+//! The checkpoint row carries an owner and a lease. The owner is `name#instance`: the name
+//! is the relay's stable name (a host or pod), the instance is new for every relay object.
+//! A relay takes the checkpoint when it is free, expired, or held by an earlier instance of
+//! the same name (a restart), renews it on each round, and every save is fenced by the full
+//! owner, so a save still in flight from a crashed instance cannot land after the restart's.
+//! A relay that
 //! lost its lease cannot move the checkpoint.
 
 use std::collections::{BTreeMap, HashSet};
@@ -412,8 +416,9 @@ pub trait LogSource: Send + Sync {
     /// The checkpoint's name (one row per name).
     fn name(&self) -> &str;
 
-    /// Takes or renews the checkpoint for `owner` for `lease_for` and returns it; `None`
-    /// when another owner holds an unexpired lease. A missing row is created at the
+    /// Takes or renews the checkpoint for `owner` (`name#instance`, see the module docs) for
+    /// `lease_for` and returns it; `None` when an owner of another name holds an unexpired
+    /// lease. An owner of the same name is replaced at once. A missing row is created at the
     /// source's starting position.
     fn acquire(
         &self,
@@ -429,7 +434,7 @@ pub trait LogSource: Send + Sync {
     /// read), and `marker` no earlier (so every writer of a missing row is below it).
     fn read(&self, plan: &ReadPlan, limit: usize) -> impl Future<Output = Result<LogRead>> + Send;
 
-    /// Saves the checkpoint and renews the lease, only if `owner` still holds it (otherwise
+    /// Saves the checkpoint and renews the lease, only if exactly `owner` still holds it (otherwise
     /// an error of kind [`ErrorKind::LeaseLost`]).
     fn save(
         &self,
@@ -562,6 +567,12 @@ pub struct LogRelay<S, P> {
     publisher: P,
     config: LogRelayConfig,
     owner: String,
+    instance: String,
+}
+
+/// The name part of an owner `name#instance`.
+pub fn owner_name(owner: &str) -> &str {
+    owner.rsplit_once('#').map_or(owner, |(name, _)| name)
 }
 
 impl<S: LogSource, P: Publisher> LogRelay<S, P> {
@@ -573,7 +584,8 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
             source,
             publisher,
             config,
-            owner: format!("relay-{}", Uuid::new_v4()),
+            owner: format!("relay-{}", Uuid::new_v4().simple()),
+            instance: Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -581,8 +593,12 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
     /// relay with the same owner name takes its checkpoint back without waiting for the
     /// lease to expire.
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = owner.into();
+        self.owner = owner.into().replace('#', "_");
         self
+    }
+
+    fn holder(&self) -> String {
+        format!("{}#{}", self.owner, self.instance)
     }
 
     /// The settings.
@@ -599,7 +615,7 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
     /// the checkpoint (retry or dead), not returned as an error; errors are the source's.
     pub async fn run_once(&self) -> Result<LogReport> {
         let cfg = &self.config;
-        let Some(mut cp) = self.source.acquire(&self.owner, cfg.lease).await? else {
+        let Some(mut cp) = self.source.acquire(&self.holder(), cfg.lease).await? else {
             return Ok(LogReport {
                 not_owner: true,
                 ..LogReport::default()
@@ -756,7 +772,7 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
         }
         report.abandoned_gaps = abandoned.len();
         report.open_gaps = cp.gaps.len();
-        self.source.save(&self.owner, cfg.lease, &cp).await?;
+        self.source.save(&self.holder(), cfg.lease, &cp).await?;
         Ok(report)
     }
 
@@ -821,7 +837,7 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
                 }
             }
         }
-        if let Err(e) = self.source.release(&self.owner).await {
+        if let Err(e) = self.source.release(&self.holder()).await {
             warn!(source = self.source.name(), error = %e, "could not release the checkpoint");
         }
         info!(
