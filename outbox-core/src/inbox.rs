@@ -147,6 +147,56 @@ impl InboxStatements {
     }
 }
 
+/// What the database crates' inbox helpers share: the checked consumer name, the table and
+/// its statements on every dialect. Each crate's `Inbox` wraps one.
+#[derive(Clone, Debug)]
+pub struct InboxSpec {
+    consumer: String,
+    table: TableName,
+    postgres: InboxStatements,
+    mysql: InboxStatements,
+    sqlite: InboxStatements,
+}
+
+impl InboxSpec {
+    /// The inbox of `consumer` in `table`; the name is checked ([`validate_consumer`]).
+    pub fn new(consumer: impl Into<String>, table: TableName) -> Result<Self, Error> {
+        let consumer = consumer.into();
+        validate_consumer(&consumer)?;
+        Ok(InboxSpec {
+            postgres: InboxStatements::new(&table, Dialect::Postgres),
+            mysql: InboxStatements::new(&table, Dialect::MySql),
+            sqlite: InboxStatements::new(&table, Dialect::Sqlite),
+            consumer,
+            table,
+        })
+    }
+
+    /// The consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// The statements on `dialect`.
+    pub fn statements(&self, dialect: Dialect) -> &InboxStatements {
+        match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::MySql => &self.mysql,
+            Dialect::Sqlite => &self.sqlite,
+        }
+    }
+
+    /// The DDL on `dialect` ([`create_inbox_table_sql`]).
+    pub fn create_table_sql(&self, dialect: Dialect) -> Vec<String> {
+        create_inbox_table_sql(&self.table, dialect)
+    }
+}
+
 /// The statements that create the inbox table and its index on `dialect`, idempotently.
 pub fn create_inbox_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
     let t = table.quoted(dialect);

@@ -105,6 +105,13 @@ impl Default for TableName {
     }
 }
 
+/// Checks an SQL identifier (table, schema or column name): 1 to 63 ASCII letters, digits
+/// or `_`, not starting with a digit. The error names `what`. Only checked identifiers are
+/// ever interpolated into SQL.
+pub fn check_identifier(what: &str, ident: &str) -> Result<(), Error> {
+    check_ident(what, ident)
+}
+
 fn check_ident(what: &str, ident: &str) -> Result<(), Error> {
     let ok = !ident.is_empty()
         && ident.len() <= 63

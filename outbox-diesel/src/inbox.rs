@@ -37,8 +37,7 @@ use std::time::Duration;
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Text};
 use outbox_core::inbox::{
-    InboxOutcome, InboxStatements, create_inbox_table_sql, default_inbox_table, event_id_text,
-    validate_consumer,
+    InboxOutcome, InboxSpec, InboxStatements, default_inbox_table, event_id_text,
 };
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, TableName};
@@ -58,11 +57,7 @@ fn now_micros() -> i64 {
 /// One consumer's view of an inbox table. Cheap to clone; build it once.
 #[derive(Clone, Debug)]
 pub struct Inbox {
-    consumer: String,
-    table: TableName,
-    postgres: InboxStatements,
-    mysql: InboxStatements,
-    sqlite: InboxStatements,
+    spec: InboxSpec,
 }
 
 impl Inbox {
@@ -74,38 +69,28 @@ impl Inbox {
 
     /// The inbox of `consumer` in `table`.
     pub fn with_table(consumer: impl Into<String>, table: TableName) -> outbox_core::Result<Self> {
-        let consumer = consumer.into();
-        validate_consumer(&consumer)?;
         Ok(Inbox {
-            postgres: InboxStatements::new(&table, Dialect::Postgres),
-            mysql: InboxStatements::new(&table, Dialect::MySql),
-            sqlite: InboxStatements::new(&table, Dialect::Sqlite),
-            consumer,
-            table,
+            spec: InboxSpec::new(consumer, table)?,
         })
     }
 
     /// The consumer name.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        self.spec.consumer()
     }
 
     /// The table.
     pub fn table(&self) -> &TableName {
-        &self.table
+        self.spec.table()
     }
 
     fn statements(&self, d: Dialect) -> &InboxStatements {
-        match d {
-            Dialect::Postgres => &self.postgres,
-            Dialect::MySql => &self.mysql,
-            Dialect::Sqlite => &self.sqlite,
-        }
+        self.spec.statements(d)
     }
 
     /// Creates the inbox table and its index, idempotently.
     pub fn migrate<C: InboxConnection>(&self, conn: &mut C) -> QueryResult<()> {
-        for stmt in create_inbox_table_sql(&self.table, C::DIALECT) {
+        for stmt in self.spec.create_table_sql(C::DIALECT) {
             conn.run(&stmt)?;
         }
         Ok(())
@@ -118,7 +103,11 @@ impl Inbox {
         conn: &mut C,
         id: EventId,
     ) -> QueryResult<InboxOutcome> {
-        let rows = conn.insert_record(&self.statements(C::DIALECT).record, &self.consumer, id)?;
+        let rows = conn.insert_record(
+            &self.statements(C::DIALECT).record,
+            self.spec.consumer(),
+            id,
+        )?;
         Ok(InboxOutcome::from_rows_affected(rows as u64))
     }
 
@@ -330,7 +319,7 @@ impl AsyncInboxConnection for diesel_async::AsyncMysqlConnection {
 impl Inbox {
     /// [`migrate`](Self::migrate) on a diesel-async connection.
     pub async fn migrate_async<C: AsyncInboxConnection>(&self, conn: &mut C) -> QueryResult<()> {
-        for stmt in create_inbox_table_sql(&self.table, C::DIALECT) {
+        for stmt in self.spec.create_table_sql(C::DIALECT) {
             conn.run(&stmt).await?;
         }
         Ok(())
@@ -344,7 +333,11 @@ impl Inbox {
         id: EventId,
     ) -> QueryResult<InboxOutcome> {
         let rows = conn
-            .insert_record(&self.statements(C::DIALECT).record, &self.consumer, id)
+            .insert_record(
+                &self.statements(C::DIALECT).record,
+                self.spec.consumer(),
+                id,
+            )
             .await?;
         Ok(InboxOutcome::from_rows_affected(rows as u64))
     }

@@ -21,8 +21,7 @@
 use std::time::Duration;
 
 use outbox_core::inbox::{
-    InboxOutcome, InboxStatements, create_inbox_table_sql, default_inbox_table, event_id_text,
-    validate_consumer,
+    InboxOutcome, InboxSpec, InboxStatements, default_inbox_table, event_id_text,
 };
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, Result, TableName};
@@ -37,11 +36,7 @@ fn micros(d: Duration) -> i64 {
 /// One consumer's view of an inbox table. Cheap to clone; build it once.
 #[derive(Clone, Debug)]
 pub struct Inbox {
-    consumer: String,
-    table: TableName,
-    postgres: InboxStatements,
-    mysql: InboxStatements,
-    sqlite: InboxStatements,
+    spec: InboxSpec,
 }
 
 fn dialect(backend: DbBackend) -> Dialect {
@@ -61,39 +56,29 @@ impl Inbox {
 
     /// The inbox of `consumer` in `table`.
     pub fn with_table(consumer: impl Into<String>, table: TableName) -> Result<Self> {
-        let consumer = consumer.into();
-        validate_consumer(&consumer)?;
         Ok(Inbox {
-            postgres: InboxStatements::new(&table, Dialect::Postgres),
-            mysql: InboxStatements::new(&table, Dialect::MySql),
-            sqlite: InboxStatements::new(&table, Dialect::Sqlite),
-            consumer,
-            table,
+            spec: InboxSpec::new(consumer, table)?,
         })
     }
 
     /// The consumer name.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        self.spec.consumer()
     }
 
     /// The table.
     pub fn table(&self) -> &TableName {
-        &self.table
+        self.spec.table()
     }
 
     fn statements(&self, backend: DbBackend) -> &InboxStatements {
-        match dialect(backend) {
-            Dialect::Postgres => &self.postgres,
-            Dialect::MySql => &self.mysql,
-            Dialect::Sqlite => &self.sqlite,
-        }
+        self.spec.statements(dialect(backend))
     }
 
     /// Creates the inbox table and its index, idempotently.
     pub async fn migrate<C: ConnectionTrait>(&self, conn: &C) -> Result<()> {
         let backend = conn.get_database_backend();
-        for stmt in create_inbox_table_sql(&self.table, dialect(backend)) {
+        for stmt in self.spec.create_table_sql(dialect(backend)) {
             conn.execute_raw(Statement::from_string(backend, stmt))
                 .await
                 .map_err(|e| map_db_err("creating the inbox table", e))?;
@@ -110,7 +95,7 @@ impl Inbox {
             DbBackend::Postgres => id.as_uuid().into(),
             _ => event_id_text(id).into(),
         };
-        let mut values: Vec<Value> = vec![self.consumer.clone().into(), id_value];
+        let mut values: Vec<Value> = vec![self.spec.consumer().to_owned().into(), id_value];
         if dialect(backend) == Dialect::Sqlite {
             values.push(chrono::Utc::now().timestamp_micros().into());
         }

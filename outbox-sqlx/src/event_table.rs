@@ -124,20 +124,7 @@ impl Default for EventTableMapping {
 }
 
 fn check_column(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "event table mapping `{field}` = {name:?} is not a column name: use 1 to 63 ASCII letters, digits or '_', not starting with a digit"
-            ),
-        ))
-    }
+    outbox_core::schema::check_identifier(&format!("event table mapping `{field}` column"), name)
 }
 
 impl EventTableMapping {
@@ -239,7 +226,11 @@ impl LogPool {
                     .map_err(open)?,
             )),
             #[cfg(feature = "sqlite")]
-            "sqlite" => Ok(LogPool::Sqlite(crate::sqlite::connect(url).await?)),
+            // SQLite serialises writers anyway; `connect` sizes its own pool.
+            "sqlite" => {
+                let _ = max_connections;
+                Ok(LogPool::Sqlite(crate::sqlite::connect(url).await?))
+            }
             other => {
                 let _ = open;
                 Err(Error::new(
@@ -612,6 +603,7 @@ where
     })
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn micros_to_time(us: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_else(Utc::now)
 }

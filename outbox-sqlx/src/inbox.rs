@@ -19,10 +19,7 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::{
-    InboxOutcome, InboxStatements, create_inbox_table_sql, default_inbox_table, event_id_text,
-    validate_consumer,
-};
+use outbox_core::inbox::{InboxOutcome, InboxSpec, InboxStatements, default_inbox_table};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, Result, TableName};
 
@@ -72,167 +69,91 @@ mod private {
     impl Sealed for sqlx::SqliteConnection {}
 }
 
+#[cfg(feature = "sqlite")]
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-#[cfg(feature = "postgres")]
-impl InboxConnection for sqlx::PgConnection {
-    fn dialect() -> Dialect {
-        Dialect::Postgres
-    }
-    async fn insert_record(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(id.as_uuid())
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn exists(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<bool, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(id.as_uuid())
-            .fetch_optional(self)
-            .await?;
-        Ok(r.is_some())
-    }
-    async fn purge_batch(
-        &mut self,
-        stmt: &str,
-        older_than: Duration,
-        batch: usize,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(micros(older_than))
-            .bind(limit_i64(batch))
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn run(&mut self, stmt: &str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query(sql(stmt)).execute(self).await.map(|_| ())
-    }
+/// Implements [`InboxConnection`] for one connection type: how it binds the event id, what
+/// else the record statement takes, and the purge statement's first value.
+macro_rules! inbox_connection {
+    (
+        $feature:literal, $conn:ty, $dialect:expr,
+        id: |$id:ident| $id_value:expr,
+        record_extra: [$($extra:expr),*],
+        purge_first: |$age:ident| $first:expr
+    ) => {
+        #[cfg(feature = $feature)]
+        impl InboxConnection for $conn {
+            fn dialect() -> Dialect {
+                $dialect
+            }
+            async fn insert_record(
+                &mut self,
+                stmt: &str,
+                consumer: &str,
+                $id: EventId,
+            ) -> std::result::Result<u64, sqlx::Error> {
+                let q = sqlx::query(sql(stmt)).bind(consumer).bind($id_value);
+                $(let q = q.bind($extra);)*
+                Ok(q.execute(self).await?.rows_affected())
+            }
+            async fn exists(
+                &mut self,
+                stmt: &str,
+                consumer: &str,
+                $id: EventId,
+            ) -> std::result::Result<bool, sqlx::Error> {
+                let r = sqlx::query(sql(stmt))
+                    .bind(consumer)
+                    .bind($id_value)
+                    .fetch_optional(self)
+                    .await?;
+                Ok(r.is_some())
+            }
+            async fn purge_batch(
+                &mut self,
+                stmt: &str,
+                $age: Duration,
+                batch: usize,
+            ) -> std::result::Result<u64, sqlx::Error> {
+                let r = sqlx::query(sql(stmt))
+                    .bind($first)
+                    .bind(limit_i64(batch))
+                    .execute(self)
+                    .await?;
+                Ok(r.rows_affected())
+            }
+            async fn run(&mut self, stmt: &str) -> std::result::Result<(), sqlx::Error> {
+                sqlx::query(sql(stmt)).execute(self).await.map(|_| ())
+            }
+        }
+    };
 }
 
-#[cfg(feature = "mysql")]
-impl InboxConnection for sqlx::MySqlConnection {
-    fn dialect() -> Dialect {
-        Dialect::MySql
-    }
-    async fn insert_record(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(event_id_text(id))
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn exists(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<bool, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(event_id_text(id))
-            .fetch_optional(self)
-            .await?;
-        Ok(r.is_some())
-    }
-    async fn purge_batch(
-        &mut self,
-        stmt: &str,
-        older_than: Duration,
-        batch: usize,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(micros(older_than))
-            .bind(limit_i64(batch))
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn run(&mut self, stmt: &str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query(sql(stmt)).execute(self).await.map(|_| ())
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl InboxConnection for sqlx::SqliteConnection {
-    fn dialect() -> Dialect {
-        Dialect::Sqlite
-    }
-    async fn insert_record(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(event_id_text(id))
-            .bind(now_micros())
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn exists(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> std::result::Result<bool, sqlx::Error> {
-        let r = sqlx::query(sql(stmt))
-            .bind(consumer)
-            .bind(event_id_text(id))
-            .fetch_optional(self)
-            .await?;
-        Ok(r.is_some())
-    }
-    async fn purge_batch(
-        &mut self,
-        stmt: &str,
-        older_than: Duration,
-        batch: usize,
-    ) -> std::result::Result<u64, sqlx::Error> {
-        let cutoff = now_micros().saturating_sub(micros(older_than));
-        let r = sqlx::query(sql(stmt))
-            .bind(cutoff)
-            .bind(limit_i64(batch))
-            .execute(self)
-            .await?;
-        Ok(r.rows_affected())
-    }
-    async fn run(&mut self, stmt: &str) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query(sql(stmt)).execute(self).await.map(|_| ())
-    }
-}
+inbox_connection!(
+    "postgres", sqlx::PgConnection, Dialect::Postgres,
+    id: |id| id.as_uuid(),
+    record_extra: [],
+    purge_first: |age| micros(age)
+);
+inbox_connection!(
+    "mysql", sqlx::MySqlConnection, Dialect::MySql,
+    id: |id| outbox_core::inbox::event_id_text(id),
+    record_extra: [],
+    purge_first: |age| micros(age)
+);
+inbox_connection!(
+    "sqlite", sqlx::SqliteConnection, Dialect::Sqlite,
+    id: |id| outbox_core::inbox::event_id_text(id),
+    record_extra: [now_micros()],
+    purge_first: |age| now_micros().saturating_sub(micros(age))
+);
 
 /// One consumer's view of an inbox table. Cheap to clone; build it once.
 #[derive(Clone, Debug)]
 pub struct Inbox {
-    consumer: String,
-    table: TableName,
-    postgres: InboxStatements,
-    mysql: InboxStatements,
-    sqlite: InboxStatements,
+    spec: InboxSpec,
 }
 
 impl Inbox {
@@ -244,38 +165,28 @@ impl Inbox {
 
     /// The inbox of `consumer` in `table`.
     pub fn with_table(consumer: impl Into<String>, table: TableName) -> Result<Self> {
-        let consumer = consumer.into();
-        validate_consumer(&consumer)?;
         Ok(Inbox {
-            postgres: InboxStatements::new(&table, Dialect::Postgres),
-            mysql: InboxStatements::new(&table, Dialect::MySql),
-            sqlite: InboxStatements::new(&table, Dialect::Sqlite),
-            consumer,
-            table,
+            spec: InboxSpec::new(consumer, table)?,
         })
     }
 
     /// The consumer name.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        self.spec.consumer()
     }
 
     /// The table.
     pub fn table(&self) -> &TableName {
-        &self.table
+        self.spec.table()
     }
 
     fn statements<C: InboxConnection>(&self) -> &InboxStatements {
-        match C::dialect() {
-            Dialect::Postgres => &self.postgres,
-            Dialect::MySql => &self.mysql,
-            Dialect::Sqlite => &self.sqlite,
-        }
+        self.spec.statements(C::dialect())
     }
 
     /// Creates the inbox table and its index, idempotently.
     pub async fn migrate<C: InboxConnection>(&self, conn: &mut C) -> Result<()> {
-        for stmt in create_inbox_table_sql(&self.table, C::dialect()) {
+        for stmt in self.spec.create_table_sql(C::dialect()) {
             conn.run(&stmt)
                 .await
                 .map_err(|e| map_sqlx("creating the inbox table", e))?;
@@ -293,7 +204,7 @@ impl Inbox {
         id: EventId,
     ) -> Result<InboxOutcome> {
         let rows = conn
-            .insert_record(&self.statements::<C>().record, &self.consumer, id)
+            .insert_record(&self.statements::<C>().record, self.spec.consumer(), id)
             .await
             .map_err(|e| map_sqlx("recording the event in the inbox", e))?;
         Ok(InboxOutcome::from_rows_affected(rows))
@@ -301,7 +212,7 @@ impl Inbox {
 
     /// Whether `id` was processed (and committed) by this consumer.
     pub async fn seen<C: InboxConnection>(&self, conn: &mut C, id: EventId) -> Result<bool> {
-        conn.exists(&self.statements::<C>().seen, &self.consumer, id)
+        conn.exists(&self.statements::<C>().seen, self.spec.consumer(), id)
             .await
             .map_err(|e| map_sqlx("reading the inbox", e))
     }
