@@ -20,6 +20,12 @@
 //! inserts it (it rolled back). A rolled-back transaction leaves no record, so the next
 //! delivery processes the event again.
 //!
+//! Run the consumer's transaction at the database's default isolation (READ COMMITTED on
+//! PostgreSQL, REPEATABLE READ on InnoDB). Under PostgreSQL's REPEATABLE READ or
+//! SERIALIZABLE, a concurrent duplicate fails with a serialization error instead of waiting;
+//! that error is retryable (roll back and process the delivery again, which then finds the
+//! record).
+//!
 //! This module holds what the database crates share: the table, its DDL on every dialect,
 //! and the statements. `outbox-sqlx`, `outbox-diesel` and `outbox-seaorm` run them inside
 //! the user's own transaction.
