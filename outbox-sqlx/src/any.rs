@@ -8,7 +8,7 @@ use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
     Retention, Retry, Store, StoreStats,
 };
-use outbox_core::{Error, ErrorKind, EventId, Result, TableName};
+use outbox_core::{EventId, Result, TableName};
 
 /// One of the sqlx stores. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -42,45 +42,17 @@ impl AnyStore {
     /// Opens a pool of up to `max_connections` on `url` (`postgres://`, `mysql://`,
     /// `sqlite://`) for `table`. The URL's password never appears in errors.
     pub async fn connect(url: &str, table: TableName, max_connections: u32) -> Result<Self> {
-        let shown = outbox_core::redact_url(url);
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        match scheme {
+        use crate::event_table::LogPool;
+        Ok(match LogPool::connect(url, max_connections).await? {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .connect(url)
-                    .await
-                    .map_err(|e| map_open(&shown, e))?;
-                Ok(AnyStore::Postgres(crate::postgres::PgStore::new(
-                    pool, table,
-                )))
+            LogPool::Postgres(pool) => {
+                AnyStore::Postgres(crate::postgres::PgStore::new(pool, table))
             }
             #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => {
-                let pool = sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(max_connections)
-                    .connect(&url.replacen("mariadb://", "mysql://", 1))
-                    .await
-                    .map_err(|e| map_open(&shown, e))?;
-                Ok(AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)))
-            }
+            LogPool::MySql(pool) => AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)),
             #[cfg(feature = "sqlite")]
-            "sqlite" => {
-                // SQLite serialises writers anyway; `connect` sizes its own pool.
-                let _ = max_connections;
-                let pool = crate::sqlite::connect(url).await?;
-                Ok(AnyStore::Sqlite(crate::sqlite::SqliteStore::new(
-                    pool, table,
-                )))
-            }
-            other => Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "source URL {shown}: scheme {other:?} is not postgres://, mysql:// or sqlite:// (or its feature is off)"
-                ),
-            )),
-        }
+            LogPool::Sqlite(pool) => AnyStore::Sqlite(crate::sqlite::SqliteStore::new(pool, table)),
+        })
     }
 
     /// Creates the table (and schema or database) if missing.
@@ -99,12 +71,6 @@ impl AnyStore {
     pub fn table(&self) -> &TableName {
         each!(self, s => s.table())
     }
-}
-
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn map_open(shown: &str, e: sqlx::Error) -> Error {
-    let kind = crate::error::classify(&e);
-    Error::new(kind, format!("opening {shown}")).with_source(e)
 }
 
 impl Store for AnyStore {

@@ -165,7 +165,8 @@ impl EventTableMapping {
     }
 }
 
-/// The database behind an [`EventTableSource`].
+/// A pool on one of the three databases, chosen by URL scheme: the database behind an
+/// [`EventTableSource`], and the one [`crate::AnyStore::connect`] opens.
 #[derive(Clone, Debug)]
 pub enum LogPool {
     /// PostgreSQL.
@@ -196,6 +197,20 @@ impl From<sqlx::SqlitePool> for LogPool {
     fn from(p: sqlx::SqlitePool) -> Self {
         LogPool::Sqlite(p)
     }
+}
+
+/// Runs `$call` with `$p` bound to whichever pool this is.
+macro_rules! each_pool {
+    ($pool:expr, $p:ident => $call:expr) => {
+        match $pool {
+            #[cfg(feature = "postgres")]
+            LogPool::Postgres($p) => $call,
+            #[cfg(feature = "mysql")]
+            LogPool::MySql($p) => $call,
+            #[cfg(feature = "sqlite")]
+            LogPool::Sqlite($p) => $call,
+        }
+    };
 }
 
 impl LogPool {
@@ -378,6 +393,14 @@ impl EventTableSource {
         })
     }
 
+    /// Bind marker number `n` (1-based) in the pool's dialect.
+    fn marker(&self, n: usize) -> String {
+        match self.pool.dialect() {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
+        }
+    }
+
     /// Keeps the checkpoint in `table` instead of `outbox_checkpoints`.
     pub fn with_checkpoint_table(mut self, table: TableName) -> Self {
         self.checkpoint_table = table;
@@ -403,33 +426,10 @@ impl EventTableSource {
     /// The checkpoint as saved, if any (for status tools).
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         let t = self.checkpoint_table.quoted(self.pool.dialect());
-        let q = match self.pool.dialect() {
-            Dialect::Postgres => format!("SELECT state FROM {t} WHERE name = $1"),
-            _ => format!("SELECT state FROM {t} WHERE name = ?"),
-        };
-        let state: Option<String> = match &self.pool {
-            #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => {
-                sqlx::query_scalar(sql(q))
-                    .bind(&self.name)
-                    .fetch_optional(p)
-                    .await
-            }
-            #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => {
-                sqlx::query_scalar(sql(q))
-                    .bind(&self.name)
-                    .fetch_optional(p)
-                    .await
-            }
-            #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => {
-                sqlx::query_scalar(sql(q))
-                    .bind(&self.name)
-                    .fetch_optional(p)
-                    .await
-            }
-        }
+        let q = format!("SELECT state FROM {t} WHERE name = {}", self.marker(1));
+        let state: Option<String> = each_pool!(&self.pool, p => {
+            sqlx::query_scalar(sql(q)).bind(&self.name).fetch_optional(p).await
+        })
         .map_err(|e| map_sqlx("reading the checkpoint", e))?;
         state.map(|s| parse_state(&s)).transpose()
     }
@@ -453,15 +453,8 @@ impl EventTableSource {
                  high INTEGER NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL)"
             ),
         };
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
-            #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
-            #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()),
-        }
-        .map_err(|e| map_sqlx("creating the checkpoint table", e))
+        each_pool!(&self.pool, p => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()))
+            .map_err(|e| map_sqlx("creating the checkpoint table", e))
     }
 
     fn read_sql(&self, plan: &ReadPlan, limit: usize) -> String {
@@ -890,36 +883,15 @@ impl LogSource for EventTableSource {
 
     async fn release(&self, owner: &str) -> Result<()> {
         let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let q = format!(
+            "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = {} AND owner = {}",
+            self.marker(1),
+            self.marker(2)
+        );
         let err = |e| map_sqlx("releasing the checkpoint", e);
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = $1 AND owner = $2"
-            )))
-            .bind(&self.name)
-            .bind(owner)
-            .execute(p)
-            .await
-            .map(|_| ()),
-            #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
-            )))
-            .bind(&self.name)
-            .bind(owner)
-            .execute(p)
-            .await
-            .map(|_| ()),
-            #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => sqlx::query(sql(format!(
-                "UPDATE {t} SET owner = NULL, owner_name = NULL, lease_until = NULL WHERE name = ? AND owner = ?"
-            )))
-            .bind(&self.name)
-            .bind(owner)
-            .execute(p)
-            .await
-            .map(|_| ()),
-        }
+        each_pool!(&self.pool, p => {
+            sqlx::query(sql(q)).bind(&self.name).bind(owner).execute(p).await.map(|_| ())
+        })
         .map_err(err)
     }
 }
