@@ -94,6 +94,40 @@ async fn shutdown_signal() {
     }
 }
 
+/// The router `outbox run` publishes through: every `[publishers.<name>]` opened, with the
+/// config's routes and default publisher.
+pub async fn open_router(
+    config: &Config,
+) -> Result<Arc<Router>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut publishers = Vec::new();
+    for (name, p) in &config.publishers {
+        publishers.push((name.clone(), open_publisher(name, p).await?));
+    }
+    Ok(Arc::new(Router::new(
+        publishers,
+        &config.routes,
+        config.default_publisher.as_deref(),
+    )))
+}
+
+/// The relay `outbox run` runs for one `[sources.<name>]`: `store` to `router` with the
+/// source's settings, reporting to `metrics`, its backlog sampled every 5 s. The benchmark
+/// (`outbox-bench`) drives this same wiring.
+pub fn source_relay(
+    name: &str,
+    s: &SourceConfig,
+    store: AnyStore,
+    router: Arc<Router>,
+    metrics: Arc<outbox_core::CountingMetrics>,
+) -> Result<Relay<AnyStore, Arc<Router>>, Box<dyn std::error::Error + Send + Sync>> {
+    let sampled = Arc::new(store.clone());
+    Ok(Relay::new(store, router, s.relay.clone())
+        .map_err(|e| format!("source {name}: {e}"))?
+        .with_name(name.to_owned())
+        .with_metrics(metrics)
+        .with_backlog_sampling(sampled, Duration::from_secs(5)))
+}
+
 /// `outbox run`.
 pub async fn run(path: &Path) -> CmdResult {
     let config = load(path)?;
@@ -104,15 +138,7 @@ pub async fn run(path: &Path) -> CmdResult {
         )
         .into());
     }
-    let mut publishers = Vec::new();
-    for (name, p) in &config.publishers {
-        publishers.push((name.clone(), open_publisher(name, p).await?));
-    }
-    let router = Arc::new(Router::new(
-        publishers,
-        &config.routes,
-        config.default_publisher.as_deref(),
-    ));
+    let router = open_router(&config).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let mut watched = Vec::new();
@@ -121,7 +147,6 @@ pub async fn run(path: &Path) -> CmdResult {
         tracing::info!(source = %name, table = %store.table(), "relaying");
         let metrics = Arc::new(outbox_core::CountingMetrics::default());
         watched.push((name.clone(), store.clone(), Arc::clone(&metrics)));
-        let sampled = store.clone();
         if let Some(keep) = s.retention {
             tasks.push(tokio::spawn(retention_loop(
                 name.clone(),
@@ -130,11 +155,7 @@ pub async fn run(path: &Path) -> CmdResult {
                 stop_rx.clone(),
             )));
         }
-        let relay = Relay::new(store, Arc::clone(&router), s.relay.clone())
-            .map_err(|e| format!("source {name}: {e}"))?
-            .with_name(name.clone())
-            .with_metrics(metrics)
-            .with_backlog_sampling(Arc::new(sampled), Duration::from_secs(5));
+        let relay = source_relay(name, s, store, Arc::clone(&router), metrics)?;
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             relay

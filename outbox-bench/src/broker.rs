@@ -1,0 +1,389 @@
+//! Brokers: a destination of its own per case (a JetStream stream, a durable RabbitMQ queue,
+//! a Kafka topic), the publisher config the relay gets for it, what arrived, and the
+//! client's own pipelined publish loop (the raw ceiling).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use futures::future::BoxFuture;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use outbox_core::{Envelope, transport};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+
+use crate::{Res, Urls};
+
+/// Acknowledgements the raw loops keep in flight.
+const WINDOW: usize = 1000;
+
+/// The brokers the relay publishes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Broker {
+    /// NATS JetStream.
+    Nats,
+    /// RabbitMQ with publisher confirms.
+    Rabbit,
+    /// Kafka protocol (the tansu broker).
+    Kafka,
+}
+
+impl Broker {
+    /// Every broker, in table order.
+    pub const ALL: [Broker; 3] = [Broker::Nats, Broker::Rabbit, Broker::Kafka];
+
+    /// Short name for the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Broker::Nats => "JetStream",
+            Broker::Rabbit => "RabbitMQ",
+            Broker::Kafka => "Kafka",
+        }
+    }
+}
+
+fn bootstrap(url: &str) -> String {
+    url.trim_start_matches("kafka://").to_owned()
+}
+
+fn kafka_admin(urls: &Urls) -> Res<AdminClient<DefaultClientContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(&urls.kafka))
+        .create()?)
+}
+
+/// A destination of its own on one broker.
+pub struct Dest {
+    /// The broker.
+    pub broker: Broker,
+    /// Stream, queue or topic name.
+    pub name: String,
+    /// What envelopes carry as `destination`.
+    pub destination: String,
+    urls: Urls,
+}
+
+impl Dest {
+    /// Creates the stream (file storage), durable queue or 3-partition topic.
+    pub async fn create(broker: Broker, urls: &Urls, tag: &str) -> Res<Dest> {
+        let name = format!(
+            "outbox_bench_{tag}_{}_{}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let destination = match broker {
+            Broker::Nats => {
+                let js = nats(urls).await?;
+                js.create_stream(stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{name}.>")],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating JetStream stream {name}: {e}"))?;
+                format!("{name}.events")
+            }
+            Broker::Rabbit => {
+                let conn = amqp(urls).await?;
+                let ch = conn.create_channel().await?;
+                ch.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+                let _ = conn.close(200, "bye".into()).await;
+                format!("/{name}")
+            }
+            Broker::Kafka => {
+                let admin = kafka_admin(urls)?;
+                for r in admin
+                    .create_topics(
+                        &[NewTopic::new(&name, 3, TopicReplication::Fixed(1))],
+                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                    )
+                    .await?
+                {
+                    r.map_err(|(t, e)| format!("creating Kafka topic {t}: {e}"))?;
+                }
+                name.clone()
+            }
+        };
+        Ok(Dest {
+            broker,
+            name,
+            destination,
+            urls: urls.clone(),
+        })
+    }
+
+    /// The `[publishers.<name>]` body `outbox run` would be given for this broker.
+    pub fn publisher_toml(&self) -> String {
+        match self.broker {
+            Broker::Nats => format!("kind = \"nats\"\nurl = \"{}\"\n", self.urls.nats),
+            Broker::Rabbit => format!("kind = \"amqp\"\nurl = \"{}\"\n", self.urls.amqp),
+            Broker::Kafka => format!(
+                "kind = \"kafka\"\nbootstrap_servers = \"{}\"\n",
+                bootstrap(&self.urls.kafka)
+            ),
+        }
+    }
+
+    /// The service addresses.
+    pub fn urls(&self) -> &Urls {
+        &self.urls
+    }
+
+    /// Messages the broker holds for this destination.
+    pub async fn count(&self) -> Res<u64> {
+        match self.broker {
+            Broker::Nats => {
+                let js = nats(&self.urls).await?;
+                let mut s = js.get_stream(&self.name).await?;
+                Ok(s.info().await?.state.messages)
+            }
+            Broker::Rabbit => {
+                let conn = amqp(&self.urls).await?;
+                let ch = conn.create_channel().await?;
+                let q = ch
+                    .queue_declare(
+                        self.name.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                let _ = conn.close(200, "bye".into()).await;
+                Ok(u64::from(q.message_count()))
+            }
+            Broker::Kafka => {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", bootstrap(&self.urls.kafka))
+                    .set("group.id", format!("{}_count", self.name))
+                    .create()?;
+                let name = self.name.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut total = 0u64;
+                    for p in 0..3 {
+                        let (low, high) =
+                            consumer.fetch_watermarks(&name, p, Duration::from_secs(10))?;
+                        total += u64::try_from(high - low).unwrap_or(0);
+                    }
+                    Ok::<u64, rdkafka::error::KafkaError>(total)
+                })
+                .await?
+                .map_err(Into::into)
+            }
+        }
+    }
+
+    /// Removes the stream, queue or topic.
+    pub async fn delete(self) -> Res<()> {
+        match self.broker {
+            Broker::Nats => {
+                nats(&self.urls).await?.delete_stream(&self.name).await?;
+            }
+            Broker::Rabbit => {
+                let conn = amqp(&self.urls).await?;
+                let ch = conn.create_channel().await?;
+                ch.queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+                    .await?;
+                let _ = conn.close(200, "bye".into()).await;
+            }
+            Broker::Kafka => {
+                let admin = kafka_admin(&self.urls)?;
+                let _ = admin
+                    .delete_topics(&[self.name.as_str()], &AdminOptions::new())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw ceiling: the broker client's own publish loop, `WINDOW` acknowledgements in
+    /// flight, the same payloads, keys and headers the adapter sends (built before the clock
+    /// starts, which favours this loop). Events per second.
+    pub async fn raw_publish(&self, events: &[Envelope]) -> Res<f64> {
+        let mut acks: VecDeque<BoxFuture<'static, Res<()>>> = VecDeque::new();
+        match self.broker {
+            Broker::Nats => {
+                let js = nats(&self.urls).await?;
+                let msgs: Vec<(async_nats::HeaderMap, bytes::Bytes)> = events
+                    .iter()
+                    .map(|e| {
+                        let mut h = async_nats::HeaderMap::new();
+                        for (k, v) in transport::message_headers(e) {
+                            h.insert(k, v);
+                        }
+                        h.insert("Nats-Msg-Id", e.id().to_string());
+                        (h, e.payload().clone())
+                    })
+                    .collect();
+                let subject = self.destination.clone();
+                let start = Instant::now();
+                for (h, p) in msgs {
+                    let ack = js
+                        .publish_with_headers(subject.clone(), h, p)
+                        .await
+                        .map_err(|e| format!("JetStream publish: {e}"))?;
+                    acks.push_back(Box::pin(async move {
+                        ack.await.map_err(|e| format!("JetStream ack: {e}"))?;
+                        Ok(())
+                    }));
+                    if acks.len() >= WINDOW
+                        && let Some(a) = acks.pop_front()
+                    {
+                        a.await?;
+                    }
+                }
+                for a in acks {
+                    a.await?;
+                }
+                Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+            }
+            Broker::Rabbit => {
+                let conn = amqp(&self.urls).await?;
+                let ch = conn.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                let props: Vec<(BasicProperties, bytes::Bytes)> = events
+                    .iter()
+                    .map(|e| {
+                        let mut headers = FieldTable::default();
+                        for (k, v) in transport::message_headers(e) {
+                            headers.insert(
+                                ShortString::from(k),
+                                AMQPValue::LongString(LongString::from(v)),
+                            );
+                        }
+                        (
+                            BasicProperties::default()
+                                .with_message_id(e.id().to_string().into())
+                                .with_delivery_mode(2)
+                                .with_headers(headers),
+                            e.payload().clone(),
+                        )
+                    })
+                    .collect();
+                let start = Instant::now();
+                for (p, body) in props {
+                    let confirm = ch
+                        .basic_publish(
+                            "".into(),
+                            self.name.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..BasicPublishOptions::default()
+                            },
+                            &body,
+                            p,
+                        )
+                        .await?;
+                    acks.push_back(Box::pin(async move {
+                        let c = confirm.await?;
+                        if c.is_nack() {
+                            return Err("RabbitMQ nacked a message".into());
+                        }
+                        Ok(())
+                    }));
+                    if acks.len() >= WINDOW
+                        && let Some(a) = acks.pop_front()
+                    {
+                        a.await?;
+                    }
+                }
+                for a in acks {
+                    a.await?;
+                }
+                let rate = events.len() as f64 / start.elapsed().as_secs_f64();
+                let _ = conn.close(200, "bye".into()).await;
+                Ok(rate)
+            }
+            Broker::Kafka => {
+                // The adapter's own producer, so the settings (idempotence, acks=all, linger)
+                // are exactly the relay's.
+                let publisher = outbox_kafka::KafkaPublisher::new(outbox_kafka::KafkaConfig::new(
+                    bootstrap(&self.urls.kafka),
+                ))?;
+                let producer = publisher.producer().clone();
+                let msgs: Vec<(OwnedHeaders, &Envelope)> = events
+                    .iter()
+                    .map(|e| {
+                        let mut h = OwnedHeaders::new();
+                        for (k, v) in transport::message_headers(e) {
+                            h = h.insert(Header {
+                                key: k,
+                                value: Some(v.as_bytes()),
+                            });
+                        }
+                        (h, e)
+                    })
+                    .collect();
+                let start = Instant::now();
+                for (h, e) in msgs {
+                    let mut record = FutureRecord::to(&self.name)
+                        .key(e.ordering_key())
+                        .payload(e.payload().as_ref())
+                        .headers(h);
+                    let delivery = loop {
+                        match producer.send_result(record) {
+                            Ok(d) => break d,
+                            Err((_, r)) => {
+                                // Local queue full: let deliveries drain.
+                                record = r;
+                                if let Some(a) = acks.pop_front() {
+                                    a.await?;
+                                } else {
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
+                            }
+                        }
+                    };
+                    acks.push_back(Box::pin(async move {
+                        match delivery.await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err((e, _))) => Err(format!("Kafka delivery: {e}").into()),
+                            Err(_) => Err("Kafka producer dropped a delivery".into()),
+                        }
+                    }));
+                    if acks.len() >= WINDOW
+                        && let Some(a) = acks.pop_front()
+                    {
+                        a.await?;
+                    }
+                }
+                for a in acks {
+                    a.await?;
+                }
+                Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+            }
+        }
+    }
+}
+
+/// A JetStream context on `urls.nats`.
+pub async fn nats(urls: &Urls) -> Res<jetstream::Context> {
+    let client = async_nats::connect(&urls.nats)
+        .await
+        .map_err(|e| format!("NATS at {}: {e}", urls.nats))?;
+    Ok(jetstream::new(client))
+}
+
+async fn amqp(urls: &Urls) -> Res<Connection> {
+    Connection::connect(&urls.amqp, ConnectionProperties::default())
+        .await
+        .map_err(|e| format!("RabbitMQ at {}: {e}", outbox_core::redact_url(&urls.amqp)).into())
+}

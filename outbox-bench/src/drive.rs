@@ -1,0 +1,239 @@
+//! Driving the real relay: the `[sources.*]` / `[publishers.*]` configuration a user would
+//! write for `outbox run`, parsed by the relay's own config code and wired by the same
+//! functions `outbox run` calls (`open_source`, `open_router`, `source_relay`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_core::{CountingMetrics, DynWakeUp, Envelope, PublishOutcome, Publisher};
+use outbox_relay::Router;
+use outbox_relay::commands::{open_router, open_source, source_relay};
+use outbox_relay::config::Config;
+
+use crate::Res;
+use crate::broker::Dest;
+use crate::db::Fixture;
+
+/// Where the relay publishes.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    /// A real broker destination.
+    Broker(&'a Dest),
+    /// A publisher that acknowledges at once: the relay's claim+mark cost alone.
+    Null,
+}
+
+/// A publisher that acknowledges every event at once, without I/O.
+#[derive(Clone, Copy, Debug)]
+pub struct NullPublisher;
+
+impl Publisher for NullPublisher {
+    async fn publish(&self, events: &[Envelope]) -> Vec<PublishOutcome> {
+        events.iter().map(|_| PublishOutcome::Published).collect()
+    }
+}
+
+/// The configuration text `outbox run` would read for this case.
+pub fn config_text(fx: &Fixture, target: Target<'_>, relay: &str) -> String {
+    let publisher = match target {
+        Target::Broker(d) => d.publisher_toml(),
+        Target::Null => "kind = \"stdout\"\n".to_owned(),
+    };
+    format!(
+        "default_publisher = \"bench\"\n\n[sources.bench]\nurl = \"{}\"\ntable = \"{}\"\n\n[sources.bench.relay]\n{relay}\n\n[publishers.bench]\n{publisher}",
+        fx.url, fx.table
+    )
+}
+
+/// What one relay run did.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// Events published.
+    pub published: u64,
+    /// Wall time until the last expected event was published, or until the cap.
+    pub secs: f64,
+    /// Whether every expected event was published before the cap.
+    pub complete: bool,
+    /// CPU seconds this process used meanwhile (the relay is all it runs).
+    pub cpu_secs: f64,
+}
+
+impl Outcome {
+    /// Events per second.
+    pub fn rate(&self) -> f64 {
+        self.published as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// Process CPU time (user + system), in seconds, from `/proc/self/stat`.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime, in USER_HZ (100 per second on Linux).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A relay wired as `outbox run` wires it, with its counters.
+pub struct Wired {
+    /// The relay.
+    pub relay: outbox_core::Relay<outbox_sqlx::AnyStore, Arc<Router>>,
+    /// Its counters.
+    pub metrics: Arc<CountingMetrics>,
+}
+
+/// Builds the relay for `fx` to `target` with extra `[sources.bench.relay]` lines.
+pub async fn wire(fx: &Fixture, target: Target<'_>, relay: &str) -> Res<Wired> {
+    let text = config_text(fx, target, relay);
+    let config = Config::parse(&text, "benchmark case", std::iter::empty())?;
+    let router = match target {
+        Target::Broker(_) => open_router(&config).await?,
+        Target::Null => Arc::new(Router::new(
+            vec![("bench".to_owned(), Arc::new(NullPublisher))],
+            &[],
+            Some("bench"),
+        )),
+    };
+    let source = config
+        .sources
+        .get("bench")
+        .ok_or("benchmark config lost its source")?;
+    let store = open_source("bench", source).await?;
+    let metrics = Arc::new(CountingMetrics::default());
+    let relay = source_relay("bench", source, store, router, Arc::clone(&metrics))?;
+    Ok(Wired { relay, metrics })
+}
+
+/// Runs the relay until `expected` events are published or `cap` has passed.
+pub async fn drive(
+    fx: &Fixture,
+    target: Target<'_>,
+    relay: &str,
+    expected: u64,
+    cap: Duration,
+    wakeup: Option<Arc<dyn DynWakeUp>>,
+) -> Res<Outcome> {
+    let Wired { relay, metrics } = wire(fx, target, relay).await?;
+    let relay = match wakeup {
+        Some(w) => relay.with_wakeup(w),
+        None => relay,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let task = tokio::spawn(relay.run_until(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    let mut complete = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let m = metrics.snapshot();
+        if m.published + m.dead_lettered >= expected {
+            complete = true;
+            break;
+        }
+        if start.elapsed() >= cap {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu_seconds() - cpu0;
+    let _ = stop_tx.send(true);
+    task.await?;
+    let m = metrics.snapshot();
+    if m.dead_lettered > 0 || m.retried > 0 {
+        return Err(format!(
+            "the relay dead-lettered {} and retried {} events on {}: the run is invalid",
+            m.dead_lettered, m.retried, fx.table
+        )
+        .into());
+    }
+    Ok(Outcome {
+        published: m.published,
+        secs,
+        complete,
+        cpu_secs,
+    })
+}
+
+/// Checks that the broker holds at least `published` messages (exactly, when
+/// `exact`): a relay that marked rows without the broker taking them would fail here.
+pub async fn check_broker(dest: &Dest, published: u64, exact: bool) -> Res<()> {
+    // The broker may count acknowledged messages a moment later (RabbitMQ queue stats).
+    let mut held = 0;
+    for _ in 0..50 {
+        held = dest.count().await?;
+        if held >= published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if held < published || (exact && held != published) {
+        return Err(format!(
+            "{} {} holds {held} messages, the relay reported {published} published",
+            dest.broker.label(),
+            dest.name
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The naive baseline, as a first outbox poller is written: select pending rows, publish
+/// them one at a time to JetStream awaiting each acknowledgement, mark each row, sleep 1 s
+/// when nothing is pending. Runs until `expected` rows are published or `cap`.
+pub async fn naive_poller(fx: &Fixture, dest: &Dest, expected: u64, cap: Duration) -> Res<Outcome> {
+    let pool = fx.pg()?;
+    let js = crate::broker::nats(dest.urls()).await?;
+    let t = fx.quoted();
+    let select =
+        format!("SELECT id, destination, payload FROM {t} WHERE status = 0 ORDER BY seq LIMIT 100");
+    let mark = format!("UPDATE {t} SET status = 2, processed_at = now() WHERE id = $1");
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    let mut published = 0u64;
+    'outer: while published < expected && start.elapsed() < cap {
+        let rows: Vec<(uuid::Uuid, String, Vec<u8>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(select.clone()))
+                .fetch_all(pool)
+                .await?;
+        if rows.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        for (id, destination, payload) in rows {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.to_string());
+            js.publish_with_headers(destination, h, payload.into())
+                .await
+                .map_err(|e| format!("JetStream publish: {e}"))?
+                .await
+                .map_err(|e| format!("JetStream ack: {e}"))?;
+            sqlx::query(sqlx::AssertSqlSafe(mark.clone()))
+                .bind(id)
+                .execute(pool)
+                .await?;
+            published += 1;
+            if published >= expected || start.elapsed() >= cap {
+                break 'outer;
+            }
+        }
+    }
+    Ok(Outcome {
+        published,
+        secs: start.elapsed().as_secs_f64(),
+        complete: published >= expected,
+        cpu_secs: cpu_seconds() - cpu0,
+    })
+}
