@@ -30,4 +30,6 @@ cargo run --quiet -p outbox-examples --example diesel_orders >/dev/null
 cargo run --quiet -p outbox-examples --example order_shipping
 cargo run --quiet -p outbox-examples --example ledger_kafka
 cargo run --quiet -p outbox-relay --no-default-features -- demo >/dev/null
+step "relay benchmark, smoke run (OUTBOX_BENCH_SCALE=0.01; figures at this scale mean nothing)"
+OUTBOX_BENCH_SCALE=0.01 cargo run --quiet -p outbox-bench
 echo "all checks passed"

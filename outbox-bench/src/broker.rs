@@ -18,7 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureRecord, Producer as _};
 
 use crate::{Res, Urls};
 
@@ -145,8 +145,9 @@ impl Dest {
         &self.urls
     }
 
-    /// Messages the broker holds for this destination.
-    pub async fn count(&self) -> Res<u64> {
+    /// Messages the broker holds for this destination (on Kafka: read back, stopping at
+    /// `expect`).
+    pub async fn count(&self, expect: u64) -> Res<u64> {
         match self.broker {
             Broker::Nats => {
                 let js = nats(&self.urls).await?;
@@ -171,19 +172,32 @@ impl Dest {
                 Ok(u64::from(q.message_count()))
             }
             Broker::Kafka => {
+                // Read back rather than trust watermarks: tansu's offsets are not one per
+                // record. Stops at `expect` messages, or after 3 s without one.
                 let consumer: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", bootstrap(&self.urls.kafka))
-                    .set("group.id", format!("{}_count", self.name))
+                    .set(
+                        "group.id",
+                        format!("{}_count_{}", self.name, fastrand::u32(..)),
+                    )
+                    .set("auto.offset.reset", "earliest")
+                    .set("enable.auto.commit", "false")
                     .create()?;
-                let name = self.name.clone();
+                consumer.subscribe(&[self.name.as_str()])?;
                 tokio::task::spawn_blocking(move || {
-                    let mut total = 0u64;
-                    for p in 0..3 {
-                        let (low, high) =
-                            consumer.fetch_watermarks(&name, p, Duration::from_secs(10))?;
-                        total += u64::try_from(high - low).unwrap_or(0);
+                    let mut seen = 0u64;
+                    let mut quiet_since = Instant::now();
+                    while seen < expect && quiet_since.elapsed() < Duration::from_secs(3) {
+                        match consumer.poll(Duration::from_millis(100)) {
+                            Some(Ok(_)) => {
+                                seen += 1;
+                                quiet_since = Instant::now();
+                            }
+                            Some(Err(e)) => return Err(e),
+                            None => {}
+                        }
                     }
-                    Ok::<u64, rdkafka::error::KafkaError>(total)
+                    Ok::<u64, rdkafka::error::KafkaError>(seen)
                 })
                 .await?
                 .map_err(Into::into)
@@ -319,6 +333,14 @@ impl Dest {
                     bootstrap(&self.urls.kafka),
                 ))?;
                 let producer = publisher.producer().clone();
+                // Topic metadata before the clock starts, as a running relay has it.
+                let (warm, topic) = (producer.clone(), self.name.clone());
+                tokio::task::spawn_blocking(move || {
+                    warm.client()
+                        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                        .map(|_| ())
+                })
+                .await??;
                 let msgs: Vec<(OwnedHeaders, &Envelope)> = events
                     .iter()
                     .map(|e| {

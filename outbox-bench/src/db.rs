@@ -21,20 +21,20 @@ pub enum Db {
     /// PostgreSQL.
     Postgres,
     /// MariaDB (MySQL protocol).
-    MariaDb,
+    Maria,
     /// SQLite, a WAL file.
     Sqlite,
 }
 
 impl Db {
     /// Every database, in table order.
-    pub const ALL: [Db; 3] = [Db::Postgres, Db::MariaDb, Db::Sqlite];
+    pub const ALL: [Db; 3] = [Db::Postgres, Db::Maria, Db::Sqlite];
 
     /// Short name for the table.
     pub fn label(self) -> &'static str {
         match self {
             Db::Postgres => "PG",
-            Db::MariaDb => "MariaDB",
+            Db::Maria => "MariaDB",
             Db::Sqlite => "SQLite",
         }
     }
@@ -145,7 +145,7 @@ impl Fixture {
                     file: None,
                 })
             }
-            Db::MariaDb => {
+            Db::Maria => {
                 let pool = sqlx::mysql::MySqlPoolOptions::new()
                     .max_connections(20)
                     .connect(&urls.mysql)
@@ -196,7 +196,7 @@ impl Fixture {
     pub fn quoted(&self) -> String {
         self.table.quoted(match self.db {
             Db::Postgres => Dialect::Postgres,
-            Db::MariaDb => Dialect::MySql,
+            Db::Maria => Dialect::MySql,
             Db::Sqlite => Dialect::Sqlite,
         })
     }
@@ -272,7 +272,7 @@ impl Fixture {
             self.quoted(),
             int = match self.db {
                 Db::Postgres => "BIGINT",
-                Db::MariaDb => "SIGNED",
+                Db::Maria => "SIGNED",
                 Db::Sqlite => "INTEGER",
             }
         );
@@ -363,7 +363,7 @@ impl Fixture {
     fn marker(&self, n: usize) -> String {
         match self.db {
             Db::Postgres => format!("${n}"),
-            Db::MariaDb | Db::Sqlite => "?".to_owned(),
+            Db::Maria | Db::Sqlite => "?".to_owned(),
         }
     }
 

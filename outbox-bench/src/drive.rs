@@ -56,6 +56,9 @@ pub struct Outcome {
     pub complete: bool,
     /// CPU seconds this process used meanwhile (the relay is all it runs).
     pub cpu_secs: f64,
+    /// Share of the machine's CPU time busy meanwhile (all processes: relay, database,
+    /// broker), 0 to 1.
+    pub machine_busy: f64,
 }
 
 impl Outcome {
@@ -83,6 +86,34 @@ pub fn cpu_seconds() -> f64 {
     };
     // utime and stime, in USER_HZ (100 per second on Linux).
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's CPU counters from `/proc/stat`: (busy, total) jiffies over all cores.
+pub fn machine_cpu() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// The busy share between two [`machine_cpu`] readings.
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / total as f64
 }
 
 /// A relay wired as `outbox run` wires it, with its counters.
@@ -131,6 +162,7 @@ pub async fn drive(
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let cpu0 = cpu_seconds();
+    let machine0 = machine_cpu();
     let start = Instant::now();
     let task = tokio::spawn(relay.run_until(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -149,6 +181,7 @@ pub async fn drive(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = cpu_seconds() - cpu0;
+    let machine_busy = busy_share(machine0, machine_cpu());
     let _ = stop_tx.send(true);
     task.await?;
     let m = metrics.snapshot();
@@ -164,6 +197,7 @@ pub async fn drive(
         secs,
         complete,
         cpu_secs,
+        machine_busy,
     })
 }
 
@@ -173,7 +207,9 @@ pub async fn check_broker(dest: &Dest, published: u64, exact: bool) -> Res<()> {
     // The broker may count acknowledged messages a moment later (RabbitMQ queue stats).
     let mut held = 0;
     for _ in 0..50 {
-        held = dest.count().await?;
+        held = dest
+            .count(if exact { published + 1 } else { published })
+            .await?;
         if held >= published {
             break;
         }
@@ -201,6 +237,7 @@ pub async fn naive_poller(fx: &Fixture, dest: &Dest, expected: u64, cap: Duratio
         format!("SELECT id, destination, payload FROM {t} WHERE status = 0 ORDER BY seq LIMIT 100");
     let mark = format!("UPDATE {t} SET status = 2, processed_at = now() WHERE id = $1");
     let cpu0 = cpu_seconds();
+    let machine0 = machine_cpu();
     let start = Instant::now();
     let mut published = 0u64;
     'outer: while published < expected && start.elapsed() < cap {
@@ -235,5 +272,6 @@ pub async fn naive_poller(fx: &Fixture, dest: &Dest, expected: u64, cap: Duratio
         secs: start.elapsed().as_secs_f64(),
         complete: published >= expected,
         cpu_secs: cpu_seconds() - cpu0,
+        machine_busy: busy_share(machine0, machine_cpu()),
     })
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::broker::{Broker, Dest};
 use crate::db::{Db, Fixture, event};
-use crate::drive::{Outcome, Target, check_broker, config_text, cpu_seconds, drive, naive_poller};
+use crate::drive::{
+    Outcome, Target, busy_share, check_broker, config_text, cpu_seconds, drive, machine_cpu,
+    naive_poller,
+};
 use crate::report::{Goal, Report, Row, millis, per_sec, thousands};
 use crate::{Res, Scale, Urls, latency};
 
@@ -45,11 +48,12 @@ fn cap(secs: f64) -> Duration {
 
 /// A drain's figure: the rate, and how far it got if the cap cut it short.
 fn drain_figure(o: &Outcome, expected: usize) -> String {
+    let cpu = format!("CPU {:.0} %", o.machine_busy * 100.0);
     if o.complete {
-        per_sec(o.rate())
+        format!("{} ({cpu})", per_sec(o.rate()))
     } else {
         format!(
-            "{} (cut at {:.0} s: {} of {})",
+            "{} (cut at {:.0} s: {} of {}; {cpu})",
             per_sec(o.rate()),
             o.secs,
             thousands(o.published as f64),
@@ -174,7 +178,7 @@ async fn ceiling(c: &mut Ctx) -> Res<()> {
         if let Some(pg) = c.claim_mark.get(&Db::Postgres).copied() {
             r.baseline = format!("PG claim+mark alone ({})", per_sec(pg));
             r.ratio = Some(o.rate() / pg);
-            if db == Db::MariaDb {
+            if db == Db::Maria {
                 r.goal = Some(Goal::at_least(o.rate() / pg, 0.6));
             }
         }
@@ -186,7 +190,9 @@ async fn ceiling(c: &mut Ctx) -> Res<()> {
         let events = (0..n)
             .map(|i| event(i, 1000, &dest.destination))
             .collect::<Res<Vec<_>>>()?;
+        let machine0 = machine_cpu();
         let rate = dest.raw_publish(&events).await?;
+        let busy = busy_share(machine0, machine_cpu());
         check_broker(&dest, n as u64, true).await?;
         dest.delete().await?;
         c.raw.insert(broker, rate);
@@ -196,7 +202,7 @@ async fn ceiling(c: &mut Ctx) -> Res<()> {
                 "raw publish loop, {} (client's own, 1000 acks in flight)",
                 broker.label()
             ),
-            per_sec(rate),
+            format!("{} (CPU {:.0} %)", per_sec(rate), busy * 100.0),
         );
         if let Some(js) = c.raw.get(&Broker::Nats).copied() {
             r.baseline = format!("JetStream raw loop ({})", per_sec(js));
@@ -571,7 +577,7 @@ async fn idle(c: &mut Ctx) -> Res<()> {
     let mut r = row(
         "idle",
         "relay process CPU while idle",
-        format!("{pct:.3} % of a core"),
+        format!("{pct:.2} % of a core"),
     );
     if let Some(o) = c.pg_nats {
         let busy = o.cpu_secs / o.secs * 100.0;
