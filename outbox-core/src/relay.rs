@@ -316,9 +316,16 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
                     }
                 }
                 drop(permit);
+                // An empty claim while our own batches are in flight usually means their
+                // keys hold the next rows back: claim again as soon as one finishes instead
+                // of sleeping out the idle back-off.
                 let woke = tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                        collect(&mut total, done);
+                        true
+                    }
                     _ = sleep(idle) => false,
                     r = wait_for(&self.wakeup) => match r {
                         Ok(()) => true,

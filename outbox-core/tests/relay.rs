@@ -264,3 +264,55 @@ async fn shutdown_deadline_releases_unfinished_batches() {
         "released rows are pending again at once, not waiting for the lease"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_claim_behind_its_own_batch_waits_for_that_batch_not_the_back_off() {
+    // One key, so while a batch of it is in flight the next claim comes back empty. The
+    // relay must claim again when that batch finishes, not sleep out its idle back-off.
+    let store = InMemoryStore::new();
+    let publisher = InMemoryPublisher::new().with_latency(Duration::from_millis(50));
+    let metrics = Arc::new(CountingMetrics::default());
+    let cfg = RelayConfig {
+        batch_size: 10,
+        concurrency: 2,
+        poll_interval: Duration::from_millis(100),
+        max_poll_interval: Duration::from_secs(2),
+        lease: Duration::from_secs(30),
+        publish_timeout: Duration::from_secs(5),
+        ..config()
+    };
+    store
+        .enqueue_committed((0..30).map(|i| ev("hot", i)))
+        .expect("commit");
+    let relay = Relay::new(store.clone(), publisher.clone(), cfg)
+        .expect("relay")
+        .with_metrics(metrics.clone());
+    let started = tokio::time::Instant::now();
+    let watched = store.clone();
+    let report = relay
+        .run_until(async move {
+            while !watched
+                .rows()
+                .iter()
+                .all(|(_, s)| *s == RowStatus::Published)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    let took = started.elapsed();
+    assert_eq!(report.published, 30, "{report:?}");
+    // 30 events of one key are 30 sequential publishes of 50 ms: 1.5 s of work. With the
+    // back-off (100, 200, 400, 800 ms ...) between batches it took 1.9 s.
+    assert!(
+        took < Duration::from_millis(1600),
+        "three batches of 0.5 s took {took:?}"
+    );
+    let claims = metrics.snapshot().claims;
+    assert!(claims <= 20, "no busy loop: {claims} claims");
+    let mut delivered = publisher.delivered_ids();
+    assert_eq!(delivered.len(), 30);
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 30, "each once");
+}
