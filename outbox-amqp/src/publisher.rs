@@ -150,7 +150,11 @@ impl AmqpPublisher {
         }
     }
 
-    fn properties(e: &Envelope) -> BasicProperties {
+    /// The AMQP properties this publisher sends with `envelope`: `message_id` = event id,
+    /// type, content type, persistent delivery, timestamp and the transport headers. For
+    /// tools that must publish the very same message themselves (the benchmark's raw loop,
+    /// a replay).
+    pub fn properties(e: &Envelope) -> BasicProperties {
         let mut headers = FieldTable::default();
         for (name, value) in transport::message_headers(e) {
             headers.insert(

@@ -10,9 +10,11 @@ use futures::future::BoxFuture;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use outbox_amqp::AmqpPublisher;
 use outbox_core::{Envelope, transport};
+use outbox_nats::NatsPublisher;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -229,71 +231,38 @@ impl Dest {
     }
 
     /// The raw ceiling: the broker client's own publish loop, `WINDOW` acknowledgements in
-    /// flight, the same payloads, keys and headers the adapter sends (built before the clock
-    /// starts, which favours this loop). Events per second.
+    /// flight, byte for byte the messages the adapter sends (built by the adapter's own
+    /// message functions before the clock starts, which favours this loop). Events per
+    /// second.
     pub async fn raw_publish(&self, events: &[Envelope]) -> Res<f64> {
-        let mut acks: VecDeque<BoxFuture<'static, Res<()>>> = VecDeque::new();
+        let mut acks = Window::default();
         match self.broker {
             Broker::Nats => {
                 let js = nats(&self.urls).await?;
-                let msgs: Vec<(async_nats::HeaderMap, bytes::Bytes)> = events
-                    .iter()
-                    .map(|e| {
-                        let mut h = async_nats::HeaderMap::new();
-                        for (k, v) in transport::message_headers(e) {
-                            h.insert(k, v);
-                        }
-                        h.insert("Nats-Msg-Id", e.id().to_string());
-                        (h, e.payload().clone())
-                    })
-                    .collect();
-                let subject = self.destination.clone();
+                let msgs: Vec<_> = events.iter().map(NatsPublisher::message).collect();
                 let start = Instant::now();
-                for (h, p) in msgs {
+                for m in msgs {
                     let ack = js
-                        .publish_with_headers(subject.clone(), h, p)
+                        .send_publish(self.destination.clone(), m)
                         .await
                         .map_err(|e| format!("JetStream publish: {e}"))?;
-                    acks.push_back(Box::pin(async move {
+                    acks.push(Box::pin(async move {
                         ack.await.map_err(|e| format!("JetStream ack: {e}"))?;
                         Ok(())
-                    }));
-                    if acks.len() >= WINDOW
-                        && let Some(a) = acks.pop_front()
-                    {
-                        a.await?;
-                    }
+                    }))
+                    .await?;
                 }
-                for a in acks {
-                    a.await?;
-                }
+                acks.finish().await?;
                 Ok(events.len() as f64 / start.elapsed().as_secs_f64())
             }
             Broker::Rabbit => {
                 let conn = amqp(&self.urls).await?;
                 let ch = conn.create_channel().await?;
                 ch.confirm_select(ConfirmSelectOptions::default()).await?;
-                let props: Vec<(BasicProperties, bytes::Bytes)> = events
-                    .iter()
-                    .map(|e| {
-                        let mut headers = FieldTable::default();
-                        for (k, v) in transport::message_headers(e) {
-                            headers.insert(
-                                ShortString::from(k),
-                                AMQPValue::LongString(LongString::from(v)),
-                            );
-                        }
-                        (
-                            BasicProperties::default()
-                                .with_message_id(e.id().to_string().into())
-                                .with_delivery_mode(2)
-                                .with_headers(headers),
-                            e.payload().clone(),
-                        )
-                    })
-                    .collect();
+                let props: Vec<BasicProperties> =
+                    events.iter().map(AmqpPublisher::properties).collect();
                 let start = Instant::now();
-                for (p, body) in props {
+                for (p, e) in props.into_iter().zip(events) {
                     let confirm = ch
                         .basic_publish(
                             "".into(),
@@ -302,26 +271,21 @@ impl Dest {
                                 mandatory: true,
                                 ..BasicPublishOptions::default()
                             },
-                            &body,
+                            e.payload(),
                             p,
                         )
                         .await?;
-                    acks.push_back(Box::pin(async move {
-                        let c = confirm.await?;
-                        if c.is_nack() {
-                            return Err("RabbitMQ nacked a message".into());
+                    acks.push(Box::pin(async move {
+                        match confirm.await? {
+                            Confirmation::Ack(None) => Ok(()),
+                            other => {
+                                Err(format!("RabbitMQ did not take a message: {other:?}").into())
+                            }
                         }
-                        Ok(())
-                    }));
-                    if acks.len() >= WINDOW
-                        && let Some(a) = acks.pop_front()
-                    {
-                        a.await?;
-                    }
+                    }))
+                    .await?;
                 }
-                for a in acks {
-                    a.await?;
-                }
+                acks.finish().await?;
                 let rate = events.len() as f64 / start.elapsed().as_secs_f64();
                 let _ = conn.close(200, "bye".into()).await;
                 Ok(rate)
@@ -366,33 +330,54 @@ impl Dest {
                             Err((_, r)) => {
                                 // Local queue full: let deliveries drain.
                                 record = r;
-                                if let Some(a) = acks.pop_front() {
-                                    a.await?;
-                                } else {
+                                if !acks.wait_oldest().await? {
                                     tokio::time::sleep(Duration::from_millis(1)).await;
                                 }
                             }
                         }
                     };
-                    acks.push_back(Box::pin(async move {
+                    acks.push(Box::pin(async move {
                         match delivery.await {
                             Ok(Ok(_)) => Ok(()),
                             Ok(Err((e, _))) => Err(format!("Kafka delivery: {e}").into()),
                             Err(_) => Err("Kafka producer dropped a delivery".into()),
                         }
-                    }));
-                    if acks.len() >= WINDOW
-                        && let Some(a) = acks.pop_front()
-                    {
-                        a.await?;
-                    }
+                    }))
+                    .await?;
                 }
-                for a in acks {
-                    a.await?;
-                }
+                acks.finish().await?;
                 Ok(events.len() as f64 / start.elapsed().as_secs_f64())
             }
         }
+    }
+}
+
+/// Acknowledgements in flight, at most [`WINDOW`]: the oldest is awaited when it is full.
+#[derive(Default)]
+struct Window {
+    acks: VecDeque<BoxFuture<'static, Res<()>>>,
+}
+
+impl Window {
+    async fn push(&mut self, ack: BoxFuture<'static, Res<()>>) -> Res<()> {
+        self.acks.push_back(ack);
+        if self.acks.len() >= WINDOW {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Awaits the oldest acknowledgement; false when none is in flight.
+    async fn wait_oldest(&mut self) -> Res<bool> {
+        match self.acks.pop_front() {
+            Some(a) => a.await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    async fn finish(mut self) -> Res<()> {
+        while self.wait_oldest().await? {}
+        Ok(())
     }
 }
 

@@ -63,15 +63,27 @@ pub fn event(i: usize, keys: usize, destination: &str) -> Res<Envelope> {
     .build()?)
 }
 
-/// The pool of a fresh table.
+/// The pool of a fresh table, with the library's enqueue handle for that table.
 #[derive(Clone, Debug)]
 pub enum Pool {
     /// PostgreSQL.
-    Pg(PgPool),
+    Pg(PgPool, PgOutbox),
     /// MariaDB.
-    My(MySqlPool),
+    My(MySqlPool, MySqlOutbox),
     /// SQLite.
-    Lite(SqlitePool),
+    Lite(SqlitePool, SqliteOutbox),
+}
+
+/// Runs `$body` once per database kind with `$pool` (and `$outbox`) bound to the fixture's
+/// pool (and enqueue handle): the statements are the same text, the sqlx types differ.
+macro_rules! on_pool {
+    ($fx:expr, |$pool:ident, $outbox:ident| $body:expr) => {
+        match &$fx.pool {
+            Pool::Pg($pool, $outbox) => $body,
+            Pool::My($pool, $outbox) => $body,
+            Pool::Lite($pool, $outbox) => $body,
+        }
+    };
 }
 
 /// A fresh outbox table (and an `orders` business table beside it) that nothing else uses.
@@ -138,9 +150,9 @@ impl Fixture {
                 Ok(Fixture {
                     db,
                     url: urls.postgres.clone(),
-                    table,
+                    table: table.clone(),
                     orders,
-                    pool: Pool::Pg(pool),
+                    pool: Pool::Pg(pool, PgOutbox::new(table.clone())),
                     container,
                     file: None,
                 })
@@ -161,9 +173,9 @@ impl Fixture {
                 Ok(Fixture {
                     db,
                     url: urls.mysql.clone(),
-                    table,
+                    table: table.clone(),
                     orders,
-                    pool: Pool::My(pool),
+                    pool: Pool::My(pool, MySqlOutbox::new(table.clone())),
                     container,
                     file: None,
                 })
@@ -182,9 +194,9 @@ impl Fixture {
                 Ok(Fixture {
                     db,
                     url,
-                    table,
+                    table: table.clone(),
                     orders,
-                    pool: Pool::Lite(pool),
+                    pool: Pool::Lite(pool, SqliteOutbox::new(table.clone())),
                     container,
                     file: Some(file),
                 })
@@ -204,36 +216,18 @@ impl Fixture {
     /// The PostgreSQL pool; an error on the other databases.
     pub fn pg(&self) -> Res<&PgPool> {
         match &self.pool {
-            Pool::Pg(p) => Ok(p),
+            Pool::Pg(p, _) => Ok(p),
             _ => Err(format!("{} is not PostgreSQL", self.db.label()).into()),
         }
     }
 
-    /// Enqueues `events` in one transaction of the caller's kind.
+    /// Enqueues `events` in one transaction, through the library's `enqueue_all`.
     pub async fn enqueue(&self, events: &[Envelope]) -> Res<()> {
-        match &self.pool {
-            Pool::Pg(p) => {
-                let mut tx = p.begin().await?;
-                PgOutbox::new(self.table.clone())
-                    .enqueue_all(&mut tx, events)
-                    .await?;
-                tx.commit().await?;
-            }
-            Pool::My(p) => {
-                let mut tx = p.begin().await?;
-                MySqlOutbox::new(self.table.clone())
-                    .enqueue_all(&mut tx, events)
-                    .await?;
-                tx.commit().await?;
-            }
-            Pool::Lite(p) => {
-                let mut tx = p.begin().await?;
-                SqliteOutbox::new(self.table.clone())
-                    .enqueue_all(&mut tx, events)
-                    .await?;
-                tx.commit().await?;
-            }
-        }
+        on_pool!(self, |pool, outbox| {
+            let mut tx = pool.begin().await?;
+            outbox.enqueue_all(&mut tx, events).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -276,32 +270,19 @@ impl Fixture {
                 Db::Sqlite => "INTEGER",
             }
         );
-        Ok(match &self.pool {
-            Pool::Pg(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(p)
-                    .await?
-            }
-            Pool::My(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(p)
-                    .await?
-            }
-            Pool::Lite(p) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, |pool, _outbox| {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await?
+        }))
     }
 
     /// Runs one statement of the caller's (benchmark-owned) text.
     pub async fn execute(&self, sql: String) -> Res<()> {
-        match &self.pool {
-            Pool::Pg(p) => exec_pg(p, sql).await,
-            Pool::My(p) => exec_my(p, sql).await,
-            Pool::Lite(p) => exec_lite(p, sql).await,
-        }
+        on_pool!(self, |pool, _outbox| {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+        });
+        Ok(())
     }
 
     /// One business transaction: an `orders` row, and with `enqueue` its event too.
@@ -313,50 +294,18 @@ impl Fixture {
             self.marker(2)
         );
         let total = 4200 + (i % 100) as i64;
-        match &self.pool {
-            Pool::Pg(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(sqlx::AssertSqlSafe(insert))
-                    .bind("c-4711")
-                    .bind(total)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some(e) = enqueue {
-                    outbox_sqlx::postgres::PgOutbox::new(self.table.clone())
-                        .enqueue(&mut tx, e)
-                        .await?;
-                }
-                tx.commit().await?;
+        on_pool!(self, |pool, outbox| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert))
+                .bind("c-4711")
+                .bind(total)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(e) = enqueue {
+                outbox.enqueue(&mut tx, e).await?;
             }
-            Pool::My(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(sqlx::AssertSqlSafe(insert))
-                    .bind("c-4711")
-                    .bind(total)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some(e) = enqueue {
-                    MySqlOutbox::new(self.table.clone())
-                        .enqueue(&mut tx, e)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-            Pool::Lite(p) => {
-                let mut tx = p.begin().await?;
-                sqlx::query(sqlx::AssertSqlSafe(insert))
-                    .bind("c-4711")
-                    .bind(total)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Some(e) = enqueue {
-                    SqliteOutbox::new(self.table.clone())
-                        .enqueue(&mut tx, e)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-        }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -370,7 +319,7 @@ impl Fixture {
     /// Drops what [`Fixture::new`] created.
     pub async fn drop_all(self) -> Res<()> {
         match &self.pool {
-            Pool::Pg(p) => {
+            Pool::Pg(p, _) => {
                 exec_pg(
                     p,
                     format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.container),
@@ -378,11 +327,11 @@ impl Fixture {
                 .await?;
                 p.close().await;
             }
-            Pool::My(p) => {
+            Pool::My(p, _) => {
                 exec_my(p, format!("DROP DATABASE IF EXISTS `{}`", self.container)).await?;
                 p.close().await;
             }
-            Pool::Lite(p) => {
+            Pool::Lite(p, _) => {
                 p.close().await;
                 if let Some(f) = &self.file {
                     for suffix in ["", "-wal", "-shm"] {

@@ -96,7 +96,10 @@ impl NatsPublisher {
         &self.js
     }
 
-    fn message(envelope: &Envelope) -> jetstream::message::PublishMessage {
+    /// The JetStream message this publisher sends for `envelope`: its payload, the
+    /// transport headers and `Nats-Msg-Id` = event id. For tools that must publish the very
+    /// same message themselves (the benchmark's raw loop, a replay).
+    pub fn message(envelope: &Envelope) -> jetstream::message::PublishMessage {
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in transport::message_headers(envelope) {
             headers.insert(name, value);
