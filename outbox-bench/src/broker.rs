@@ -175,7 +175,8 @@ impl Dest {
             }
             Broker::Kafka => {
                 // Read back rather than trust watermarks: tansu's offsets are not one per
-                // record. Stops at `expect` messages, or after 3 s without one.
+                // record. Stops at `expect` messages, or after 3 s without one (15 s before
+                // the first, while the consumer joins its group).
                 let consumer: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", bootstrap(&self.urls.kafka))
                     .set(
@@ -189,7 +190,8 @@ impl Dest {
                 tokio::task::spawn_blocking(move || {
                     let mut seen = 0u64;
                     let mut quiet_since = Instant::now();
-                    while seen < expect && quiet_since.elapsed() < Duration::from_secs(3) {
+                    let quiet = |seen: u64| Duration::from_secs(if seen == 0 { 15 } else { 3 });
+                    while seen < expect && quiet_since.elapsed() < quiet(seen) {
                         match consumer.poll(Duration::from_millis(100)) {
                             Some(Ok(_)) => {
                                 seen += 1;

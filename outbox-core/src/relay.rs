@@ -253,7 +253,9 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
     /// `shutdown_timeout`; rows of batches still running then are released.
     ///
     /// Store errors do not stop the relay: they are logged, counted and retried after a
-    /// back-off.
+    /// back-off. A claim that comes back empty while this relay's own batches are in flight
+    /// (their keys hold the next rows back) is retried as soon as one of them finishes, not
+    /// after the idle back-off.
     pub async fn run_until<F: Future<Output = ()> + Send>(self, shutdown: F) -> BatchReport {
         let shared = Arc::clone(&self.shared);
         let span = tracing::info_span!("outbox.relay", relay = %shared.name);
