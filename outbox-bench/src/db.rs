@@ -114,26 +114,11 @@ fn unique(tag: &str) -> String {
     )
 }
 
-async fn exec_pg(pool: &PgPool, sql: String) -> Res<()> {
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
-    Ok(())
-}
-
-async fn exec_my(pool: &MySqlPool, sql: String) -> Res<()> {
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
-    Ok(())
-}
-
-async fn exec_lite(pool: &SqlitePool, sql: String) -> Res<()> {
-    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
-    Ok(())
-}
-
 impl Fixture {
     /// Creates the tables with the library's own migration.
     pub async fn new(db: Db, urls: &Urls, tag: &str) -> Res<Fixture> {
         let container = unique(tag);
-        match db {
+        let (url, table, pool, orders, orders_ddl, file) = match db {
             Db::Postgres => {
                 let pool = PgPoolOptions::new()
                     .max_connections(20)
@@ -142,20 +127,14 @@ impl Fixture {
                     .map_err(|e| format!("PostgreSQL at {}: {e}", urls.postgres))?;
                 let table = TableName::with_schema(&container, "outbox_events")?;
                 outbox_sqlx::postgres::migrate(&pool, &table).await?;
-                let orders = format!("\"{container}\".orders");
-                exec_pg(&pool, format!(
-                    "CREATE TABLE {orders} (id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, total BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                ))
-                .await?;
-                Ok(Fixture {
-                    db,
-                    url: urls.postgres.clone(),
-                    table: table.clone(),
-                    orders,
-                    pool: Pool::Pg(pool, PgOutbox::new(table.clone())),
-                    container,
-                    file: None,
-                })
+                (
+                    urls.postgres.clone(),
+                    table.clone(),
+                    Pool::Pg(pool, PgOutbox::new(table)),
+                    format!("\"{container}\".orders"),
+                    "id BIGSERIAL PRIMARY KEY, customer TEXT NOT NULL, total BIGINT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now()",
+                    None,
+                )
             }
             Db::Maria => {
                 let pool = sqlx::mysql::MySqlPoolOptions::new()
@@ -165,20 +144,14 @@ impl Fixture {
                     .map_err(|e| format!("MariaDB at {}: {e}", urls.mysql))?;
                 let table = TableName::with_schema(&container, "outbox_events")?;
                 outbox_sqlx::mysql::migrate(&pool, &table).await?;
-                let orders = format!("`{container}`.orders");
-                exec_my(&pool, format!(
-                    "CREATE TABLE {orders} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(255) NOT NULL, total BIGINT NOT NULL, created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
-                ))
-                .await?;
-                Ok(Fixture {
-                    db,
-                    url: urls.mysql.clone(),
-                    table: table.clone(),
-                    orders,
-                    pool: Pool::My(pool, MySqlOutbox::new(table.clone())),
-                    container,
-                    file: None,
-                })
+                (
+                    urls.mysql.clone(),
+                    table.clone(),
+                    Pool::My(pool, MySqlOutbox::new(table)),
+                    format!("`{container}`.orders"),
+                    "id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, customer VARCHAR(255) NOT NULL, total BIGINT NOT NULL, created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+                    None,
+                )
             }
             Db::Sqlite => {
                 let file = std::env::temp_dir().join(format!("{container}.db"));
@@ -186,22 +159,28 @@ impl Fixture {
                 let pool = outbox_sqlx::sqlite::connect(&url).await?;
                 let table = TableName::default();
                 outbox_sqlx::sqlite::migrate(&pool, &table).await?;
-                let orders = "orders".to_owned();
-                exec_lite(&pool, format!(
-                    "CREATE TABLE {orders} (id INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL, total INTEGER NOT NULL, created_at INTEGER NOT NULL DEFAULT (unixepoch()))"
-                ))
-                .await?;
-                Ok(Fixture {
-                    db,
+                (
                     url,
-                    table: table.clone(),
-                    orders,
-                    pool: Pool::Lite(pool, SqliteOutbox::new(table.clone())),
-                    container,
-                    file: Some(file),
-                })
+                    table.clone(),
+                    Pool::Lite(pool, SqliteOutbox::new(table)),
+                    "orders".to_owned(),
+                    "id INTEGER PRIMARY KEY AUTOINCREMENT, customer TEXT NOT NULL, total INTEGER NOT NULL, created_at INTEGER NOT NULL DEFAULT (unixepoch())",
+                    Some(file),
+                )
             }
-        }
+        };
+        let fx = Fixture {
+            db,
+            url,
+            table,
+            orders,
+            pool,
+            container,
+            file,
+        };
+        fx.execute(format!("CREATE TABLE {} ({orders_ddl})", fx.orders))
+            .await?;
+        Ok(fx)
     }
 
     /// The table quoted for its dialect.
@@ -318,26 +297,24 @@ impl Fixture {
 
     /// Drops what [`Fixture::new`] created.
     pub async fn drop_all(self) -> Res<()> {
-        match &self.pool {
-            Pool::Pg(p, _) => {
-                exec_pg(
-                    p,
-                    format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.container),
-                )
-                .await?;
-                p.close().await;
+        match self.db {
+            Db::Postgres => {
+                self.execute(format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    self.container
+                ))
+                .await?
             }
-            Pool::My(p, _) => {
-                exec_my(p, format!("DROP DATABASE IF EXISTS `{}`", self.container)).await?;
-                p.close().await;
+            Db::Maria => {
+                self.execute(format!("DROP DATABASE IF EXISTS `{}`", self.container))
+                    .await?
             }
-            Pool::Lite(p, _) => {
-                p.close().await;
-                if let Some(f) = &self.file {
-                    for suffix in ["", "-wal", "-shm"] {
-                        let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
-                    }
-                }
+            Db::Sqlite => {}
+        }
+        on_pool!(self, |pool, _outbox| pool.close().await);
+        if let Some(f) = &self.file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", f.display()));
             }
         }
         Ok(())

@@ -124,6 +124,30 @@ pub struct Wired {
     pub metrics: Arc<CountingMetrics>,
 }
 
+/// A relay running on a task of its own until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<outbox_core::BatchReport>,
+}
+
+impl Running {
+    /// Starts `relay` with `run_until`, as `outbox run` does.
+    pub fn spawn(relay: outbox_core::Relay<outbox_sqlx::AnyStore, Arc<Router>>) -> Running {
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(relay.run_until(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Asks the relay to stop and waits until it has (in-flight batches finish first).
+    pub async fn stop(self) -> Res<()> {
+        let _ = self.stop.send(true);
+        self.task.await?;
+        Ok(())
+    }
+}
+
 /// Builds the relay for `fx` to `target` with extra `[sources.bench.relay]` lines.
 pub async fn wire(fx: &Fixture, target: Target<'_>, relay: &str) -> Res<Wired> {
     let text = config_text(fx, target, relay);
@@ -160,13 +184,10 @@ pub async fn drive(
         Some(w) => relay.with_wakeup(w),
         None => relay,
     };
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let cpu0 = cpu_seconds();
     let machine0 = machine_cpu();
     let start = Instant::now();
-    let task = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = Running::spawn(relay);
     let mut complete = false;
     loop {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -182,8 +203,7 @@ pub async fn drive(
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = cpu_seconds() - cpu0;
     let machine_busy = busy_share(machine0, machine_cpu());
-    let _ = stop_tx.send(true);
-    task.await?;
+    running.stop().await?;
     let m = metrics.snapshot();
     if m.dead_lettered > 0 || m.retried > 0 {
         return Err(format!(

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::Res;
 use crate::broker::Dest;
 use crate::db::{Fixture, event};
-use crate::drive::wire;
+use crate::drive::{Running, wire};
 
 /// Latency percentiles of one run.
 #[derive(Clone, Copy, Debug)]
@@ -81,10 +81,7 @@ pub async fn measure(
         wired.relay
     };
     let notifier = notify.then(|| PgNotifier::spawn(pool.clone(), &fx.table, Duration::ZERO));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let relay_task = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = Running::spawn(relay);
     // Let the relay reach its idle state first, as a running service would be.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -148,8 +145,7 @@ pub async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(true);
-    relay_task.await?;
+    running.stop().await?;
     collector.abort();
 
     let committed = committed.lock().map_err(|_| "lock poisoned")?.clone();

@@ -553,18 +553,14 @@ async fn idle(c: &mut Ctx) -> Res<()> {
     let dest = Dest::create(Broker::Nats, &c.urls, "idle").await?;
     let wired = crate::drive::wire(&fx, Target::Broker(&dest), "").await?;
     let metrics = std::sync::Arc::clone(&wired.metrics);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(wired.relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = crate::drive::Running::spawn(wired.relay);
     tokio::time::sleep(cap(warm)).await;
     let first = metrics.snapshot().claims;
     let cpu0 = cpu_seconds();
     tokio::time::sleep(cap(window)).await;
     let claims = metrics.snapshot().claims - first;
     let cpu = cpu_seconds() - cpu0;
-    let _ = stop_tx.send(true);
-    task.await?;
+    running.stop().await?;
     fx.drop_all().await?;
     dest.delete().await?;
     let per_sec_idle = claims as f64 / window;
