@@ -340,17 +340,16 @@ impl Index {
     }
 }
 
-/// The indexes: the unique event id, claiming due rows in `seq` order, finding a key's
-/// earliest unfinished row, and the retention purge.
+/// The indexes: the unique event id, unfinished rows in `seq` order (backlog figures, the
+/// MySQL lease reaper), the claim's walk over ordering keys, and the retention purge.
 ///
-/// On PostgreSQL and SQLite the claim indexes are partial, so they stay small however long
-/// the published history grows. The key index's filter (`status < 2`) is deliberately not
-/// the due index's (`status IN (0, 1)`): a claim's head-of-key lookup says `status < 2`,
-/// which only the key index can serve, so the planner looks the key up by index even when
-/// table statistics were taken while the backlog was empty (the usual state of a healthy
-/// outbox). Without that, stale statistics led PostgreSQL to scan the whole backlog once per
-/// candidate row. On MySQL, `status` leads the due index (a claim scans `status = 0` in
-/// `seq` order and stops at its limit) and sits inside the key index for the same lookup.
+/// The claim walks the keys that have unfinished rows with one `ORDER BY ... LIMIT 1` probe
+/// of the key index per key, which also finds the key's head and its run. On PostgreSQL
+/// and SQLite that index is partial (`status < 2`), so it holds the backlog only and stays
+/// small however long the published history grows; its filter is not the due index's, so
+/// only it can serve a probe that says `status < 2`, whatever the statistics. MySQL has no
+/// partial indexes: `status` leads its key index, so a probe for `status = 0` walks pending
+/// rows only and never the published history.
 pub const INDEXES: &[Index] = &[
     Index {
         suffix: "id_key",
@@ -369,7 +368,7 @@ pub const INDEXES: &[Index] = &[
     Index {
         suffix: "key_idx",
         columns: &["ordering_key", "seq"],
-        mysql_columns: &["ordering_key", "status", "seq"],
+        mysql_columns: &["status", "ordering_key", "seq"],
         unique: false,
         partial: Some("status < 2"),
     },

@@ -8,12 +8,133 @@ use crate::error::{Error, ErrorKind};
 use crate::schema::{Dialect, TableName};
 use crate::store::{ClaimedEvent, Undecodable};
 
-/// Run in a PostgreSQL claim's transaction, before the claim: plan the claim as an ordered
-/// walk of the due index that stops at the limit. With statistics taken while the outbox
-/// was empty (its usual state), the planner otherwise prefers a bitmap scan plus sort that
-/// checks every unfinished row on every claim.
-pub const PG_CLAIM_SETTINGS: &str =
-    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)";
+/// Run in a PostgreSQL claim's transaction, before the claim. The claim is a chain of
+/// `ORDER BY ... LIMIT` probes on the key index; these settings keep the planner on that
+/// shape whatever the table's statistics say (never analysed after `TRUNCATE`, or taken
+/// while the outbox was empty), so a probe never turns into a sorted or bitmap scan of a
+/// key's whole backlog. JIT is off because the claim's estimated cost, inflated by the
+/// recursive walk, would otherwise buy a compilation that costs a second per claim.
+pub const PG_CLAIM_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', true), \
+     set_config('enable_bitmapscan', 'off', true), set_config('jit', 'off', true)";
+
+/// Most ordering keys one claim looks at, for a batch of `limit` rows. Each key visited
+/// costs one index probe; keys whose head is in flight or waiting for a retry are skipped
+/// at that cost, so a claim's cost is bounded by its batch, not by the backlog. Keys past
+/// the budget are reached by the next claims, which start where this one stopped.
+pub fn key_budget(limit: usize) -> usize {
+    limit.clamp(16, 1000)
+}
+
+/// Where a store's next claim starts its walk over the ordering keys.
+///
+/// Claims walk the keys that have unfinished rows in key order, starting after the key
+/// where the previous claim stopped and wrapping around, so every key with due rows is
+/// served in turn (round robin) however the backlog is spread, and keys held by batches in
+/// flight are stepped over instead of rescanned by every claim.
+#[derive(Debug, Default)]
+pub struct ClaimCursor {
+    after: std::sync::Mutex<String>,
+}
+
+impl ClaimCursor {
+    /// The key after which the next claim starts (`""`: the first key).
+    pub fn start(&self) -> String {
+        self.after
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Records where a claim that started after `start` stopped: at `walked_to` when the
+    /// walk ended before its batch was full (it visited its whole key budget or every key),
+    /// else at the last key it claimed from, in walk order (keys after `start` first, then
+    /// the keys it wrapped around to).
+    pub fn advance<'a>(
+        &self,
+        start: &str,
+        claimed_keys: impl IntoIterator<Item = &'a str>,
+        walked_to: Option<&str>,
+    ) {
+        let next = match walked_to {
+            Some(w) => Some(w.to_owned()),
+            None => {
+                let (mut after, mut wrapped): (Option<&str>, Option<&str>) = (None, None);
+                for k in claimed_keys {
+                    let slot = if k > start { &mut after } else { &mut wrapped };
+                    if slot.is_none_or(|m| k > m) {
+                        *slot = Some(k);
+                    }
+                }
+                wrapped.or(after).map(str::to_owned)
+            }
+        };
+        if let Some(n) = next {
+            match self.after.lock() {
+                Ok(mut g) => *g = n,
+                Err(p) => *p.into_inner() = n,
+            }
+        }
+    }
+}
+
+/// The steps of a claim that walks ordering keys one statement at a time, inside the
+/// store's own claim transaction (MySQL/MariaDB and SQLite; PostgreSQL runs the same walk
+/// as one statement). [`walk_keys`] drives it.
+pub trait KeyWalk {
+    /// The smallest key with pending rows that is greater than `after` (`None`: any) and
+    /// at most `upto` (`None`: no bound).
+    fn next_key(
+        &mut self,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> impl std::future::Future<Output = crate::Result<Option<String>>> + Send;
+
+    /// Takes `key`'s run: its head (earliest unfinished row) and the rows after it in
+    /// `seq` order, at most `max`, stopping before the first one that is not claimable
+    /// now. Returns nothing if the head itself is not claimable (in flight, waiting for a
+    /// retry, or being claimed by another relay). The rows returned are locked for this
+    /// claim's transaction.
+    fn take_run(
+        &mut self,
+        key: &str,
+        max: usize,
+    ) -> impl std::future::Future<Output = crate::Result<Vec<StoredRow>>> + Send;
+}
+
+/// Walks the keys after `start` (wrapping around), taking each claimable key's run, until
+/// `limit` rows are taken or [`key_budget`] keys were visited. Returns the rows in walk
+/// order and, when the batch is not full, the last key visited (for [`ClaimCursor`]).
+pub async fn walk_keys<W: KeyWalk>(
+    w: &mut W,
+    start: &str,
+    limit: usize,
+) -> crate::Result<(Vec<StoredRow>, Option<String>)> {
+    let budget = key_budget(limit);
+    let mut rows: Vec<StoredRow> = Vec::new();
+    let mut visited = 0usize;
+    let mut last: Option<String> = None;
+    let mut wrapped = false;
+    let mut after: Option<String> = Some(start.to_owned());
+    while rows.len() < limit && visited < budget {
+        let upto = if wrapped { Some(start) } else { None };
+        let key = match w.next_key(after.as_deref(), upto).await? {
+            Some(k) => k,
+            None if !wrapped => {
+                wrapped = true;
+                after = None;
+                continue;
+            }
+            None => break,
+        };
+        visited += 1;
+        let run = w.take_run(&key, limit - rows.len()).await?;
+        rows.extend(run);
+        after = Some(key.clone());
+        last = Some(key);
+    }
+    let walked_to = if rows.len() < limit { last } else { None };
+    Ok((rows, walked_to))
+}
 
 /// The columns a claim reads back, in this order.
 pub const SELECT_COLUMNS: &str = "seq, id, aggregate_type, aggregate_id, event_type, destination, ordering_key, \
@@ -131,7 +252,10 @@ pub fn split_rows(
 /// PostgreSQL statement text for a table, shared by the sqlx and diesel stores.
 #[derive(Clone, Debug)]
 pub struct PgStatements {
-    /// Claims the due heads of their keys: binds `$1` limit, `$2` token, `$3` lease in microseconds; returns [`SELECT_COLUMNS`].
+    /// Claims runs of due rows key by key (see [`pg_claim`]): binds `$1` limit, `$2` token,
+    /// `$3` lease in microseconds, `$4` the key to start after, `$5` the key budget;
+    /// returns `walked_to` and then [`SELECT_COLUMNS`] (all NULL on the one row an empty
+    /// claim returns).
     pub claim: String,
     /// Marks held rows published: `$1` ids (`uuid[]`), `$2` token.
     pub mark_published: String,
@@ -153,6 +277,80 @@ pub struct PgStatements {
     pub purge_dead: String,
 }
 
+/// The PostgreSQL claim for the quoted table `t`, one statement:
+///
+/// 1. `fwd` and `back` walk the keys that have unfinished rows, after the cursor `$4` and
+///    then wrapping around to it, with one probe of the key index (`ordering_key, seq`,
+///    partial on `status < 2`) per key; the probe also returns the key's head row. The walk
+///    stops after `$5` keys, or earlier, because it is evaluated lazily: only as far as
+///    `cand` asks.
+/// 2. `cand` keeps keys whose head is claimable and takes each one's run: the key's first
+///    `$1` unfinished rows in `seq` order, up to the first that is not claimable; `LIMIT $1`
+///    stops the whole walk as soon as the batch is full.
+/// 3. `locked` locks the heads (`SKIP LOCKED`, re-checked on the latest row version): a
+///    head is every claimer's lock for its key, so two relays never split one key's run.
+/// 4. `upd` leases the runs of the locked keys, re-checking each row.
+/// 5. The result carries `walked_to`, the last key visited when the batch is not full, so
+///    the next claim starts after it; an empty claim returns that one row alone.
+///
+/// Each probe is an `ORDER BY ... LIMIT` on the key index that [`PG_CLAIM_SETTINGS`] keeps
+/// the planner on, so the cost is a probe per key visited plus the rows taken, whatever the
+/// backlog, the published history or the statistics.
+pub fn pg_claim(t: &str) -> String {
+    let claimable = |a: &str| {
+        format!("{a}.available_at <= now() AND ({a}.status = 0 OR {a}.lease_until <= now())")
+    };
+    let returning = SELECT_COLUMNS
+        .split(", ")
+        .map(|c| format!("u.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cols = "o.ordering_key, o.seq, o.status, o.available_at, o.lease_until";
+    format!(
+        "WITH RECURSIVE \
+         fwd(k, seq, status, available_at, lease_until, n) AS ( \
+           (SELECT {cols}, 1 FROM {t} o WHERE o.status < 2 AND o.ordering_key > $4 \
+              ORDER BY o.ordering_key, o.seq LIMIT 1) \
+           UNION ALL \
+           (SELECT x.* FROM fwd f CROSS JOIN LATERAL ( \
+              SELECT {cols}, f.n + 1 FROM {t} o WHERE o.status < 2 AND o.ordering_key > f.k \
+              ORDER BY o.ordering_key, o.seq LIMIT 1) x WHERE f.n < $5)), \
+         back(k, seq, status, available_at, lease_until, n) AS ( \
+           (SELECT {cols}, (SELECT count(*) FROM fwd)::int + 1 FROM {t} o \
+              WHERE o.status < 2 AND o.ordering_key <= $4 ORDER BY o.ordering_key, o.seq LIMIT 1) \
+           UNION ALL \
+           (SELECT x.* FROM back b CROSS JOIN LATERAL ( \
+              SELECT {cols}, b.n + 1 FROM {t} o WHERE o.status < 2 AND o.ordering_key > b.k \
+                AND o.ordering_key <= $4 ORDER BY o.ordering_key, o.seq LIMIT 1) x WHERE b.n < $5)), \
+         walk AS (SELECT * FROM fwd UNION ALL SELECT * FROM back WHERE n <= $5), \
+         cand AS ( \
+           SELECT r.seq, w.seq AS head FROM walk w CROSS JOIN LATERAL ( \
+             SELECT x.seq FROM ( \
+               SELECT y.seq, bool_and(y.ok) OVER (ORDER BY y.seq) AS ok FROM ( \
+                 SELECT o.seq, {ok_o} AS ok FROM {t} o \
+                 WHERE o.ordering_key = w.k AND o.status < 2 ORDER BY o.seq LIMIT $1) y) x \
+             WHERE x.ok) r \
+           WHERE {ok_w} \
+           LIMIT $1), \
+         locked AS ( \
+           SELECT o.seq FROM {t} o WHERE o.seq IN (SELECT head FROM cand) AND o.status < 2 \
+             AND {ok_o} FOR UPDATE OF o SKIP LOCKED), \
+         upd AS ( \
+           UPDATE {t} AS u SET status = 1, lease_token = $2, \
+             lease_until = now() + make_interval(secs => $3::float8 / 1000000) \
+           FROM cand c WHERE u.seq = c.seq AND c.head IN (SELECT seq FROM locked) \
+             AND u.status < 2 AND {ok_u} \
+           RETURNING {returning}) \
+         SELECT m.walked_to, upd.* FROM ( \
+           SELECT CASE WHEN (SELECT count(*) FROM cand) < $1 \
+             THEN (SELECT k FROM walk ORDER BY n DESC LIMIT 1) END AS walked_to) m \
+         LEFT JOIN upd ON true",
+        ok_o = claimable("o"),
+        ok_w = claimable("w"),
+        ok_u = claimable("u"),
+    )
+}
+
 impl PgStatements {
     /// The statements for `table`.
     pub fn new(table: &TableName) -> Self {
@@ -162,22 +360,7 @@ impl PgStatements {
              AND ($3::timestamptz IS NULL OR processed_at >= $3) AND ($4::timestamptz IS NULL OR processed_at < $4) \
              AND ($5::uuid[] IS NULL OR id = ANY($5))";
         PgStatements {
-            claim: format!(
-                "WITH due AS (SELECT o.seq FROM {t} o \
-                 WHERE o.status IN (0, 1) AND o.available_at <= now() \
-                   AND (o.status = 0 OR o.lease_until <= now()) \
-                   AND o.seq = (SELECT p.seq FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                AND p.status < 2 ORDER BY p.seq LIMIT 1) \
-                 ORDER BY o.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED) \
-                 UPDATE {t} AS u SET status = 1, lease_token = $2, \
-                   lease_until = now() + make_interval(secs => $3::float8 / 1000000) \
-                 FROM due WHERE u.seq = due.seq RETURNING {}",
-                SELECT_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("u.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            claim: pg_claim(&t),
             mark_published: format!(
                 "UPDATE {t} SET status = 2, processed_at = now(), lease_token = NULL, lease_until = NULL \
                  WHERE id = ANY($1) AND {held}"

@@ -10,69 +10,87 @@ use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text, Timestam
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use outbox_core::sql::{PG_CLAIM_SETTINGS, PgStatements, StoredRow, split_rows};
+use outbox_core::sql::{
+    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, split_rows,
+};
 use outbox_core::store::{Claim, DeadLetter, Lease, LeaseToken, Retry, Store};
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 
 use crate::error::map_diesel;
 
-/// A claimed row as diesel reads it.
+/// A row of the claim statement as diesel reads it: `walked_to`, then the claimed row's
+/// columns, which are all NULL on the one row an empty claim returns.
 #[derive(QueryableByName)]
 struct Row {
-    #[diesel(sql_type = BigInt)]
-    seq: i64,
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    id: uuid::Uuid,
-    #[diesel(sql_type = Text)]
-    aggregate_type: String,
-    #[diesel(sql_type = Text)]
-    aggregate_id: String,
-    #[diesel(sql_type = Text)]
-    event_type: String,
-    #[diesel(sql_type = Text)]
-    destination: String,
-    #[diesel(sql_type = Text)]
-    ordering_key: String,
-    #[diesel(sql_type = Binary)]
-    payload: Vec<u8>,
-    #[diesel(sql_type = Text)]
-    content_type: String,
-    #[diesel(sql_type = Text)]
-    headers: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    walked_to: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq: Option<i64>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Uuid>)]
+    id: Option<uuid::Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    aggregate_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    aggregate_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    destination: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    ordering_key: Option<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    payload: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    content_type: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    headers: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     traceparent: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     tracestate: Option<String>,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
-    available_at: DateTime<Utc>,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    created_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    available_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    attempts: Option<i32>,
     #[diesel(sql_type = Nullable<Text>)]
     last_error: Option<String>,
 }
 
-impl From<Row> for StoredRow {
-    fn from(r: Row) -> Self {
-        StoredRow {
-            seq: r.seq,
-            id: EventId::from_uuid(r.id),
-            aggregate_type: r.aggregate_type,
-            aggregate_id: r.aggregate_id,
-            event_type: r.event_type,
-            destination: r.destination,
-            ordering_key: r.ordering_key,
-            payload: r.payload,
-            content_type: r.content_type,
-            headers: r.headers,
-            traceparent: r.traceparent,
-            tracestate: r.tracestate,
-            created_at: r.created_at,
-            available_at: r.available_at,
-            attempts: r.attempts,
-            last_error: r.last_error,
+impl Row {
+    /// The claimed row, `None` on an empty claim's row; a NULL in a NOT NULL column is an
+    /// error naming it.
+    fn into_stored(self) -> Result<Option<StoredRow>> {
+        let Some(seq) = self.seq else {
+            return Ok(None);
+        };
+        fn req<T>(v: Option<T>, col: &str, seq: i64) -> Result<T> {
+            v.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Decode,
+                    format!("claimed row seq {seq}: column `{col}` is NULL"),
+                )
+            })
         }
+        Ok(Some(StoredRow {
+            seq,
+            id: EventId::from_uuid(req(self.id, "id", seq)?),
+            aggregate_type: req(self.aggregate_type, "aggregate_type", seq)?,
+            aggregate_id: req(self.aggregate_id, "aggregate_id", seq)?,
+            event_type: req(self.event_type, "event_type", seq)?,
+            destination: req(self.destination, "destination", seq)?,
+            ordering_key: req(self.ordering_key, "ordering_key", seq)?,
+            payload: req(self.payload, "payload", seq)?,
+            content_type: req(self.content_type, "content_type", seq)?,
+            headers: req(self.headers, "headers", seq)?,
+            traceparent: self.traceparent,
+            tracestate: self.tracestate,
+            created_at: req(self.created_at, "created_at", seq)?,
+            available_at: req(self.available_at, "available_at", seq)?,
+            attempts: req(self.attempts, "attempts", seq)?,
+            last_error: self.last_error,
+        }))
     }
 }
 
@@ -83,6 +101,7 @@ pub struct DieselPgStore {
     table: TableName,
     stmts: std::sync::Arc<PgStatements>,
     limits: ValidationLimits,
+    cursor: std::sync::Arc<ClaimCursor>,
 }
 
 impl std::fmt::Debug for DieselPgStore {
@@ -131,6 +150,7 @@ impl DieselPgStore {
             pool,
             table,
             limits: ValidationLimits::default(),
+            cursor: std::sync::Arc::default(),
         }
     }
 
@@ -175,9 +195,12 @@ impl Store for DieselPgStore {
         let token = LeaseToken::generate();
         let until =
             Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let budget = i64::try_from(key_budget(limit)).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease_us = micros(lease_for);
         let claim = self.stmts.claim.as_str();
+        let start = self.cursor.start();
+        let after = start.clone();
         let mut conn = self.conn(WHAT).await?;
         let rows: Vec<Row> = conn
             .transaction::<_, diesel::result::Error, _>(async move |c| {
@@ -186,15 +209,26 @@ impl Store for DieselPgStore {
                     .bind::<BigInt, _>(limit)
                     .bind::<BigInt, _>(token.as_i64())
                     .bind::<BigInt, _>(lease_us)
+                    .bind::<Text, _>(after)
+                    .bind::<BigInt, _>(budget)
                     .load(c)
                     .await
             })
             .await
             .map_err(|e| map_diesel(WHAT, e))?;
-        let (events, undecodable) = split_rows(
-            rows.into_iter().map(StoredRow::from).collect(),
-            &self.limits,
+        let walked_to = rows.iter().find_map(|r| r.walked_to.clone());
+        let mut raw = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(row) = r.into_stored()? {
+                raw.push(row);
+            }
+        }
+        self.cursor.advance(
+            &start,
+            raw.iter().map(|r| r.ordering_key.as_str()),
+            walked_to.as_deref(),
         );
+        let (events, undecodable) = split_rows(raw, &self.limits);
         Ok(Claim {
             lease: Lease { token, until },
             events,

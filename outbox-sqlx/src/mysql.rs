@@ -1,10 +1,13 @@
 //! MySQL 8 and MariaDB 10.6+: enqueue in the caller's transaction, and [`MySqlStore`].
 //!
 //! Neither server has `UPDATE ... RETURNING`, so a claim is one short `READ COMMITTED`
-//! transaction: an `UPDATE` returns rows whose lease expired to pending,
-//! `SELECT ... FOR UPDATE SKIP LOCKED` reads the due heads of their ordering keys in `seq`
-//! order (relays skip each other's rows instead of waiting), one `UPDATE` leases them, and
-//! `COMMIT`. Times are `DATETIME(6)` in UTC; "now" is always the server's
+//! transaction: an `UPDATE` returns rows whose lease expired to pending; the claim then
+//! walks the ordering keys that have pending rows round robin
+//! (`outbox_core::sql::walk_keys`), one probe of the `(status, ordering_key, seq)` index per
+//! key, and reads each claimable key's run with `SELECT ... FOR UPDATE SKIP LOCKED`, kept
+//! only if it starts at the key's head (so relays skip each other's keys instead of waiting,
+//! and never split one key's run); one `UPDATE` leases the rows, and `COMMIT`. Its cost is
+//! bounded by the batch, not by the backlog. Times are `DATETIME(6)` in UTC; "now" is always the server's
 //! `UTC_TIMESTAMP(6)`, so relay clocks never decide whether a lease has expired.
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use crate::common::{
     limit_i64, markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
+use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
 
 /// Rows per multi-row statement: well under the protocol's 65,535 placeholders.
 const CHUNK: usize = 1000;
@@ -174,7 +178,10 @@ const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTA
 
 struct Statements {
     reap: Sql,
-    claim_select: Sql,
+    next_after: Sql,
+    next_between: Sql,
+    first_upto: Sql,
+    run: Sql,
     retry: Sql,
     dead: Sql,
     purge: Sql,
@@ -190,17 +197,27 @@ impl Statements {
                  WHERE status = 1 AND lease_until <= {now}"
             )
             .into(),
-            // `status = 0` alone lets the (status, seq) index return rows in `seq` order, so
-            // the scan stops at the limit; expired leases were turned back into pending rows
-            // by `reap` in the same transaction. One NOT EXISTS per status keeps each head
-            // check a (ordering_key, status, seq) range probe.
-            claim_select: format!(
-                "SELECT {SELECT_COLUMNS} FROM {t} o \
-                 WHERE o.status = 0 AND o.available_at <= {now} \
-                   AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                   AND p.status = 0 AND p.seq < o.seq) \
-                   AND NOT EXISTS (SELECT 1 FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                                   AND p.status = 1 AND p.seq < o.seq) \
+            next_after: format!(
+                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key > ? \
+                 ORDER BY ordering_key LIMIT 1"
+            )
+            .into(),
+            next_between: format!(
+                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key > ? \
+                 AND ordering_key <= ? ORDER BY ordering_key LIMIT 1"
+            )
+            .into(),
+            first_upto: format!(
+                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key <= ? \
+                 ORDER BY ordering_key LIMIT 1"
+            )
+            .into(),
+            // Binds: key, key, most rows. `head` is the key's earliest unfinished row as
+            // committed now; a run that does not start there is someone else's.
+            run: format!(
+                "SELECT {SELECT_COLUMNS}, available_at <= {now} AS due, \
+                   (SELECT MIN(p.seq) FROM {t} p WHERE p.status IN (0, 1) AND p.ordering_key = ?) AS head \
+                 FROM {t} o WHERE o.status = 0 AND o.ordering_key = ? \
                  ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
             )
             .into(),
@@ -233,6 +250,56 @@ impl Statements {
     }
 }
 
+/// One claim's walk, inside its transaction.
+struct MySqlWalk<'a, 'c> {
+    tx: &'a mut sqlx::Transaction<'c, MySql>,
+    stmts: &'a Statements,
+}
+
+impl KeyWalk for MySqlWalk<'_, '_> {
+    async fn next_key(
+        &mut self,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<Option<String>> {
+        let q = match (after, upto) {
+            (Some(a), None) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_after))).bind(a),
+            (Some(a), Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_between)))
+                .bind(a)
+                .bind(u),
+            (None, Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.first_upto))).bind(u),
+            (None, None) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_after))).bind(""),
+        };
+        q.fetch_optional(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx("claiming outbox rows: finding the next key", e))
+    }
+
+    async fn take_run(&mut self, key: &str, max: usize) -> Result<Vec<RawRow>> {
+        const WHAT: &str = "claiming outbox rows: reading a key's run";
+        let rows = sqlx::query(sql(Arc::clone(&self.stmts.run)))
+            .bind(key)
+            .bind(key)
+            .bind(limit_i64(max))
+            .fetch_all(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        let mut run = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let seq: i64 = row.try_get("seq").map_err(|e| map_sqlx(WHAT, e))?;
+            let head: Option<i64> = row.try_get("head").map_err(|e| map_sqlx(WHAT, e))?;
+            let due: bool = row.try_get("due").map_err(|e| map_sqlx(WHAT, e))?;
+            // The run must start at the key's head (else the head is in flight, or locked by
+            // another claim we skipped), and ends before the first row not yet due.
+            if (i == 0 && head != Some(seq)) || !due {
+                break;
+            }
+            run.push(decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
+        }
+        Ok(run)
+    }
+}
+
 /// The MySQL/MariaDB store. Cheap to clone.
 #[derive(Clone)]
 pub struct MySqlStore {
@@ -241,6 +308,7 @@ pub struct MySqlStore {
     quoted: Arc<str>,
     limits: ValidationLimits,
     stmts: Arc<Statements>,
+    cursor: Arc<ClaimCursor>,
 }
 
 impl std::fmt::Debug for MySqlStore {
@@ -276,6 +344,7 @@ impl MySqlStore {
             quoted,
             limits: ValidationLimits::default(),
             stmts,
+            cursor: Arc::default(),
         }
     }
 
@@ -372,15 +441,12 @@ impl Store for MySqlStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
-        let rows = sqlx::query(sql(Arc::clone(&self.stmts.claim_select)))
-            .bind(limit_i64(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(WHAT, e))?;
-        let mut raw = Vec::with_capacity(rows.len());
-        for row in &rows {
-            raw.push(decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
-        }
+        let start = self.cursor.start();
+        let mut walk = MySqlWalk {
+            tx: &mut tx,
+            stmts: &self.stmts,
+        };
+        let (raw, walked_to) = walk_keys(&mut walk, &start, limit).await?;
         for chunk in raw.chunks(CHUNK) {
             let stmt = format!(
                 "UPDATE {} SET status = 1, lease_token = ?, \
@@ -397,6 +463,11 @@ impl Store for MySqlStore {
             q.execute(&mut *tx).await.map_err(|e| map_sqlx(WHAT, e))?;
         }
         tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
+        self.cursor.advance(
+            &start,
+            raw.iter().map(|r| r.ordering_key.as_str()),
+            walked_to.as_deref(),
+        );
         let (events, undecodable) = split_rows(raw, &self.limits);
         Ok(Claim {
             lease: Lease { token, until },

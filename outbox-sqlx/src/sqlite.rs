@@ -1,9 +1,12 @@
 //! SQLite, the embedded default: enqueue in the caller's transaction, and [`SqliteStore`].
 //!
-//! Times are integer microseconds since the Unix epoch (SQLite has no time type). Every
-//! claim is one `UPDATE ... RETURNING` statement, which SQLite runs atomically under its
-//! write lock, so any number of tasks in one process can claim concurrently; open the pool
-//! with [`connect`] (WAL journal, a busy timeout) so writers wait instead of failing.
+//! Times are integer microseconds since the Unix epoch (SQLite has no time type). A claim is
+//! one `BEGIN IMMEDIATE` transaction, so it holds SQLite's write lock from its first read
+//! and any number of tasks and processes can claim concurrently; open the pool with
+//! [`connect`] (WAL journal, a busy timeout) so writers wait instead of failing. Inside it
+//! the claim walks the ordering keys round robin (`outbox_core::sql::walk_keys`), one probe
+//! of the key index per key, and leases each claimable key's run with one
+//! `UPDATE ... RETURNING`, so its cost is bounded by the batch, not by the backlog.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use crate::common::{
     micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
+use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
 
 /// Opens a pool on `url` (e.g. `sqlite://outbox.db?mode=rwc`) with WAL journaling and a
 /// 10 s busy timeout, the settings the store expects.
@@ -172,8 +176,94 @@ pub struct SqliteStore {
     table: TableName,
     quoted: Arc<str>,
     limits: ValidationLimits,
-    claim: Sql,
+    walk: Arc<WalkSql>,
+    cursor: Arc<ClaimCursor>,
     marks: Arc<Marks>,
+}
+
+/// The statements of a claim's key walk.
+struct WalkSql {
+    /// The next key: `?1` after it.
+    next_after: Sql,
+    /// The next key: `?1` after it, `?2` at most.
+    next_between: Sql,
+    /// The first key: `?1` at most.
+    first_upto: Sql,
+    /// Leases a key's run: `?1` token, `?2` lease end, `?3` now, `?4` key, `?5` most rows.
+    run: Sql,
+}
+
+impl WalkSql {
+    fn new(t: &str) -> Self {
+        let next = |bound: &str| -> Sql {
+            format!(
+                "SELECT ordering_key FROM {t} WHERE status < 2 AND {bound} \
+                 ORDER BY ordering_key, seq LIMIT 1"
+            )
+            .into()
+        };
+        WalkSql {
+            next_after: next("ordering_key > ?1"),
+            next_between: next("ordering_key > ?1 AND ordering_key <= ?2"),
+            first_upto: next("ordering_key <= ?1"),
+            // The key's first `?5` unfinished rows, up to the first that is not claimable
+            // (`min(ok)` over the rows so far); nothing if the head itself is not.
+            run: format!(
+                "UPDATE {t} SET status = 1, lease_token = ?1, lease_until = ?2 WHERE seq IN ( \
+                   SELECT seq FROM (SELECT seq, min(ok) OVER (ORDER BY seq) AS run FROM ( \
+                     SELECT seq, (available_at <= ?3 AND (status = 0 OR lease_until <= ?3)) AS ok \
+                     FROM {t} WHERE ordering_key = ?4 AND status < 2 ORDER BY seq LIMIT ?5)) \
+                   WHERE run = 1) \
+                 RETURNING {SELECT_COLUMNS}"
+            )
+            .into(),
+        }
+    }
+}
+
+/// One claim's walk, inside its `BEGIN IMMEDIATE` transaction.
+struct SqliteWalk<'a, 'c> {
+    tx: &'a mut sqlx::Transaction<'c, sqlx::Sqlite>,
+    sql: &'a WalkSql,
+    token: i64,
+    until: i64,
+    now: i64,
+}
+
+impl KeyWalk for SqliteWalk<'_, '_> {
+    async fn next_key(
+        &mut self,
+        after: Option<&str>,
+        upto: Option<&str>,
+    ) -> Result<Option<String>> {
+        let q = match (after, upto) {
+            (Some(a), None) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_after))).bind(a),
+            (Some(a), Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_between)))
+                .bind(a)
+                .bind(u),
+            (None, Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.sql.first_upto))).bind(u),
+            (None, None) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_after))).bind(""),
+        };
+        q.fetch_optional(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx("claiming outbox rows: finding the next key", e))
+    }
+
+    async fn take_run(&mut self, key: &str, max: usize) -> Result<Vec<RawRow>> {
+        let rows = sqlx::query(sql(Arc::clone(&self.sql.run)))
+            .bind(self.token)
+            .bind(self.until)
+            .bind(self.now)
+            .bind(key)
+            .bind(limit_i64(max))
+            .fetch_all(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx("claiming outbox rows: leasing a key's run", e))?;
+        rows.iter()
+            .map(decode)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| map_sqlx("decoding claimed rows", e))
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -212,23 +302,15 @@ impl SqliteStore {
     /// A store over `table` (which [`migrate`] created) through `pool` (see [`connect`]).
     pub fn new(pool: SqlitePool, table: TableName) -> Self {
         let t = table.quoted(Dialect::Sqlite);
-        let claim = format!(
-            "UPDATE {t} SET status = 1, lease_token = ?1, lease_until = ?2 WHERE seq IN (\
-               SELECT o.seq FROM {t} o WHERE o.status IN (0, 1) AND o.available_at <= ?3 \
-                 AND (o.status = 0 OR o.lease_until <= ?3) \
-                 AND o.seq = (SELECT p.seq FROM {t} p WHERE p.ordering_key = o.ordering_key \
-                              AND p.status < 2 ORDER BY p.seq LIMIT 1) \
-               ORDER BY o.seq LIMIT ?4) \
-             RETURNING {SELECT_COLUMNS}"
-        )
-        .into();
         let marks = Arc::new(Marks::new(&t));
+        let walk = Arc::new(WalkSql::new(&t));
         SqliteStore {
             pool,
             quoted: t.into(),
             table,
             limits: ValidationLimits::default(),
-            claim,
+            walk,
+            cursor: Arc::default(),
             marks,
         }
     }
@@ -293,19 +375,27 @@ impl Store for SqliteStore {
         let token = LeaseToken::generate();
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
-        let rows = sqlx::query(sql(Arc::clone(&self.claim)))
-            .bind(token.as_i64())
-            .bind(to_micros(until))
-            .bind(to_micros(now))
-            .bind(limit_i64(limit))
-            .fetch_all(&self.pool)
+        const WHAT: &str = "claiming outbox rows";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| map_sqlx("claiming outbox rows", e))?;
-        let raw = rows
-            .iter()
-            .map(decode)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| map_sqlx("decoding claimed rows", e))?;
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        let start = self.cursor.start();
+        let mut walk = SqliteWalk {
+            tx: &mut tx,
+            sql: &self.walk,
+            token: token.as_i64(),
+            until: to_micros(until),
+            now: to_micros(now),
+        };
+        let (raw, walked_to) = walk_keys(&mut walk, &start, limit).await?;
+        tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
+        self.cursor.advance(
+            &start,
+            raw.iter().map(|r| r.ordering_key.as_str()),
+            walked_to.as_deref(),
+        );
         let (events, undecodable) = split_rows(raw, &self.limits);
         Ok(Claim {
             lease: Lease { token, until },

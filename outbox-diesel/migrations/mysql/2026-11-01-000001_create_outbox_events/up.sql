@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS `outbox_events` (
     processed_at DATETIME(6),
     UNIQUE INDEX `outbox_events_id_key` (id),
     INDEX `outbox_events_due_idx` (status, seq),
-    INDEX `outbox_events_key_idx` (ordering_key, status, seq),
+    INDEX `outbox_events_key_idx` (status, ordering_key, seq),
     INDEX `outbox_events_processed_idx` (status, processed_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
