@@ -166,7 +166,7 @@ pub async fn wire(fx: &Fixture, target: Target<'_>, relay: &str) -> Res<Wired> {
         .ok_or("benchmark config lost its source")?;
     let store = open_source("bench", source).await?;
     let metrics = Arc::new(CountingMetrics::default());
-    let relay = source_relay("bench", source, store, router, Arc::clone(&metrics))?;
+    let relay = source_relay("bench", source, store, router, Arc::clone(&metrics)).await?;
     Ok(Wired { relay, metrics })
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use outbox_core::{DynWakeUp, transport};
-use outbox_sqlx::postgres::{PgNotifier, PgWakeUp};
+use outbox_core::transport;
+use outbox_sqlx::postgres::PgNotifier;
 use tokio::sync::Semaphore;
 
 use crate::Res;
@@ -73,13 +73,11 @@ pub async fn measure(
         })
     };
 
+    // The relay is wired as `outbox run` wires it, LISTEN included; only the writers
+    // differ: with the notifier they wake it after each commit, without it the relay's
+    // polling finds their rows.
     let wired = wire(fx, crate::drive::Target::Broker(dest), "").await?;
-    let relay = if notify {
-        let w: Arc<dyn DynWakeUp> = Arc::new(PgWakeUp::listen(&pool, &fx.table).await?);
-        wired.relay.with_wakeup(w)
-    } else {
-        wired.relay
-    };
+    let relay = wired.relay;
     let notifier = notify.then(|| PgNotifier::spawn(pool.clone(), &fx.table, Duration::ZERO));
     let running = Running::spawn(relay);
     // Let the relay reach its idle state first, as a running service would be.

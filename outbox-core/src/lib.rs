@@ -34,6 +34,6 @@ pub use schema::{Dialect, RowStatus, TableName};
 pub use secret::{Secret, redact_url};
 pub use store::{
     BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
-    DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats,
+    DeadEvent, DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats, UndecodableRow,
     WakeUp,
 };

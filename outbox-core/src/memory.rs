@@ -17,7 +17,7 @@ use crate::publisher::{PublishOutcome, Publisher};
 use crate::schema::RowStatus;
 use crate::store::{
     BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
-    DeadLetterRecord, Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+    DeadEvent, DeadLetterRecord, Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -417,7 +417,9 @@ impl DeadLetterAdmin for InMemoryStore {
             .filter(|r| matches(filter, r))
             .take(limit)
             .map(|r| DeadLetterRecord {
-                envelope: r.envelope.clone(),
+                id: r.envelope.id(),
+                seq: r.seq,
+                event: DeadEvent::Event(r.envelope.clone()),
                 attempts: r.attempts,
                 last_error: r.last_error.clone(),
                 dead_at: r.processed_at,

@@ -216,19 +216,44 @@ impl StoredRow {
 }
 
 impl StoredRow {
-    /// The row as a dead letter, dead-lettered at `dead_at`.
+    /// The row as a dead letter, dead-lettered at `dead_at`: its event, or what could be
+    /// read of it with the decode error when it is not a valid event.
     pub fn into_dead_record(
         self,
         dead_at: Option<DateTime<Utc>>,
         limits: &ValidationLimits,
-    ) -> crate::Result<crate::store::DeadLetterRecord> {
-        let claimed = self.into_claimed(limits).map_err(|u| u.error)?;
-        Ok(crate::store::DeadLetterRecord {
-            envelope: claimed.envelope,
-            attempts: claimed.attempts,
-            last_error: claimed.last_error,
+    ) -> crate::store::DeadLetterRecord {
+        use crate::store::{DeadEvent, DeadLetterRecord, UndecodableRow};
+        let (id, seq) = (self.id, self.seq);
+        let attempts = u32::try_from(self.attempts).unwrap_or(0);
+        let last_error = self.last_error.clone();
+        let raw = UndecodableRow {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            event_type: self.event_type.clone(),
+            destination: self.destination.clone(),
+            ordering_key: self.ordering_key.clone(),
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+            payload_len: self.payload.len(),
+            created_at: self.created_at,
+            error: String::new(),
+        };
+        let event = match self.into_claimed(limits) {
+            Ok(c) => DeadEvent::Event(c.envelope),
+            Err(u) => DeadEvent::Undecodable(UndecodableRow {
+                error: u.error.to_string(),
+                ..raw
+            }),
+        };
+        DeadLetterRecord {
+            id,
+            seq,
+            event,
+            attempts,
+            last_error,
             dead_at,
-        })
+        }
     }
 }
 

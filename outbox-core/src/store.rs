@@ -205,17 +205,69 @@ pub struct DeadLetterFilter {
     pub ids: Option<Vec<EventId>>,
 }
 
-/// A dead letter as operators see it.
+/// A dead letter as operators see it: the event, or what could be read of a row that does
+/// not decode into one (written by another tool, or corrupted). Both kinds are requeued and
+/// purged by id like any other.
 #[derive(Clone, Debug)]
 pub struct DeadLetterRecord {
-    /// The event.
-    pub envelope: Envelope,
+    /// The row's event id.
+    pub id: EventId,
+    /// The row's insertion sequence number.
+    pub seq: i64,
+    /// The event, or the undecodable row.
+    pub event: DeadEvent,
     /// Failed attempts.
     pub attempts: u32,
     /// The final failure.
     pub last_error: Option<String>,
     /// When it was dead-lettered.
     pub dead_at: Option<DateTime<Utc>>,
+}
+
+impl DeadLetterRecord {
+    /// The event, if the row decodes into one.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        match &self.event {
+            DeadEvent::Event(e) => Some(e),
+            DeadEvent::Undecodable(_) => None,
+        }
+    }
+}
+
+/// What a dead-lettered row holds.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum DeadEvent {
+    /// A valid event.
+    Event(Envelope),
+    /// A row that does not decode into a valid event.
+    Undecodable(UndecodableRow),
+}
+
+/// What could be read of a row that does not decode into a valid event; each text field
+/// is the column of that name as stored.
+#[derive(Clone, Debug)]
+pub struct UndecodableRow {
+    /// Column `aggregate_type`.
+    pub aggregate_type: String,
+    /// Column `aggregate_id`.
+    pub aggregate_id: String,
+    /// Column `event_type`.
+    pub event_type: String,
+    /// Column `destination`.
+    pub destination: String,
+    /// Column `ordering_key`.
+    pub ordering_key: String,
+    /// Column `content_type`.
+    pub content_type: String,
+    /// Column `headers`, as stored.
+    pub headers: String,
+    /// Size of the payload in bytes.
+    pub payload_len: usize,
+    /// Column `created_at`.
+    pub created_at: DateTime<Utc>,
+    /// Why it does not decode.
+    pub error: String,
 }
 
 /// Dead-letter administration.

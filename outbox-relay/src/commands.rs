@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use outbox_core::store::{DeadLetterAdmin, DeadLetterFilter, Retention, StoreStats};
-use outbox_core::{DynPublisher, Relay, TableName};
+use outbox_core::store::{
+    DeadEvent, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Retention, StoreStats,
+};
+use outbox_core::{DynPublisher, EventId, Relay, TableName};
 use outbox_sqlx::AnyStore;
 
 use crate::config::{Config, PublisherConfig, SourceConfig};
@@ -113,7 +115,7 @@ pub async fn open_router(
 /// The relay `outbox run` runs for one `[sources.<name>]`: `store` to `router` with the
 /// source's settings, reporting to `metrics`, its backlog sampled every 5 s. The benchmark
 /// (`outbox-bench`) drives this same wiring.
-pub fn source_relay(
+pub async fn source_relay(
     name: &str,
     s: &SourceConfig,
     store: AnyStore,
@@ -121,11 +123,25 @@ pub fn source_relay(
     metrics: Arc<outbox_core::CountingMetrics>,
 ) -> Result<Relay<AnyStore, Arc<Router>>, Box<dyn std::error::Error + Send + Sync>> {
     let sampled = Arc::new(store.clone());
-    Ok(Relay::new(store, router, s.relay.clone())
+    let wake_up = match store.wake_up().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(source = %name, error = %e.to_report(), "cannot LISTEN for wake-ups; polling only");
+            None
+        }
+    };
+    let relay = Relay::new(store, router, s.relay.clone())
         .map_err(|e| format!("source {name}: {e}"))?
         .with_name(name.to_owned())
         .with_metrics(metrics)
-        .with_backlog_sampling(sampled, Duration::from_secs(5)))
+        .with_backlog_sampling(sampled, Duration::from_secs(5));
+    Ok(match wake_up {
+        Some(w) => {
+            tracing::info!(source = %name, "woken by NOTIFY on the outbox channel, polling as a fallback");
+            relay.with_wakeup(w)
+        }
+        None => relay,
+    })
 }
 
 /// `outbox run`.
@@ -155,7 +171,7 @@ pub async fn run(path: &Path) -> CmdResult {
                 stop_rx.clone(),
             )));
         }
-        let relay = source_relay(name, s, store, Arc::clone(&router), metrics)?;
+        let relay = source_relay(name, s, store, Arc::clone(&router), metrics).await?;
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             relay
@@ -358,9 +374,48 @@ pub struct DeadArgs {
     /// Only dead-lettered before this RFC 3339 time.
     #[arg(long, global = true)]
     pub before: Option<DateTime<Utc>>,
+    /// Only these event ids (repeat the option, or separate them with commas).
+    #[arg(long = "id", global = true, value_delimiter = ',')]
+    pub ids: Vec<EventId>,
     /// Most rows to list (default 100).
     #[arg(long, global = true, default_value_t = 100)]
     pub limit: usize,
+}
+
+/// One dead letter as the JSON line `outbox dead-letters list` prints: `"kind": "event"`
+/// with the event's fields, or `"kind": "undecodable"` with the row's columns as stored and
+/// the decode error; both with `id`, `seq`, `attempts`, `last_error` and `dead_at`.
+pub fn dead_letter_line(d: &DeadLetterRecord) -> serde_json::Value {
+    let mut line = match &d.event {
+        DeadEvent::Event(e) => {
+            let mut l = crate::sink::line(e);
+            if let Some(o) = l.as_object_mut() {
+                o.insert("kind".into(), "event".into());
+            }
+            l
+        }
+        DeadEvent::Undecodable(u) => serde_json::json!({
+            "kind": "undecodable",
+            "id": d.id.to_string(),
+            "decode_error": u.error,
+            "aggregate_type": u.aggregate_type,
+            "aggregate_id": u.aggregate_id,
+            "event_type": u.event_type,
+            "destination": u.destination,
+            "ordering_key": u.ordering_key,
+            "content_type": u.content_type,
+            "headers_raw": u.headers,
+            "payload_bytes": u.payload_len,
+            "created_at": u.created_at.to_rfc3339(),
+        }),
+    };
+    if let Some(o) = line.as_object_mut() {
+        o.insert("seq".into(), d.seq.into());
+        o.insert("attempts".into(), d.attempts.into());
+        o.insert("last_error".into(), d.last_error.clone().into());
+        o.insert("dead_at".into(), d.dead_at.map(|t| t.to_rfc3339()).into());
+    }
+    line
 }
 
 /// `outbox dead-letters ...`.
@@ -381,18 +436,12 @@ pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> C
         ordering_key: args.key.clone(),
         dead_since: args.since,
         dead_before: args.before,
-        ids: None,
+        ids: (!args.ids.is_empty()).then(|| args.ids.clone()),
     };
     match action {
         DeadAction::List => {
             for d in store.list_dead(&filter, args.limit).await? {
-                let mut line = crate::sink::line(&d.envelope);
-                if let Some(o) = line.as_object_mut() {
-                    o.insert("attempts".into(), d.attempts.into());
-                    o.insert("last_error".into(), d.last_error.into());
-                    o.insert("dead_at".into(), d.dead_at.map(|t| t.to_rfc3339()).into());
-                }
-                println!("{line}");
+                println!("{}", dead_letter_line(&d));
             }
         }
         DeadAction::Requeue | DeadAction::Purge => {
@@ -405,7 +454,7 @@ pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> C
                     break;
                 }
                 let ids = DeadLetterFilter {
-                    ids: Some(batch.iter().map(|d| d.envelope.id()).collect()),
+                    ids: Some(batch.iter().map(|d| d.id).collect()),
                     ..filter.clone()
                 };
                 done += match action {

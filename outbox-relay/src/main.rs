@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use outbox_relay::commands::{self, DeadAction, DeadArgs};
 use outbox_relay::demo::{self, DemoArgs};
 
@@ -13,41 +13,37 @@ struct Cli {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, global = true, env = "OUTBOX_LOG_JSON")]
     log_json: bool,
+    /// The TOML configuration file (before or after the subcommand).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "OUTBOX_CONFIG",
+        default_value = "outbox.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Args)]
-struct ConfigArg {
-    /// The TOML configuration file.
-    #[arg(long, short, env = "OUTBOX_CONFIG", default_value = "outbox.toml")]
-    config: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Relay every source to its routed brokers until SIGINT or SIGTERM.
-    Run(ConfigArg),
+    Run,
     /// Create the outbox table on every source (or one), idempotently.
     Migrate {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
     },
     /// Backlog per source: pending, in flight, dead letters, oldest unpublished age.
     Status {
-        #[command(flatten)]
-        config: ConfigArg,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// List, requeue or purge dead letters.
     DeadLetters {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: DeadAction,
         #[command(flatten)]
@@ -75,16 +71,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_json);
     let result = match cli.command {
-        Command::Run(c) => commands::run(&c.config).await,
-        Command::Migrate { config, source } => {
-            commands::migrate(&config.config, source.as_deref()).await
+        Command::Run => commands::run(&cli.config).await,
+        Command::Migrate { source } => commands::migrate(&cli.config, source.as_deref()).await,
+        Command::Status { json } => commands::status(&cli.config, json).await,
+        Command::DeadLetters { action, args } => {
+            commands::dead_letters(&cli.config, action, &args).await
         }
-        Command::Status { config, json } => commands::status(&config.config, json).await,
-        Command::DeadLetters {
-            config,
-            action,
-            args,
-        } => commands::dead_letters(&config.config, action, &args).await,
         Command::Demo(args) => demo::run(args).await,
     };
     match result {

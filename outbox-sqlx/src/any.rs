@@ -55,6 +55,22 @@ impl AnyStore {
         })
     }
 
+    /// A wake-up source for a relay over this store, where the database has one:
+    /// `LISTEN` on the table's channel on PostgreSQL (see
+    /// [`PgNotifier`](crate::postgres::PgNotifier) for writers), `None` on MySQL/MariaDB and
+    /// SQLite, where the relay polls. It holds one connection of its own.
+    pub async fn wake_up(&self) -> Result<Option<std::sync::Arc<dyn outbox_core::DynWakeUp>>> {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(s) => {
+                let w = crate::postgres::PgWakeUp::listen(s.pool(), s.table()).await?;
+                Ok(Some(std::sync::Arc::new(w)))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Ok(None),
+        }
+    }
+
     /// Creates the table (and schema or database) if missing.
     pub async fn migrate(&self) -> Result<()> {
         match self {

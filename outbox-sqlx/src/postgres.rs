@@ -420,7 +420,7 @@ impl DeadLetterAdmin for PgStore {
                 .try_get("processed_at")
                 .map_err(|e| map_sqlx("decoding dead letter", e))?;
             let raw = decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
-            out.push(raw.into_dead_record(dead_at, &self.limits)?);
+            out.push(raw.into_dead_record(dead_at, &self.limits));
         }
         Ok(out)
     }
