@@ -9,12 +9,32 @@
 //!
 //! # Ordering
 //!
-//! A claim may hold several events of one ordering key (the store only hands them out in
-//! `seq` order and never while an earlier one is unfinished). The relay publishes a batch
-//! in *waves*: wave `n` holds the `n`-th event of every key in the batch, so one publish
-//! call never carries two events of the same key and may pipeline freely. When an event
-//! fails with a retryable error, the later events of its key in the batch are released
-//! untouched; its retry time then blocks its key, and only its key.
+//! A claim may hold a run of several events of one ordering key (the store only hands them
+//! out in `seq` order and never while an earlier one is unfinished). The relay publishes a
+//! batch in *waves*: wave `n` holds the `n`-th event of every key in the batch, so one
+//! publish call never carries two events of the same key and may pipeline freely. When an
+//! event fails with a retryable error, the later events of its key in the batch are
+//! released untouched; its retry time then blocks its key, and only its key.
+//!
+//! Waves are kept for every publisher, including those whose broker keeps the order of one
+//! connection (NATS, AMQP channels, Kafka partitions with an idempotent producer): sending
+//! a key's run in one pipelined burst would save a round trip per event, but an event that
+//! fails after later ones were accepted would put those ahead of its retry, which is the
+//! reordering the outbox promises to prevent. A run of one key therefore costs one broker
+//! round trip per event (the relay benchmark measures a single hot key against 1000 keys),
+//! while a batch of many keys pipelines fully.
+//!
+//! # Wake-ups and latency
+//!
+//! An empty claim makes the relay wait `poll_interval`, doubling up to
+//! `max_poll_interval` while nothing comes; a [`WakeUp`](crate::store::WakeUp) source (on
+//! PostgreSQL, `LISTEN` on the table's channel, which `outbox run` opens by itself) ends
+//! the wait at once. Writers that notify after commit (`PgNotifier`) see their events on
+//! the broker within a claim and a publish; writers that do not are found by polling: the
+//! first event after an idle spell waits up to `max_poll_interval` (2 s by default), and
+//! under steady load about `poll_interval` (100 ms). An empty claim while the relay's own
+//! batches are in flight (their keys hold the next rows back) waits for one of them to
+//! finish instead.
 //!
 //! # Where duplicates can happen
 //!

@@ -82,12 +82,13 @@ impl ClaimCursor {
 /// as one statement). [`walk_keys`] drives it.
 pub trait KeyWalk {
     /// The smallest key with pending rows that is greater than `after` (`None`: any) and
-    /// at most `upto` (`None`: no bound).
+    /// at most `upto` (`None`: no bound), and whether its head can be claimed now (not in
+    /// flight, due). One index probe: a held key costs no more than this.
     fn next_key(
         &mut self,
         after: Option<&str>,
         upto: Option<&str>,
-    ) -> impl std::future::Future<Output = crate::Result<Option<String>>> + Send;
+    ) -> impl std::future::Future<Output = crate::Result<Option<(String, bool)>>> + Send;
 
     /// Takes `key`'s run: its head (earliest unfinished row) and the rows after it in
     /// `seq` order, at most `max`, stopping before the first one that is not claimable
@@ -101,23 +102,25 @@ pub trait KeyWalk {
     ) -> impl std::future::Future<Output = crate::Result<Vec<StoredRow>>> + Send;
 }
 
-/// Walks the keys after `start` (wrapping around), taking each claimable key's run, until
-/// `limit` rows are taken or [`key_budget`] keys were visited. Returns the rows in walk
-/// order and, when the batch is not full, the last key visited (for [`ClaimCursor`]).
+/// Walks the keys after `start` (wrapping around) until `limit` keys with a claimable head
+/// are found or [`key_budget`] keys were visited, then takes each found key's run, up to
+/// its fair share of the batch (`limit` / keys found, at least 1). Returns the rows in walk
+/// order and, when the batch is not full, where the walk stopped (for [`ClaimCursor`]).
 pub async fn walk_keys<W: KeyWalk>(
     w: &mut W,
     start: &str,
     limit: usize,
 ) -> crate::Result<(Vec<StoredRow>, Option<String>)> {
     let budget = key_budget(limit);
-    let mut rows: Vec<StoredRow> = Vec::new();
+    // Keys whose head is claimable, at most `limit` of them, in walk order.
+    let mut ready: Vec<String> = Vec::new();
     let mut visited = 0usize;
     let mut last: Option<String> = None;
     let mut wrapped = false;
     let mut after: Option<String> = Some(start.to_owned());
-    while rows.len() < limit && visited < budget {
+    while ready.len() < limit && visited < budget {
         let upto = if wrapped { Some(start) } else { None };
-        let key = match w.next_key(after.as_deref(), upto).await? {
+        let (key, claimable) = match w.next_key(after.as_deref(), upto).await? {
             Some(k) => k,
             None if !wrapped => {
                 wrapped = true;
@@ -127,12 +130,32 @@ pub async fn walk_keys<W: KeyWalk>(
             None => break,
         };
         visited += 1;
-        let run = w.take_run(&key, limit - rows.len()).await?;
-        rows.extend(run);
+        if claimable {
+            ready.push(key.clone());
+        }
         after = Some(key.clone());
         last = Some(key);
     }
-    let walked_to = if rows.len() < limit { last } else { None };
+    // Each ready key's fair share of the batch: a hot key alone fills it, many keys give
+    // one event each (one pipelined wave for the relay).
+    let share = limit.div_ceil(ready.len().max(1));
+    let mut rows: Vec<StoredRow> = Vec::new();
+    for key in &ready {
+        if rows.len() >= limit {
+            break;
+        }
+        let run = w.take_run(key, share.min(limit - rows.len())).await?;
+        rows.extend(run);
+    }
+    let walked_to = if rows.len() < limit {
+        if ready.len() >= limit {
+            ready.last().cloned()
+        } else {
+            last
+        }
+    } else {
+        None
+    };
     Ok((rows, walked_to))
 }
 
@@ -309,14 +332,17 @@ pub struct PgStatements {
 ///    partial on `status < 2`) per key; the probe also returns the key's head row. The walk
 ///    stops after `$5` keys, or earlier, because it is evaluated lazily: only as far as
 ///    `cand` asks.
-/// 2. `cand` keeps keys whose head is claimable and takes each one's run: the key's first
-///    `$1` unfinished rows in `seq` order, up to the first that is not claimable; `LIMIT $1`
-///    stops the whole walk as soon as the batch is full.
+/// 2. `ready` keeps the keys whose head is claimable, at most `$1` of them (its `LIMIT`
+///    stops the walk there); `cand` takes each one's run, its fair share of the batch
+///    (`$1` / keys ready, at least 1): the key's first unfinished rows in `seq` order, up to
+///    the first that is not claimable. One hot key fills the batch alone; a hundred keys
+///    give one event each, which the relay publishes in one pipelined wave.
 /// 3. `locked` locks the heads (`SKIP LOCKED`, re-checked on the latest row version): a
 ///    head is every claimer's lock for its key, so two relays never split one key's run.
 /// 4. `upd` leases the runs of the locked keys, re-checking each row.
-/// 5. The result carries `walked_to`, the last key visited when the batch is not full, so
-///    the next claim starts after it; an empty claim returns that one row alone.
+/// 5. The result carries `walked_to` when the batch is not full: the last ready key if
+///    there were `$1` of them, else the last key visited, so the next claim starts after it;
+///    an empty claim returns that one row alone.
 ///
 /// Each probe is an `ORDER BY ... LIMIT` on the key index that [`PG_CLAIM_SETTINGS`] keeps
 /// the planner on, so the cost is a probe per key visited plus the rows taken, whatever the
@@ -348,14 +374,15 @@ pub fn pg_claim(t: &str) -> String {
               SELECT {cols}, b.n + 1 FROM {t} o WHERE o.status < 2 AND o.ordering_key > b.k \
                 AND o.ordering_key <= $4 ORDER BY o.ordering_key, o.seq LIMIT 1) x WHERE b.n < $5)), \
          walk AS (SELECT * FROM fwd UNION ALL SELECT * FROM back WHERE n <= $5), \
+         ready AS (SELECT w.k, w.seq AS head, w.n FROM walk w WHERE {ok_w} LIMIT $1), \
+         share AS (SELECT ceil($1::float8 / greatest(count(*), 1))::bigint AS per FROM ready), \
          cand AS ( \
-           SELECT r.seq, w.seq AS head FROM walk w CROSS JOIN LATERAL ( \
+           SELECT r.seq, w.head FROM ready w CROSS JOIN share CROSS JOIN LATERAL ( \
              SELECT x.seq FROM ( \
                SELECT y.seq, bool_and(y.ok) OVER (ORDER BY y.seq) AS ok FROM ( \
                  SELECT o.seq, {ok_o} AS ok FROM {t} o \
-                 WHERE o.ordering_key = w.k AND o.status < 2 ORDER BY o.seq LIMIT $1) y) x \
+                 WHERE o.ordering_key = w.k AND o.status < 2 ORDER BY o.seq LIMIT share.per) y) x \
              WHERE x.ok) r \
-           WHERE {ok_w} \
            LIMIT $1), \
          locked AS ( \
            SELECT o.seq FROM {t} o WHERE o.seq IN (SELECT head FROM cand) AND o.status < 2 \
@@ -367,8 +394,9 @@ pub fn pg_claim(t: &str) -> String {
              AND u.status < 2 AND {ok_u} \
            RETURNING {returning}) \
          SELECT m.walked_to, upd.* FROM ( \
-           SELECT CASE WHEN (SELECT count(*) FROM cand) < $1 \
-             THEN (SELECT k FROM walk ORDER BY n DESC LIMIT 1) END AS walked_to) m \
+           SELECT CASE WHEN (SELECT count(*) FROM cand) >= $1 THEN NULL \
+             WHEN (SELECT count(*) FROM ready) >= $1 THEN (SELECT k FROM ready ORDER BY n DESC LIMIT 1) \
+             ELSE (SELECT k FROM walk ORDER BY n DESC LIMIT 1) END AS walked_to) m \
          LEFT JOIN upd ON true",
         ok_o = claimable("o"),
         ok_w = claimable("w"),

@@ -8,10 +8,16 @@
 //! # The contract every store keeps (the conformance suite checks it)
 //!
 //! - `claim` returns only committed rows that are pending (or in flight under an expired
-//!   lease) and due (`available_at <= now`), oldest `seq` first.
+//!   lease) and due (`available_at <= now`), each key's rows in `seq` order.
 //! - **Per-key order**: a row is claimable only if every row of its ordering key with a
 //!   lower `seq` is published or dead, or is claimed in the same batch ahead of it. A key
 //!   whose head waits for a retry or a delay blocks only itself.
+//! - **Runs and fairness**: a claim may hand out a *run* of a key (its head and the due rows
+//!   after it, up to the first one that is not due), so a hot key moves many events per
+//!   claim. The SQL stores walk the keys round robin, starting after the key where their
+//!   previous claim stopped, and look at a bounded number of keys per claim, so a claim
+//!   costs what its batch costs whatever the backlog, and keys held by batches in flight
+//!   or waiting for a retry never hide the others for more than a claim or two.
 //! - Two claims never hold the same row at once: concurrent claimers get disjoint batches.
 //! - Every claim gets a fresh fencing token. `mark_published`, `schedule_retry`,
 //!   `dead_letter` and `release` change only rows that are still in flight under that

@@ -587,3 +587,138 @@ async fn run_relays_an_event_table_across_a_sigkill() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// Runs the binary with `args` and returns its stdout; fails the test on a non-zero exit.
+fn outbox(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("OUTBOX_LOG", "warn")
+        .output()
+        .expect("run outbox");
+    assert!(
+        out.status.success(),
+        "outbox {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One table holds a row another tool wrote with `headers` that are not a JSON object and
+/// a valid dead letter. The relay dead-letters the bad row; `dead-letters list` shows both
+/// (the bad one as `"kind": "undecodable"` with its decode error), `requeue --id` and
+/// `purge --id` each act on one, and the requeued event is then published. `--config` is
+/// accepted after the subcommand and before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_admin_survives_an_undecodable_row() {
+    let db = temp("outbox_dlq").with_extension("db");
+    let sink = temp("outbox_dlq_sink").with_extension("jsonl");
+    let config = temp("outbox_dlq").with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_publisher = \"audit\"\n\n[sources.lite]\nurl = \"sqlite://{}\"\n\
+             [sources.lite.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n\n\
+             [publishers.audit]\nkind = \"file\"\npath = \"{}\"\n",
+            db.display(),
+            sink.display()
+        ),
+    )
+    .expect("write config");
+    let cfg = config.to_str().expect("utf-8 path");
+    outbox(&["migrate", "--config", cfg]);
+
+    let pool = outbox_sqlx::sqlite::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("sqlite");
+    let good = ev("dlq.good", "g", 0);
+    let bad = ev("dlq.bad", "b", 0);
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::sqlite::SqliteOutbox::default()
+        .enqueue_all(&mut tx, &[good.clone(), bad.clone()])
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    // The good event was dead-lettered earlier; the bad row was rewritten by another tool.
+    sqlx::query(
+        "UPDATE outbox_events SET status = 3, attempts = 3, last_error = 'broker said no', \
+         processed_at = 1 WHERE id = ?",
+    )
+    .bind(good.id().to_string())
+    .execute(&pool)
+    .await
+    .expect("dead-letter the good event");
+    sqlx::query("UPDATE outbox_events SET headers = '[\"not\", \"an object\"]' WHERE id = ?")
+        .bind(bad.id().to_string())
+        .execute(&pool)
+        .await
+        .expect("corrupt the bad row");
+
+    // The relay claims the bad row, cannot decode it, and dead-letters it.
+    let relay = Relay::start(&config);
+    let listed = {
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines = outbox(&["dead-letters", "list", "--config", cfg])
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+                .collect::<Vec<_>>();
+            if lines.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lines
+    };
+    relay.sigterm();
+    assert_eq!(listed.len(), 2, "both dead letters listed: {listed:?}");
+    let find = |id: EventId| {
+        listed
+            .iter()
+            .find(|l| l["id"] == id.to_string())
+            .unwrap_or_else(|| panic!("{id} listed: {listed:?}"))
+    };
+    let (g, b) = (find(good.id()), find(bad.id()));
+    assert_eq!(g["kind"], "event", "{g}");
+    assert_eq!(g["last_error"], "broker said no", "{g}");
+    assert_eq!(b["kind"], "undecodable", "{b}");
+    assert!(
+        b["decode_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("header")),
+        "{b}"
+    );
+    assert_eq!(b["headers_raw"], "[\"not\", \"an object\"]", "{b}");
+    assert!(b["seq"].as_i64().is_some(), "{b}");
+
+    let good_id = good.id().to_string();
+    let bad_id = bad.id().to_string();
+    assert_eq!(
+        outbox(&["dead-letters", "requeue", "--id", &good_id, "--config", cfg]).trim(),
+        "1"
+    );
+    assert_eq!(
+        outbox(&["--config", cfg, "dead-letters", "purge", "--id", &bad_id]).trim(),
+        "1"
+    );
+    assert_eq!(
+        outbox(&["--config", cfg, "dead-letters", "list"]).trim(),
+        "",
+        "nothing dead is left"
+    );
+
+    // The requeued event is published.
+    let relay = Relay::start(&config);
+    let mut published = HashSet::new();
+    for _ in 0..100 {
+        published = sink_ids(&sink).0;
+        if published.contains(&good.id()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(relay.sigterm().success());
+    assert_eq!(published, HashSet::from([good.id()]));
+    for f in [&db, &sink, &config] {
+        let _ = std::fs::remove_file(f);
+    }
+}

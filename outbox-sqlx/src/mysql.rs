@@ -189,29 +189,30 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(t: &str) -> Self {
+    fn new(t: &str, key_index: &str) -> Self {
         let now = "UTC_TIMESTAMP(6)";
+        // Named, and ordered by all its columns: otherwise MariaDB reads the index by
+        // `status = 0` alone and filters the key bound row by row from the first key.
+        let next = |bound: &str| -> Sql {
+            format!(
+                "SELECT o.ordering_key, o.available_at <= {now} AND NOT EXISTS \
+                   (SELECT 1 FROM {t} p WHERE p.status = 1 AND p.ordering_key = o.ordering_key) \
+                 FROM {t} o FORCE INDEX (`{key_index}`) WHERE o.status = 0 AND {bound} \
+                 ORDER BY o.status, o.ordering_key, o.seq LIMIT 1"
+            )
+            .into()
+        };
         Statements {
             reap: format!(
                 "UPDATE {t} SET status = 0, lease_token = NULL, lease_until = NULL \
                  WHERE status = 1 AND lease_until <= {now}"
             )
             .into(),
-            next_after: format!(
-                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key > ? \
-                 ORDER BY ordering_key LIMIT 1"
-            )
-            .into(),
-            next_between: format!(
-                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key > ? \
-                 AND ordering_key <= ? ORDER BY ordering_key LIMIT 1"
-            )
-            .into(),
-            first_upto: format!(
-                "SELECT ordering_key FROM {t} WHERE status = 0 AND ordering_key <= ? \
-                 ORDER BY ordering_key LIMIT 1"
-            )
-            .into(),
+            // Binds: the bounds. The key's first pending row in (status, key, seq) order is
+            // its head unless one of its rows is in flight (leases that expired were reaped).
+            next_after: next("o.ordering_key > ?"),
+            next_between: next("o.ordering_key > ? AND o.ordering_key <= ?"),
+            first_upto: next("o.ordering_key <= ?"),
             // Binds: key, key, most rows. `head` is the key's earliest unfinished row as
             // committed now; a run that does not start there is someone else's.
             run: format!(
@@ -261,15 +262,19 @@ impl KeyWalk for MySqlWalk<'_, '_> {
         &mut self,
         after: Option<&str>,
         upto: Option<&str>,
-    ) -> Result<Option<String>> {
-        let q = match (after, upto) {
-            (Some(a), None) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_after))).bind(a),
-            (Some(a), Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_between)))
-                .bind(a)
-                .bind(u),
-            (None, Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.first_upto))).bind(u),
-            (None, None) => sqlx::query_scalar(sql(Arc::clone(&self.stmts.next_after))).bind(""),
+    ) -> Result<Option<(String, bool)>> {
+        let stmt = match (after, upto) {
+            (Some(_), Some(_)) => &self.stmts.next_between,
+            (None, Some(_)) => &self.stmts.first_upto,
+            (_, None) => &self.stmts.next_after,
         };
+        let mut q = sqlx::query_as::<_, (String, bool)>(sql(Arc::clone(stmt)));
+        if let Some(a) = after.or(if upto.is_none() { Some("") } else { None }) {
+            q = q.bind(a);
+        }
+        if let Some(u) = upto {
+            q = q.bind(u);
+        }
         q.fetch_optional(&mut **self.tx)
             .await
             .map_err(|e| map_sqlx("claiming outbox rows: finding the next key", e))
@@ -337,7 +342,7 @@ impl MySqlStore {
     /// A store over `table` (which [`migrate`] created) through `pool`.
     pub fn new(pool: MySqlPool, table: TableName) -> Self {
         let quoted: Arc<str> = table.quoted(Dialect::MySql).into();
-        let stmts = Arc::new(Statements::new(&quoted));
+        let stmts = Arc::new(Statements::new(&quoted, &table.derived("key_idx")));
         MySqlStore {
             pool,
             table,

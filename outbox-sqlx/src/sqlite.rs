@@ -183,11 +183,11 @@ pub struct SqliteStore {
 
 /// The statements of a claim's key walk.
 struct WalkSql {
-    /// The next key: `?1` after it.
+    /// The next key and whether its head is claimable: `?1` after it, `?3` now.
     next_after: Sql,
-    /// The next key: `?1` after it, `?2` at most.
+    /// The same, `?1` after it, `?2` at most, `?3` now.
     next_between: Sql,
-    /// The first key: `?1` at most.
+    /// The first key at most `?2`, `?3` now.
     first_upto: Sql,
     /// Leases a key's run: `?1` token, `?2` lease end, `?3` now, `?4` key, `?5` most rows.
     run: Sql,
@@ -197,15 +197,15 @@ impl WalkSql {
     fn new(t: &str) -> Self {
         let next = |bound: &str| -> Sql {
             format!(
-                "SELECT ordering_key FROM {t} WHERE status < 2 AND {bound} \
-                 ORDER BY ordering_key, seq LIMIT 1"
+                "SELECT ordering_key, (available_at <= ?3 AND (status = 0 OR lease_until <= ?3)) \
+                 FROM {t} WHERE status < 2 AND {bound} ORDER BY ordering_key, seq LIMIT 1"
             )
             .into()
         };
         WalkSql {
             next_after: next("ordering_key > ?1"),
             next_between: next("ordering_key > ?1 AND ordering_key <= ?2"),
-            first_upto: next("ordering_key <= ?1"),
+            first_upto: next("ordering_key <= ?2"),
             // The key's first `?5` unfinished rows, up to the first that is not claimable
             // (`min(ok)` over the rows so far); nothing if the head itself is not.
             run: format!(
@@ -235,16 +235,18 @@ impl KeyWalk for SqliteWalk<'_, '_> {
         &mut self,
         after: Option<&str>,
         upto: Option<&str>,
-    ) -> Result<Option<String>> {
-        let q = match (after, upto) {
-            (Some(a), None) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_after))).bind(a),
-            (Some(a), Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_between)))
-                .bind(a)
-                .bind(u),
-            (None, Some(u)) => sqlx::query_scalar(sql(Arc::clone(&self.sql.first_upto))).bind(u),
-            (None, None) => sqlx::query_scalar(sql(Arc::clone(&self.sql.next_after))).bind(""),
+    ) -> Result<Option<(String, bool)>> {
+        // Each statement names the numbered binds it uses; the others are ignored.
+        let stmt = match (after, upto) {
+            (Some(_), Some(_)) => &self.sql.next_between,
+            (None, Some(_)) => &self.sql.first_upto,
+            (_, None) => &self.sql.next_after,
         };
-        q.fetch_optional(&mut **self.tx)
+        sqlx::query_as::<_, (String, bool)>(sql(Arc::clone(stmt)))
+            .bind(after.unwrap_or(""))
+            .bind(upto.unwrap_or(""))
+            .bind(self.now)
+            .fetch_optional(&mut **self.tx)
             .await
             .map_err(|e| map_sqlx("claiming outbox rows: finding the next key", e))
     }
