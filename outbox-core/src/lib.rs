@@ -33,7 +33,7 @@ pub use retry::RetryPolicy;
 pub use schema::{Dialect, RowStatus, TableName};
 pub use secret::{Secret, redact_url};
 pub use store::{
-    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
-    DeadEvent, DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats, UndecodableRow,
-    WakeUp,
+    BacklogStats, Claim, ClaimedEvent, DeadEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
+    DeadLetterRecord, DynStore, DynWakeUp, Lease, LeaseToken, Retention, Retry, Store, StoreStats,
+    UndecodableRow, WakeUp,
 };

@@ -16,8 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::publisher::{PublishOutcome, Publisher};
 use crate::schema::RowStatus;
 use crate::store::{
-    BacklogStats, Claim, ClaimedEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
-    DeadEvent, DeadLetterRecord, Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+    BacklogStats, Claim, ClaimedEvent, DeadEvent, DeadLetter, DeadLetterAdmin, DeadLetterFilter,
+    DeadLetterRecord, Lease, LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -17,12 +17,21 @@ use crate::store::{ClaimedEvent, Undecodable};
 pub const PG_CLAIM_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', true), \
      set_config('enable_bitmapscan', 'off', true), set_config('jit', 'off', true)";
 
-/// Most ordering keys one claim looks at, for a batch of `limit` rows. Each key visited
-/// costs one index probe; keys whose head is in flight or waiting for a retry are skipped
-/// at that cost, so a claim's cost is bounded by its batch, not by the backlog. Keys past
-/// the budget are reached by the next claims, which start where this one stopped.
+/// Most keys with a claimable head one claim takes rows from, for a batch of `limit` rows:
+/// `limit`, at most 100. Each takes its fair share of the batch (`limit` / keys found), so
+/// a batch of 1000 over many keys holds about 100 keys, ten events each, and leaves the
+/// other keys to the relay's other batches in flight.
+pub fn ready_keys(limit: usize) -> usize {
+    limit.clamp(1, 100)
+}
+
+/// Most ordering keys one claim looks at, for a batch of `limit` rows: twice
+/// [`ready_keys`], at least 16. Each key visited costs one index probe; keys whose head is
+/// in flight or waiting for a retry are skipped at that cost, so a claim's cost is bounded
+/// by its batch, not by the backlog. Keys past the budget are reached by the next claims,
+/// which start where this one stopped.
 pub fn key_budget(limit: usize) -> usize {
-    limit.clamp(16, 1000)
+    (2 * ready_keys(limit)).max(16)
 }
 
 /// Where a store's next claim starts its walk over the ordering keys.
@@ -102,8 +111,8 @@ pub trait KeyWalk {
     ) -> impl std::future::Future<Output = crate::Result<Vec<StoredRow>>> + Send;
 }
 
-/// Walks the keys after `start` (wrapping around) until `limit` keys with a claimable head
-/// are found or [`key_budget`] keys were visited, then takes each found key's run, up to
+/// Walks the keys after `start` (wrapping around) until [`ready_keys`] keys with a
+/// claimable head are found or [`key_budget`] keys were visited, then takes each found key's run, up to
 /// its fair share of the batch (`limit` / keys found, at least 1). Returns the rows in walk
 /// order and, when the batch is not full, where the walk stopped (for [`ClaimCursor`]).
 pub async fn walk_keys<W: KeyWalk>(
@@ -112,13 +121,14 @@ pub async fn walk_keys<W: KeyWalk>(
     limit: usize,
 ) -> crate::Result<(Vec<StoredRow>, Option<String>)> {
     let budget = key_budget(limit);
-    // Keys whose head is claimable, at most `limit` of them, in walk order.
+    let most = ready_keys(limit);
+    // Keys whose head is claimable, at most `most` of them, in walk order.
     let mut ready: Vec<String> = Vec::new();
     let mut visited = 0usize;
     let mut last: Option<String> = None;
     let mut wrapped = false;
     let mut after: Option<String> = Some(start.to_owned());
-    while ready.len() < limit && visited < budget {
+    while ready.len() < most && visited < budget {
         let upto = if wrapped { Some(start) } else { None };
         let (key, claimable) = match w.next_key(after.as_deref(), upto).await? {
             Some(k) => k,
@@ -148,7 +158,7 @@ pub async fn walk_keys<W: KeyWalk>(
         rows.extend(run);
     }
     let walked_to = if rows.len() < limit {
-        if ready.len() >= limit {
+        if ready.len() >= most {
             ready.last().cloned()
         } else {
             last
@@ -301,7 +311,8 @@ pub fn split_rows(
 #[derive(Clone, Debug)]
 pub struct PgStatements {
     /// Claims runs of due rows key by key (see [`pg_claim`]): binds `$1` limit, `$2` token,
-    /// `$3` lease in microseconds, `$4` the key to start after, `$5` the key budget;
+    /// `$3` lease in microseconds, `$4` the key to start after, `$5` the key budget
+    /// ([`key_budget`]), `$6` the most keys to take from ([`ready_keys`]);
     /// returns `walked_to` and then [`SELECT_COLUMNS`] (all NULL on the one row an empty
     /// claim returns).
     pub claim: String,
@@ -332,8 +343,8 @@ pub struct PgStatements {
 ///    partial on `status < 2`) per key; the probe also returns the key's head row. The walk
 ///    stops after `$5` keys, or earlier, because it is evaluated lazily: only as far as
 ///    `cand` asks.
-/// 2. `ready` keeps the keys whose head is claimable, at most `$1` of them (its `LIMIT`
-///    stops the walk there); `cand` takes each one's run, its fair share of the batch
+/// 2. `ready` keeps the keys whose head is claimable, at most `$6` ([`ready_keys`]) of
+///    them (its `LIMIT` stops the walk there); `cand` takes each one's run, its fair share of the batch
 ///    (`$1` / keys ready, at least 1): the key's first unfinished rows in `seq` order, up to
 ///    the first that is not claimable. One hot key fills the batch alone; a hundred keys
 ///    give one event each, which the relay publishes in one pipelined wave.
@@ -341,7 +352,7 @@ pub struct PgStatements {
 ///    head is every claimer's lock for its key, so two relays never split one key's run.
 /// 4. `upd` leases the runs of the locked keys, re-checking each row.
 /// 5. The result carries `walked_to` when the batch is not full: the last ready key if
-///    there were `$1` of them, else the last key visited, so the next claim starts after it;
+///    there were `$6` of them, else the last key visited, so the next claim starts after it;
 ///    an empty claim returns that one row alone.
 ///
 /// Each probe is an `ORDER BY ... LIMIT` on the key index that [`PG_CLAIM_SETTINGS`] keeps
@@ -374,7 +385,7 @@ pub fn pg_claim(t: &str) -> String {
               SELECT {cols}, b.n + 1 FROM {t} o WHERE o.status < 2 AND o.ordering_key > b.k \
                 AND o.ordering_key <= $4 ORDER BY o.ordering_key, o.seq LIMIT 1) x WHERE b.n < $5)), \
          walk AS (SELECT * FROM fwd UNION ALL SELECT * FROM back WHERE n <= $5), \
-         ready AS (SELECT w.k, w.seq AS head, w.n FROM walk w WHERE {ok_w} LIMIT $1), \
+         ready AS (SELECT w.k, w.seq AS head, w.n FROM walk w WHERE {ok_w} LIMIT $6), \
          share AS (SELECT ceil($1::float8 / greatest(count(*), 1))::bigint AS per FROM ready), \
          cand AS ( \
            SELECT r.seq, w.head FROM ready w CROSS JOIN share CROSS JOIN LATERAL ( \
@@ -395,7 +406,7 @@ pub fn pg_claim(t: &str) -> String {
            RETURNING {returning}) \
          SELECT m.walked_to, upd.* FROM ( \
            SELECT CASE WHEN (SELECT count(*) FROM cand) >= $1 THEN NULL \
-             WHEN (SELECT count(*) FROM ready) >= $1 THEN (SELECT k FROM ready ORDER BY n DESC LIMIT 1) \
+             WHEN (SELECT count(*) FROM ready) >= $6 THEN (SELECT k FROM ready ORDER BY n DESC LIMIT 1) \
              ELSE (SELECT k FROM walk ORDER BY n DESC LIMIT 1) END AS walked_to) m \
          LEFT JOIN upd ON true",
         ok_o = claimable("o"),

@@ -11,7 +11,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use outbox_core::sql::{
-    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, split_rows,
+    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, ready_keys, split_rows,
 };
 use outbox_core::store::{Claim, DeadLetter, Lease, LeaseToken, Retry, Store};
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
@@ -196,6 +196,7 @@ impl Store for DieselPgStore {
         let until =
             Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
         let budget = i64::try_from(key_budget(limit)).unwrap_or(i64::MAX);
+        let most = i64::try_from(ready_keys(limit)).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease_us = micros(lease_for);
         let claim = self.stmts.claim.as_str();
@@ -211,6 +212,7 @@ impl Store for DieselPgStore {
                     .bind::<BigInt, _>(lease_us)
                     .bind::<Text, _>(after)
                     .bind::<BigInt, _>(budget)
+                    .bind::<BigInt, _>(most)
                     .load(c)
                     .await
             })

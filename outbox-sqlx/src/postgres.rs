@@ -29,7 +29,7 @@ use crate::common::{
     INSERT_COLUMNS, RawRow, Sql, backlog_from_row, limit_i64, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
-use outbox_core::sql::{ClaimCursor, key_budget};
+use outbox_core::sql::{ClaimCursor, key_budget, ready_keys};
 
 /// Creates the schema (if named) and the outbox table with its indexes, idempotently.
 pub async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
@@ -303,6 +303,7 @@ impl Store for PgStore {
             .bind(micros(lease_for))
             .bind(&start)
             .bind(limit_i64(key_budget(limit)))
+            .bind(limit_i64(ready_keys(limit)))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;

@@ -106,7 +106,8 @@ impl StoreHarness for My {
     }
     async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
         self.write(&events, false).await
-    }    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
+    }
+    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
         let t = self.store.table().quoted(outbox_core::Dialect::MySql);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {t} SET headers = '[1, 2]' WHERE id = ?"

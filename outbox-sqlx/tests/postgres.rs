@@ -102,7 +102,8 @@ impl StoreHarness for Pg {
     }
     async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
         self.write(&events, false).await
-    }    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
+    }
+    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
         let t = self.store.table().quoted(outbox_core::Dialect::Postgres);
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE {t} SET headers = '[1, 2]' WHERE id = $1"

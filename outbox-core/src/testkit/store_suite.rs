@@ -624,7 +624,10 @@ where
         .await
         .expect("listing survives an undecodable row");
     assert_eq!(listed.len(), 2);
-    let rb = listed.iter().find(|r| r.id == bad.id()).expect("bad listed");
+    let rb = listed
+        .iter()
+        .find(|r| r.id == bad.id())
+        .expect("bad listed");
     match &rb.event {
         crate::store::DeadEvent::Undecodable(u) => {
             assert!(u.error.contains("header"), "{}", u.error);
@@ -633,7 +636,10 @@ where
         }
         crate::store::DeadEvent::Event(_) => panic!("the corrupted row decoded"),
     }
-    let rg = listed.iter().find(|r| r.id == good.id()).expect("good listed");
+    let rg = listed
+        .iter()
+        .find(|r| r.id == good.id())
+        .expect("good listed");
     assert_eq!(rg.envelope(), Some(&good));
     assert!(rg.seq < rb.seq, "seq is reported");
 
@@ -641,7 +647,13 @@ where
         ids: Some(vec![id]),
         ..DeadLetterFilter::default()
     };
-    assert_eq!(store.requeue_dead(&by_id(good.id())).await.expect("requeue"), 1);
+    assert_eq!(
+        store
+            .requeue_dead(&by_id(good.id()))
+            .await
+            .expect("requeue"),
+        1
+    );
     assert_eq!(store.purge_dead(&by_id(bad.id())).await.expect("purge"), 1);
     let again = claim_all(&store, LONG_LEASE).await;
     assert_eq!(ids(&again), vec![good.id()]);
