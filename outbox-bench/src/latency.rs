@@ -41,8 +41,9 @@ pub fn quantile(xs: &[f64], q: f64) -> f64 {
 }
 
 /// Writers commit `rate` events per second for `secs`, a transaction every 2 ms carrying
-/// the events due by then; with `notify`, each commit pokes a [`PgNotifier`] and the relay
-/// listens with [`PgWakeUp`]. Waits for every committed event to arrive (up to 30 s).
+/// the events due by then; with `notify`, each commit pokes a [`PgNotifier`] (the relay,
+/// wired as `outbox run` wires it, always listens). Waits for every committed event to
+/// arrive (up to 30 s).
 pub async fn measure(
     fx: &Fixture,
     dest: &Dest,
