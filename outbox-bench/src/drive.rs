@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::{CountingMetrics, DynWakeUp, Envelope, PublishOutcome, Publisher};
+use outbox_core::{CountingMetrics, Envelope, PublishOutcome, Publisher};
 use outbox_relay::Router;
 use outbox_relay::commands::{open_router, open_source, source_relay};
 use outbox_relay::config::Config;
@@ -177,13 +177,8 @@ pub async fn drive(
     relay: &str,
     expected: u64,
     cap: Duration,
-    wakeup: Option<Arc<dyn DynWakeUp>>,
 ) -> Res<Outcome> {
     let Wired { relay, metrics } = wire(fx, target, relay).await?;
-    let relay = match wakeup {
-        Some(w) => relay.with_wakeup(w),
-        None => relay,
-    };
     let cpu0 = cpu_seconds();
     let machine0 = machine_cpu();
     let start = Instant::now();

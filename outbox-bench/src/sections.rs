@@ -273,7 +273,6 @@ async fn ceiling(c: &mut Ctx) -> Res<()> {
             &c.relay,
             n as u64,
             cap(c.scale.secs(300.0)),
-            None,
         )
         .await?;
         check_rows(&fx, &o, n).await?;
@@ -340,7 +339,6 @@ async fn drain(c: &mut Ctx) -> Res<()> {
                 &c.relay,
                 n as u64,
                 cap(c.scale.secs(300.0)),
-                None,
             )
             .await?;
             check_broker(&dest, o.published, o.complete).await?;
@@ -388,7 +386,6 @@ async fn pg_nats_drain(c: &Ctx, n: usize, keys: usize, batch: usize) -> Res<Outc
         &format!("batch_size = {batch}"),
         n as u64,
         cap(c.scale.secs(30.0)),
-        None,
     )
     .await?;
     check_broker(&dest, o.published, o.complete).await?;

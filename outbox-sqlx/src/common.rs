@@ -45,6 +45,39 @@ pub(crate) fn markers(n: usize) -> String {
 /// A statement's text, shared cheaply between calls.
 pub(crate) type Sql = Arc<str>;
 
+/// The three forms of a claim walk's next-key probe (`outbox_core::sql::KeyWalk::next_key`),
+/// built from one statement with its key bound left open.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) struct NextKeySql {
+    after: Sql,
+    between: Sql,
+    upto: Sql,
+}
+
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl NextKeySql {
+    /// `next(bound)` is the statement with `bound` as its key condition; `[after, between,
+    /// upto]` are the conditions for a lower bound, both bounds, and an upper bound.
+    pub(crate) fn new(next: impl Fn(&str) -> String, bounds: [&str; 3]) -> Self {
+        let [after, between, upto] = bounds.map(|b| Sql::from(next(b)));
+        NextKeySql {
+            after,
+            between,
+            upto,
+        }
+    }
+
+    /// The statement for a probe after `after` (`None`: from the first key) and at most
+    /// `upto` (`None`: no bound).
+    pub(crate) fn pick(&self, after: Option<&str>, upto: Option<&str>) -> &Sql {
+        match (after, upto) {
+            (Some(_), Some(_)) => &self.between,
+            (None, Some(_)) => &self.upto,
+            (_, None) => &self.after,
+        }
+    }
+}
+
 /// Asserts that statement text built from a validated [`outbox_core::TableName`] and fixed
 /// fragments is safe: every value is a bind parameter.
 pub(crate) fn sql(text: impl Into<Arc<str>>) -> sqlx::AssertSqlSafe<Arc<str>> {

@@ -24,8 +24,8 @@ use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::{Executor, MySql, Row};
 
 use crate::common::{
-    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, backlog_from_row, dead_filter,
-    limit_i64, markers, micros, split_rows, sql,
+    FilterBind, INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, backlog_from_row,
+    dead_filter, limit_i64, markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
 use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
@@ -178,9 +178,7 @@ const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTA
 
 struct Statements {
     reap: Sql,
-    next_after: Sql,
-    next_between: Sql,
-    first_upto: Sql,
+    next: NextKeySql,
     run: Sql,
     retry: Sql,
     dead: Sql,
@@ -193,14 +191,13 @@ impl Statements {
         let now = "UTC_TIMESTAMP(6)";
         // Named, and ordered by all its columns: otherwise MariaDB reads the index by
         // `status = 0` alone and filters the key bound row by row from the first key.
-        let next = |bound: &str| -> Sql {
+        let next = |bound: &str| {
             format!(
                 "SELECT o.ordering_key, o.available_at <= {now} AND NOT EXISTS \
                    (SELECT 1 FROM {t} p WHERE p.status = 1 AND p.ordering_key = o.ordering_key) \
                  FROM {t} o FORCE INDEX (`{key_index}`) WHERE o.status = 0 AND {bound} \
                  ORDER BY o.status, o.ordering_key, o.seq LIMIT 1"
             )
-            .into()
         };
         Statements {
             reap: format!(
@@ -210,9 +207,14 @@ impl Statements {
             .into(),
             // Binds: the bounds. The key's first pending row in (status, key, seq) order is
             // its head unless one of its rows is in flight (leases that expired were reaped).
-            next_after: next("o.ordering_key > ?"),
-            next_between: next("o.ordering_key > ? AND o.ordering_key <= ?"),
-            first_upto: next("o.ordering_key <= ?"),
+            next: NextKeySql::new(
+                next,
+                [
+                    "o.ordering_key > ?",
+                    "o.ordering_key > ? AND o.ordering_key <= ?",
+                    "o.ordering_key <= ?",
+                ],
+            ),
             // Binds: key, key, most rows. `head` is the key's earliest unfinished row as
             // committed now; a run that does not start there is someone else's.
             run: format!(
@@ -263,14 +265,11 @@ impl KeyWalk for MySqlWalk<'_, '_> {
         after: Option<&str>,
         upto: Option<&str>,
     ) -> Result<Option<(String, bool)>> {
-        let stmt = match (after, upto) {
-            (Some(_), Some(_)) => &self.stmts.next_between,
-            (None, Some(_)) => &self.stmts.first_upto,
-            (_, None) => &self.stmts.next_after,
-        };
+        // Positional binds: the bounds the chosen form has, in order.
+        let stmt = self.stmts.next.pick(after, upto);
         let mut q = sqlx::query_as::<_, (String, bool)>(sql(Arc::clone(stmt)));
-        if let Some(a) = after.or(if upto.is_none() { Some("") } else { None }) {
-            q = q.bind(a);
+        if upto.is_none() || after.is_some() {
+            q = q.bind(after.unwrap_or(""));
         }
         if let Some(u) = upto {
             q = q.bind(u);

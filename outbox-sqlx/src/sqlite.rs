@@ -26,8 +26,8 @@ use sqlx::sqlite::{
 use sqlx::{Executor, Row};
 
 use crate::common::{
-    FilterBind, INSERT_COLUMNS, RawRow, SELECT_COLUMNS, Sql, dead_filter, limit_i64, markers,
-    micros, split_rows, sql,
+    FilterBind, INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, dead_filter, limit_i64,
+    markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
 use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
@@ -183,29 +183,30 @@ pub struct SqliteStore {
 
 /// The statements of a claim's key walk.
 struct WalkSql {
-    /// The next key and whether its head is claimable: `?1` after it, `?3` now.
-    next_after: Sql,
-    /// The same, `?1` after it, `?2` at most, `?3` now.
-    next_between: Sql,
-    /// The first key at most `?2`, `?3` now.
-    first_upto: Sql,
+    /// The next key and whether its head is claimable: `?1` after it, `?2` at most, `?3`
+    /// now (each form names only the bounds it has).
+    next: NextKeySql,
     /// Leases a key's run: `?1` token, `?2` lease end, `?3` now, `?4` key, `?5` most rows.
     run: Sql,
 }
 
 impl WalkSql {
     fn new(t: &str) -> Self {
-        let next = |bound: &str| -> Sql {
+        let next = |bound: &str| {
             format!(
                 "SELECT ordering_key, (available_at <= ?3 AND (status = 0 OR lease_until <= ?3)) \
                  FROM {t} WHERE status < 2 AND {bound} ORDER BY ordering_key, seq LIMIT 1"
             )
-            .into()
         };
         WalkSql {
-            next_after: next("ordering_key > ?1"),
-            next_between: next("ordering_key > ?1 AND ordering_key <= ?2"),
-            first_upto: next("ordering_key <= ?2"),
+            next: NextKeySql::new(
+                next,
+                [
+                    "ordering_key > ?1",
+                    "ordering_key > ?1 AND ordering_key <= ?2",
+                    "ordering_key <= ?2",
+                ],
+            ),
             // The key's first `?5` unfinished rows, up to the first that is not claimable
             // (`min(ok)` over the rows so far); nothing if the head itself is not.
             run: format!(
@@ -237,11 +238,7 @@ impl KeyWalk for SqliteWalk<'_, '_> {
         upto: Option<&str>,
     ) -> Result<Option<(String, bool)>> {
         // Each statement names the numbered binds it uses; the others are ignored.
-        let stmt = match (after, upto) {
-            (Some(_), Some(_)) => &self.sql.next_between,
-            (None, Some(_)) => &self.sql.first_upto,
-            (_, None) => &self.sql.next_after,
-        };
+        let stmt = self.sql.next.pick(after, upto);
         sqlx::query_as::<_, (String, bool)>(sql(Arc::clone(stmt)))
             .bind(after.unwrap_or(""))
             .bind(upto.unwrap_or(""))
