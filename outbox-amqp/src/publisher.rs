@@ -276,4 +276,15 @@ impl Publisher for AmqpPublisher {
         }
         outcomes
     }
+
+    /// `true`: a call publishes on one channel in slice order, and RabbitMQ routes and
+    /// enqueues what one channel publishes in that order, so the relay hands a key's run
+    /// over in one call. A channel that closes fails every message still unconfirmed on it.
+    ///
+    /// RabbitMQ can nack one message and confirm the next one of the same channel only on
+    /// an internal error of the queue (the AMQP specification leaves a nack no other cause);
+    /// an unroutable message is a permanent failure, which does not hold its key back.
+    fn ordered_runs(&self) -> bool {
+        true
+    }
 }

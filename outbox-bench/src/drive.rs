@@ -31,6 +31,10 @@ impl Publisher for NullPublisher {
     async fn publish(&self, events: &[Envelope]) -> Vec<PublishOutcome> {
         events.iter().map(|_| PublishOutcome::Published).collect()
     }
+
+    fn ordered_runs(&self) -> bool {
+        true
+    }
 }
 
 /// The configuration text `outbox run` would read for this case.

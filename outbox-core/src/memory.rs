@@ -517,6 +517,16 @@ struct PubState {
     dedupe: bool,
     seen: HashSet<EventId>,
     latency: Duration,
+    ordered: Option<Ordered>,
+}
+
+/// How an in-memory publisher with ordered runs treats the events after a failed one.
+#[derive(Clone, Copy)]
+enum Ordered {
+    /// A key's later events in the call fail too, as on an ordered link.
+    RefuseRest,
+    /// They are accepted: the broker misbehaviour the relay counts as out of order.
+    AcceptRest,
 }
 
 /// A publisher that records what it is given and fails on command. It can also drop
@@ -544,6 +554,20 @@ impl InMemoryPublisher {
     /// with a deduplication window.
     pub fn with_dedupe(self) -> Self {
         lock(&self.state).dedupe = true;
+        self
+    }
+
+    /// Takes several events of one ordering key per call ([`Publisher::ordered_runs`] is
+    /// `true`), in slice order. With `refuse_after_failure`, an event whose key already had
+    /// a retryable failure in the same call fails too, as on an ordered link whose broker refuses
+    /// what follows a refused message; without it the later events are accepted, which is
+    /// the rare broker behaviour the relay reports as out of order.
+    pub fn with_ordered_runs(self, refuse_after_failure: bool) -> Self {
+        lock(&self.state).ordered = Some(if refuse_after_failure {
+            Ordered::RefuseRest
+        } else {
+            Ordered::AcceptRest
+        });
         self
     }
 
@@ -650,10 +674,22 @@ impl Publisher for InMemoryPublisher {
             *calls -= 1;
             call_kind = Some(*kind);
         }
+        let refuse_rest = matches!(st.ordered, Some(Ordered::RefuseRest));
+        let mut refused: HashMap<String, ErrorKind> = HashMap::new();
         events
             .iter()
-            .map(
-                |env| match Self::scripted_failure(&mut st, env, call_kind) {
+            .map(|env| {
+                let failure = match refused.get(env.ordering_key()) {
+                    Some(kind) => Some(*kind),
+                    None => Self::scripted_failure(&mut st, env, call_kind),
+                };
+                if let Some(kind) = failure
+                    && refuse_rest
+                    && kind.is_retryable()
+                {
+                    refused.insert(env.ordering_key().to_owned(), kind);
+                }
+                match failure {
                     Some(kind) => PublishOutcome::Failed(Error::new(
                         kind,
                         format!("scripted {kind} failure for {}", env.id()),
@@ -667,8 +703,12 @@ impl Publisher for InMemoryPublisher {
                         }
                         PublishOutcome::Published
                     }
-                },
-            )
+                }
+            })
             .collect()
+    }
+
+    fn ordered_runs(&self) -> bool {
+        lock(&self.state).ordered.is_some()
     }
 }

@@ -28,6 +28,13 @@ pub trait RelayMetrics: Send + Sync {
     fn fenced(&self, rows: u64) {
         let _ = rows;
     }
+    /// `events` were acknowledged by the broker after an earlier event of their key in the
+    /// same call failed (ordered runs only; see [`Publisher::ordered_runs`]).
+    ///
+    /// [`Publisher::ordered_runs`]: crate::Publisher::ordered_runs
+    fn out_of_order(&self, events: usize) {
+        let _ = events;
+    }
     /// A store operation failed.
     fn store_error(&self, error: &Error) {
         let _ = error;
@@ -55,6 +62,7 @@ pub struct CountingMetrics {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     fenced: AtomicU64,
+    out_of_order: AtomicU64,
     store_errors: AtomicU64,
     backlog_pending: AtomicU64,
 }
@@ -78,6 +86,8 @@ pub struct MetricsSnapshot {
     pub dead_lettered: u64,
     /// Marks refused by fencing.
     pub fenced: u64,
+    /// Events acknowledged ahead of an earlier event of their key that failed.
+    pub out_of_order: u64,
     /// Store errors.
     pub store_errors: u64,
     /// Pending rows at the latest backlog sample.
@@ -97,6 +107,7 @@ impl CountingMetrics {
             retried: r(&self.retried),
             dead_lettered: r(&self.dead_lettered),
             fenced: r(&self.fenced),
+            out_of_order: r(&self.out_of_order),
             store_errors: r(&self.store_errors),
             backlog_pending: r(&self.backlog_pending),
         }
@@ -125,6 +136,10 @@ impl RelayMetrics for CountingMetrics {
     }
     fn fenced(&self, rows: u64) {
         self.fenced.fetch_add(rows, Ordering::Relaxed);
+    }
+    fn out_of_order(&self, events: usize) {
+        self.out_of_order
+            .fetch_add(events as u64, Ordering::Relaxed);
     }
     fn store_error(&self, _error: &Error) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);

@@ -10,19 +10,25 @@
 //! # Ordering
 //!
 //! A claim may hold a run of several events of one ordering key (the store only hands them
-//! out in `seq` order and never while an earlier one is unfinished). The relay publishes a
-//! batch in *waves*: wave `n` holds the `n`-th event of every key in the batch, so one
-//! publish call never carries two events of the same key and may pipeline freely. When an
-//! event fails with a retryable error, the later events of its key in the batch are
-//! released untouched; its retry time then blocks its key, and only its key.
+//! out in `seq` order and never while an earlier one is unfinished). How the relay
+//! publishes a batch depends on the publisher:
 //!
-//! Waves are kept for every publisher, including those whose broker keeps the order of one
-//! connection (NATS, AMQP channels, Kafka partitions with an idempotent producer): sending
-//! a key's run in one pipelined burst would save a round trip per event, but an event that
-//! fails after later ones were accepted would put those ahead of its retry, which is the
-//! reordering the outbox promises to prevent. A run of one key therefore costs one broker
-//! round trip per event (the relay benchmark measures a single hot key against 1000 keys),
-//! while a batch of many keys pipelines fully.
+//! - **Ordered runs** ([`Publisher::ordered_runs`]: NATS JetStream, AMQP, Kafka, the JSON
+//!   lines sink). The broker stores what one link sends in the order it was sent, so the
+//!   whole batch goes out in one call, runs included: a key's run of 100 events costs one
+//!   pipelined round trip, not 100.
+//! - **Waves** (every other publisher, SQS among them, whose concurrent requests may land
+//!   in any order). Wave `n` holds the `n`-th event of every key in the batch, so one call
+//!   never carries two events of the same key and may pipeline freely; a run costs one
+//!   round trip per event, while a batch of many keys still pipelines fully.
+//!
+//! When an event fails with a retryable error, the later events of its key in the batch are
+//! released untouched; its retry time then blocks its key, and only its key. With ordered
+//! runs the later events were already sent: those the broker refused too are released;
+//! one it acknowledged anyway (the broker refused an event and stored the next one of the
+//! same link, which each ordered publisher documents as a rare failure of its own) is
+//! already ahead of the retry, so it is kept as published, logged as a warning and counted
+//! in [`BatchReport::out_of_order`].
 //!
 //! # Wake-ups and latency
 //!
@@ -156,6 +162,10 @@ pub struct BatchReport {
     pub released: usize,
     /// Marks refused because the lease was lost.
     pub fenced: u64,
+    /// Events the broker acknowledged after an earlier event of their key in the same call
+    /// failed and was scheduled for retry (ordered runs only): published, but ahead of that
+    /// retry.
+    pub out_of_order: usize,
 }
 
 impl BatchReport {
@@ -166,6 +176,7 @@ impl BatchReport {
         self.dead_lettered += other.dead_lettered;
         self.released += other.released;
         self.fenced += other.fenced;
+        self.out_of_order += other.out_of_order;
     }
 }
 
@@ -432,22 +443,33 @@ fn collect(
     }
 }
 
-/// One wave: events of distinct keys, with their prior attempt counts.
-struct Wave {
+/// One publish call's events, with their prior attempt counts.
+struct Call {
     envelopes: Vec<Envelope>,
     attempts: Vec<u32>,
 }
 
-/// Splits a claim into waves: wave `n` holds the `n`-th event of each ordering key.
-fn waves(claim_events: Vec<crate::store::ClaimedEvent>) -> Vec<Wave> {
+/// Splits a claim into publish calls: the whole claim in one call when the publisher keeps
+/// runs in order, else waves, where wave `n` holds the `n`-th event of each ordering key.
+fn calls(claim_events: Vec<crate::store::ClaimedEvent>, ordered_runs: bool) -> Vec<Call> {
+    if ordered_runs {
+        let (envelopes, attempts) = claim_events
+            .into_iter()
+            .map(|ev| (ev.envelope, ev.attempts))
+            .unzip();
+        return vec![Call {
+            envelopes,
+            attempts,
+        }];
+    }
     let mut depth: HashMap<String, usize> = HashMap::new();
-    let mut out: Vec<Wave> = Vec::new();
+    let mut out: Vec<Call> = Vec::new();
     for ev in claim_events {
         let d = depth
             .entry(ev.envelope.ordering_key().to_owned())
             .or_insert(0);
         if out.len() <= *d {
-            out.push(Wave {
+            out.push(Call {
                 envelopes: Vec::new(),
                 attempts: Vec::new(),
             });
@@ -506,10 +528,11 @@ impl<S: Store, P: Publisher> Shared<S, P> {
             let mut failed_keys: HashSet<String> = HashSet::new();
             let mut stopped = false;
 
-            for wave in waves(claim.events) {
+            let mut out_of_order = 0usize;
+            for call in calls(claim.events, self.publisher.ordered_runs()) {
                 // Later events of a key whose earlier event failed wait for it.
                 let (mut envs, mut attempts) = (Vec::new(), Vec::new());
-                for (env, a) in wave.envelopes.into_iter().zip(wave.attempts) {
+                for (env, a) in call.envelopes.into_iter().zip(call.attempts) {
                     if stopped || failed_keys.contains(env.ordering_key()) {
                         released.push(env.id());
                     } else {
@@ -560,6 +583,18 @@ impl<S: Store, P: Publisher> Shared<S, P> {
                     let outcome = outcomes.next().unwrap_or_else(|| {
                         PublishOutcome::Failed(Error::new(ErrorKind::Unavailable, "publisher reported no outcome for this event"))
                     });
+                    if failed_keys.contains(env.ordering_key()) {
+                        // An earlier event of this key in this call failed (ordered runs).
+                        if outcome.is_published() {
+                            ok += 1;
+                            out_of_order += 1;
+                            published.push(env.id());
+                            warn!(event_id = %env.id(), key = env.ordering_key(), "the broker acknowledged this event after refusing an earlier one of its key; it is ahead of that event's retry");
+                        } else {
+                            released.push(env.id());
+                        }
+                        continue;
+                    }
                     match outcome {
                         PublishOutcome::Published => {
                             ok += 1;
@@ -593,6 +628,10 @@ impl<S: Store, P: Publisher> Shared<S, P> {
             report.retried = retries.len();
             report.dead_lettered = dead.len();
             report.released = released.len();
+            report.out_of_order = out_of_order;
+            if out_of_order > 0 {
+                self.metrics.out_of_order(out_of_order);
+            }
             let expected = (published.len() + retries.len() + dead.len() + released.len()) as u64;
             let mut changed = 0u64;
             // Published first: it is the mark whose loss costs a duplicate.

@@ -355,9 +355,15 @@ pub struct PgStatements {
 ///    there were `$6` of them, else the last key visited, so the next claim starts after it;
 ///    an empty claim returns that one row alone.
 ///
-/// Each probe is an `ORDER BY ... LIMIT` on the key index that [`PG_CLAIM_SETTINGS`] keeps
-/// the planner on, so the cost is a probe per key visited plus the rows taken, whatever the
-/// backlog, the published history or the statistics.
+/// Each probe and each run is an `ORDER BY ordering_key, seq ... LIMIT` that only the key
+/// index delivers in order, and [`PG_CLAIM_SETTINGS`] turns sorting off, so the planner
+/// stays on that index: the cost is a probe per key visited plus the rows taken, whatever
+/// the backlog, the published history or the statistics. A run selects its key as the range
+/// `ordering_key >= k AND ordering_key <= k`, not `= k`: with an equality the planner drops
+/// `ordering_key` from the wanted order, and where statistics say a key holds a tenth of
+/// the table it walked the primary key in `seq` order instead, filtering out the published
+/// history of every key (7,586 rows per key and 22 ms per claim at 10 keys × 2,000 rows,
+/// 4 ms with the range).
 pub fn pg_claim(t: &str) -> String {
     let claimable = |a: &str| {
         format!("{a}.available_at <= now() AND ({a}.status = 0 OR {a}.lease_until <= now())")
@@ -390,9 +396,10 @@ pub fn pg_claim(t: &str) -> String {
          cand AS ( \
            SELECT r.seq, w.head FROM ready w CROSS JOIN share CROSS JOIN LATERAL ( \
              SELECT x.seq FROM ( \
-               SELECT y.seq, bool_and(y.ok) OVER (ORDER BY y.seq) AS ok FROM ( \
-                 SELECT o.seq, {ok_o} AS ok FROM {t} o \
-                 WHERE o.ordering_key = w.k AND o.status < 2 ORDER BY o.seq LIMIT share.per) y) x \
+               SELECT y.seq, bool_and(y.ok) OVER (ORDER BY y.ordering_key, y.seq) AS ok FROM ( \
+                 SELECT o.ordering_key, o.seq, {ok_o} AS ok FROM {t} o \
+                 WHERE o.ordering_key >= w.k AND o.ordering_key <= w.k AND o.status < 2 \
+                 ORDER BY o.ordering_key, o.seq LIMIT share.per) y) x \
              WHERE x.ok) r \
            LIMIT $1), \
          locked AS ( \

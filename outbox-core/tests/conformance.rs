@@ -106,3 +106,13 @@ async fn in_memory_publisher_passes_the_publisher_suite() {
 async fn deduplicating_in_memory_publisher_passes_the_publisher_suite() {
     run_publisher_suite(|| async { mem_publisher(true) }).await;
 }
+
+#[tokio::test]
+async fn in_memory_publisher_with_ordered_runs_passes_the_publisher_suite() {
+    run_publisher_suite(|| async {
+        let mut h = mem_publisher(true);
+        h.publisher = h.publisher.with_ordered_runs(true);
+        h
+    })
+    .await;
+}

@@ -316,3 +316,101 @@ async fn an_empty_claim_behind_its_own_batch_waits_for_that_batch_not_the_back_o
     delivered.dedup();
     assert_eq!(delivered.len(), 30, "each once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn ordered_runs_go_out_in_one_call_and_waves_in_one_call_per_event_of_a_key() {
+    let events: Vec<Envelope> = (0..8)
+        .map(|i| ev("hot", i))
+        .chain((0..4).map(|i| ev(&format!("cold{i}"), i)))
+        .collect();
+    let hot: Vec<EventId> = events[..8].iter().map(Envelope::id).collect();
+    for (ordered, calls) in [(true, 1), (false, 8)] {
+        let store = InMemoryStore::new();
+        let publisher = if ordered {
+            InMemoryPublisher::new().with_ordered_runs(true)
+        } else {
+            InMemoryPublisher::new()
+        };
+        store.enqueue_committed(events.clone()).expect("commit");
+        let cfg = RelayConfig {
+            batch_size: 12,
+            ..config()
+        };
+        let relay = Relay::new(store.clone(), publisher.clone(), cfg).expect("relay");
+        let report = relay.run_once().await.expect("run");
+        assert_eq!(report.published, 12, "ordered={ordered}: {report:?}");
+        let deliveries = publisher.deliveries();
+        let used: std::collections::BTreeSet<u64> = deliveries.iter().map(|d| d.call).collect();
+        assert_eq!(used.len(), calls, "ordered={ordered}: publish calls");
+        let hot_order: Vec<EventId> = deliveries
+            .iter()
+            .map(|d| d.envelope.id())
+            .filter(|id| hot.contains(id))
+            .collect();
+        assert_eq!(hot_order, hot, "ordered={ordered}: the run's order");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_runs_release_what_follows_a_failed_event_of_its_key() {
+    let store = InMemoryStore::new();
+    let publisher = InMemoryPublisher::new().with_ordered_runs(true);
+    let a: Vec<Envelope> = (0..4).map(|i| ev("a", i)).collect();
+    let b: Vec<Envelope> = (0..2).map(|i| ev("b", i)).collect();
+    publisher.fail_event(a[1].id(), 1, ErrorKind::Unavailable);
+    store
+        .enqueue_committed(a.iter().chain(&b).cloned())
+        .expect("commit");
+    let relay = Relay::new(store.clone(), publisher.clone(), config()).expect("relay");
+    let first = relay.run_once().await.expect("run");
+    assert_eq!(first.published, 3, "a0, b0, b1: {first:?}");
+    assert_eq!(first.retried, 1, "a1");
+    assert_eq!(
+        first.released, 2,
+        "a2 and a3 were refused after a1: {first:?}"
+    );
+    assert_eq!(first.out_of_order, 0);
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        relay.drain().await.expect("drain");
+    }
+    let a_order: Vec<EventId> = publisher
+        .delivered_ids()
+        .into_iter()
+        .filter(|id| a.iter().any(|e| e.id() == *id))
+        .collect();
+    assert_eq!(a_order, a.iter().map(Envelope::id).collect::<Vec<_>>());
+    assert!(store.rows().iter().all(|(_, s)| *s == RowStatus::Published));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_acknowledged_after_its_keys_failed_event_is_kept_and_counted_out_of_order() {
+    let store = InMemoryStore::new();
+    // A broker that refuses a1 and stores a2 and a3 of the same link anyway.
+    let publisher = InMemoryPublisher::new().with_ordered_runs(false);
+    let metrics = Arc::new(CountingMetrics::default());
+    let a: Vec<Envelope> = (0..4).map(|i| ev("a", i)).collect();
+    publisher.fail_event(a[1].id(), 1, ErrorKind::Unavailable);
+    store.enqueue_committed(a.clone()).expect("commit");
+    let relay = Relay::new(store.clone(), publisher.clone(), config())
+        .expect("relay")
+        .with_metrics(metrics.clone());
+    let first = relay.run_once().await.expect("run");
+    assert_eq!(
+        first.published, 3,
+        "a0, and a2, a3, which the broker holds: {first:?}"
+    );
+    assert_eq!(first.retried, 1);
+    assert_eq!(first.released, 0);
+    assert_eq!(first.out_of_order, 2);
+    assert_eq!(metrics.snapshot().out_of_order, 2);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    relay.drain().await.expect("drain");
+    let ids = |xs: &[usize]| xs.iter().map(|&i| a[i].id()).collect::<Vec<_>>();
+    assert_eq!(
+        publisher.delivered_ids(),
+        ids(&[0, 2, 3, 1]),
+        "a2 and a3 are not published twice; a1 follows on its retry"
+    );
+    assert!(store.rows().iter().all(|(_, s)| *s == RowStatus::Published));
+}

@@ -7,6 +7,9 @@
 //! - per ordering key, events first reach the broker in commit order;
 //! - every duplicate delivery carries the same event id and the same envelope.
 //!
+//! Each scenario runs with a publisher that takes one event of a key per call (waves) or a
+//! key's whole run in one call (ordered runs, refusing what follows a failed event).
+//!
 //! Cases: 256 by default; `PROPTEST_CASES` overrides (the CI test script uses 512).
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +38,8 @@ struct Scenario {
     permanent: Vec<bool>,
     latency_ms: u64,
     seed: u64,
+    /// The publisher takes a key's run in one call (refusing what follows a failure).
+    ordered_runs: bool,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -54,6 +59,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(prop::bool::weighted(0.07), 60),
         0u64..40,
         any::<u64>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -66,6 +72,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 permanent,
                 latency_ms,
                 seed,
+                ordered_runs,
             )| Scenario {
                 txs: txs
                     .into_iter()
@@ -79,6 +86,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 permanent,
                 latency_ms,
                 seed,
+                ordered_runs,
             },
         )
 }
@@ -113,7 +121,12 @@ struct Outcome {
 
 async fn run(s: Scenario) -> Outcome {
     let store = InMemoryStore::new();
-    let publisher = InMemoryPublisher::new()
+    let publisher = if s.ordered_runs {
+        InMemoryPublisher::new().with_ordered_runs(true)
+    } else {
+        InMemoryPublisher::new()
+    };
+    let publisher = publisher
         .with_random_failures(s.fail_rate, ErrorKind::Unavailable, s.seed)
         .with_latency(Duration::from_millis(s.latency_ms));
     let cfg = config(&s);

@@ -141,4 +141,16 @@ impl Publisher for KafkaPublisher {
         }))
         .await
     }
+
+    /// `true`: the ordering key is the message key, so a key's events share a partition;
+    /// a call hands them to librdkafka in slice order, and the idempotent producer numbers
+    /// each partition's messages, so the broker refuses a message whose predecessor it has
+    /// not stored. The relay hands a key's run over in one call.
+    ///
+    /// The exception is a message librdkafka gives up on (`message_timeout`) while it may
+    /// still be in flight: it is reported failed although the broker may have stored it, and
+    /// the partition's later messages go on. Its retry carries the same event id.
+    fn ordered_runs(&self) -> bool {
+        true
+    }
 }

@@ -147,4 +147,17 @@ impl Publisher for NatsPublisher {
         });
         join_all(acks).await
     }
+
+    /// `true`: a call's messages go out on one connection in slice order, and a stream
+    /// stores what one connection publishes in the order it arrives, so the relay hands a
+    /// key's run over in one call.
+    ///
+    /// JetStream can refuse a message and store the next one of the same connection when
+    /// the stream's state changes between the two: a `discard: new` stream that was full
+    /// and got room, or a clustered stream that elected a leader in between. An
+    /// acknowledgement that times out is not such a case: the message was usually stored,
+    /// and its retry is dropped by the duplicate window.
+    fn ordered_runs(&self) -> bool {
+        true
+    }
 }

@@ -69,6 +69,10 @@ impl Publisher for Watched {
         }
         out
     }
+
+    fn ordered_runs(&self) -> bool {
+        self.inner.ordered_runs()
+    }
 }
 
 fn order_event(order: u32, cents: u32) -> outbox_core::Result<Envelope> {

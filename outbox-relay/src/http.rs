@@ -89,7 +89,7 @@ type Counter = (
 
 fn metrics(state: &HttpState) -> String {
     let mut out = String::new();
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 9] = [
         ("outbox_published_total", "Events published.", |s| {
             s.published as f64
         }),
@@ -106,6 +106,11 @@ fn metrics(state: &HttpState) -> String {
         ("outbox_fenced_total", "Marks refused by fencing.", |s| {
             s.fenced as f64
         }),
+        (
+            "outbox_out_of_order_total",
+            "Events the broker acknowledged ahead of an earlier event of their key that failed.",
+            |s| s.out_of_order as f64,
+        ),
         ("outbox_store_errors_total", "Store errors.", |s| {
             s.store_errors as f64
         }),

@@ -135,6 +135,13 @@ impl Publisher for Router {
             })
             .collect()
     }
+
+    /// `true` when every publisher it routes to keeps runs in order: each gets its events
+    /// of a call in slice order, in one call. (A key whose events go to two brokers has no
+    /// order between them in any case.)
+    fn ordered_runs(&self) -> bool {
+        self.publishers.iter().all(|(_, p)| p.ordered_runs_dyn())
+    }
 }
 
 #[cfg(test)]
@@ -187,5 +194,30 @@ mod tests {
         }
         assert_eq!(a.delivered_ids(), vec![events[0].id()]);
         assert_eq!(b.delivered_ids(), vec![events[1].id()]);
+    }
+
+    #[test]
+    fn takes_runs_only_when_every_publisher_keeps_them_in_order() {
+        let router = |second_ordered: bool| {
+            let second = if second_ordered {
+                InMemoryPublisher::new().with_ordered_runs(true)
+            } else {
+                InMemoryPublisher::new()
+            };
+            Router::new(
+                vec![
+                    (
+                        "a".into(),
+                        Arc::new(InMemoryPublisher::new().with_ordered_runs(true))
+                            as Arc<dyn DynPublisher>,
+                    ),
+                    ("b".into(), Arc::new(second) as Arc<dyn DynPublisher>),
+                ],
+                &[],
+                Some("a"),
+            )
+        };
+        assert!(router(true).ordered_runs());
+        assert!(!router(false).ordered_runs());
     }
 }

@@ -130,4 +130,10 @@ impl Publisher for JsonLines {
                 .collect(),
         }
     }
+
+    /// `true`: a call is written as one block, in slice order; a failed write fails every
+    /// event of the call.
+    fn ordered_runs(&self) -> bool {
+        true
+    }
 }
