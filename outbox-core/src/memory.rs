@@ -559,9 +559,9 @@ impl InMemoryPublisher {
 
     /// Takes several events of one ordering key per call ([`Publisher::ordered_runs`] is
     /// `true`), in slice order. With `refuse_after_failure`, an event whose key already had
-    /// a retryable failure in the same call fails too, as on an ordered link whose broker refuses
-    /// what follows a refused message; without it the later events are accepted, which is
-    /// the rare broker behaviour the relay reports as out of order.
+    /// a retryable failure in the same call fails too, as on an ordered link whose broker
+    /// refuses what follows a refused message; without it the later events are accepted,
+    /// which is the rare broker behaviour the relay reports as out of order.
     pub fn with_ordered_runs(self, refuse_after_failure: bool) -> Self {
         lock(&self.state).ordered = Some(if refuse_after_failure {
             Ordered::RefuseRest

@@ -52,8 +52,8 @@ pub trait Publisher: Send + Sync {
     /// are stored, in slice order: they travel one ordered link (an AMQP channel, a Kafka
     /// partition's idempotent producer) whose broker stores a later message only after the
     /// earlier ones, or refuses it too, even when the link breaks (a client that resends its
-    /// buffer on a new connection after losing what the old one carried does not qualify). The relay then publishes a key's run
-    /// with one round trip instead of one per event.
+    /// buffer on a new connection after losing what the old one carried does not qualify).
+    /// The relay then publishes a key's run with one round trip instead of one per event.
     ///
     /// If an event of a call fails, the relay releases the later events of its key in that
     /// call that failed too, untouched (they go out after its retry). A later event of the
