@@ -11,8 +11,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
 use outbox_core::testkit::{
-    PublisherHarness, Received, TcpProxy, relay_survives_connection_cut, run_publisher_suite,
-    service_url, unique_name,
+    CUT_EVENTS, PublisherHarness, Received, TcpProxy, relay_survives_connection_cut,
+    run_publisher_suite, service_url, unique_name,
 };
 use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
@@ -232,7 +232,7 @@ async fn relay_survives_a_connection_cut() {
     } = rabbit;
     let reader = Rabbit::new_reader(&url, &format!("{name}/events")).await;
     let arrived = relay_survives_connection_cut(publisher, &proxy, &reader).await;
-    eprintln!("{arrived} deliveries for 300 events (RabbitMQ keeps republished copies)");
+    eprintln!("{arrived} deliveries for {CUT_EVENTS} events (RabbitMQ keeps republished copies)");
 }
 
 impl Rabbit {

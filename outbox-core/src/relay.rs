@@ -13,13 +13,13 @@
 //! out in `seq` order and never while an earlier one is unfinished). How the relay
 //! publishes a batch depends on the publisher:
 //!
-//! - **Ordered runs** ([`Publisher::ordered_runs`]: AMQP, Kafka, the JSON lines sink). The
-//!   broker stores what one link sends in the order it was sent, even when the link breaks,
-//!   so the whole batch goes out in one call, runs included: a key's run of 100 events
-//!   costs one pipelined round trip, not 100.
+//! - **Ordered runs** ([`Publisher::ordered_runs`]: AMQP, Kafka, NATS on a connection of its
+//!   own, the JSON lines sink). The broker stores what one link sends in the order it was
+//!   sent, even when the link breaks, so the whole batch goes out in one call, runs
+//!   included: a key's run of 100 events costs one pipelined round trip, not 100.
 //! - **Waves** (every other publisher: SQS, whose concurrent requests may land in any order,
-//!   and NATS, whose client resends its buffer on a new connection after losing what the
-//!   old one had in flight). Wave `n` holds the `n`-th event of every key in the batch, so
+//!   and NATS on an application's client, which resends its buffer on a new connection
+//!   after losing what the old one had in flight). Wave `n` holds the `n`-th event of every key in the batch, so
 //!   one call never carries two events of the same key and may pipeline freely; a run
 //!   costs one round trip per event, while a batch of many keys still pipelines fully.
 //!

@@ -47,7 +47,7 @@ async fn main() -> Res<()> {
     let subject = format!("{name}.events");
     let payload = Bytes::from(vec![b'x'; PAYLOAD]);
     let publisher = NatsPublisher::connect(NatsConfig::new(&url)).await?;
-    let js = publisher.jetstream().clone();
+    let js = publisher.jetstream();
     let mut rows: Vec<(&str, f64)> = Vec::new();
 
     // Raw, one acknowledgement awaited per message: the naive loop.

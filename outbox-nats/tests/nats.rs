@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use outbox_core::testkit::{
-    PublisherHarness, Received, TcpProxy, relay_survives_connection_cut, run_publisher_suite,
-    service_url, unique_name,
+    CUT_EVENTS, PublisherHarness, Received, TcpProxy, relay_survives_connection_cut,
+    run_publisher_suite, service_url, unique_name,
 };
 use outbox_core::{Envelope, PublishOutcome, Publisher, Result, transport};
 use outbox_nats::{NatsConfig, NatsPublisher};
@@ -45,7 +45,7 @@ impl Js {
     async fn new(url: &str, prefix: &str) -> Js {
         let publisher = publisher(url).await;
         let name = unique_name(prefix);
-        let stream = make_stream(publisher.jetstream(), &name).await;
+        let stream = make_stream(&publisher.jetstream(), &name).await;
         Js {
             publisher,
             stream,
@@ -208,7 +208,7 @@ async fn relay_survives_a_connection_cut() {
     let through_proxy = publisher(&format!("nats://{}", proxy.addr())).await;
 
     let arrived = relay_survives_connection_cut(through_proxy, &proxy, &direct).await;
-    assert_eq!(arrived, 300);
+    assert_eq!(arrived, CUT_EVENTS);
     direct
         .publisher
         .jetstream()

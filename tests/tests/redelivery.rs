@@ -88,7 +88,7 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
     let publisher = outbox_nats::NatsPublisher::connect(outbox_nats::NatsConfig::new(&nats_url))
         .await
         .expect("nats");
-    let js = publisher.jetstream().clone();
+    let js = publisher.jetstream();
     let stream = js
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream_name.clone(),

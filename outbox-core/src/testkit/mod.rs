@@ -19,7 +19,7 @@ pub use inbox_suite::{InboxHarness, run_inbox_suite};
 pub use proxy::TcpProxy;
 
 pub use publisher_suite::{
-    PublisherHarness, Received, relay_survives_connection_cut, run_publisher_suite,
+    CUT_EVENTS, PublisherHarness, Received, relay_survives_connection_cut, run_publisher_suite,
 };
 pub use store_suite::{StoreHarness, run_operations_suite, run_store_suite};
 

@@ -247,11 +247,21 @@ pub async fn missing_destination<H: PublisherHarness>(h: &H) {
     }
 }
 
-/// Runs a relay over 300 in-memory events (5 keys) with `publisher`, which must reach its
-/// broker through `proxy`, and cuts the connection (refusing reconnects for 1.5 s) once 30
-/// messages arrived. Checks that the relay recovers: every row ends published (none dead),
-/// every event arrives at `reader`'s destination, exactly once if the broker deduplicates,
-/// and each key's first deliveries are in order. Returns how many messages arrived.
+/// How many events [`relay_survives_connection_cut`] relays.
+pub const CUT_EVENTS: usize = 2000;
+
+/// How many times [`relay_survives_connection_cut`] cuts the connection.
+const CUTS: usize = 4;
+
+/// Runs a relay over [`CUT_EVENTS`] in-memory events (5 keys) with `publisher`, which must
+/// reach its broker through `proxy`. Half are committed before the relay starts. The
+/// connection is cut four times, each as soon as another 150 are published, so mid-flight:
+/// the first time reconnects are refused for 1.5 s and the other half is committed during
+/// the outage (so the relay must reconnect however fast it drained the first half), then
+/// for 200 ms. Checks that the relay recovers: every row ends
+/// published (none dead), every event arrives at `reader`'s destination, exactly once if
+/// the broker deduplicates, and each key's first deliveries are in order. Returns how many
+/// messages arrived.
 pub async fn relay_survives_connection_cut<P, H>(
     publisher: P,
     proxy: &super::TcpProxy,
@@ -269,13 +279,14 @@ where
     use std::collections::HashSet;
 
     let dest = reader.destination();
-    let events: Vec<Envelope> = (0..300)
+    let events: Vec<Envelope> = (0..CUT_EVENTS)
         .map(|i| event(&format!("key-{}", i % 5), i, &dest))
         .collect();
+    let (first, during_cut) = events.split_at(CUT_EVENTS / 2);
     let store = InMemoryStore::new();
-    store.enqueue_committed(events.clone()).expect("enqueue");
+    store.enqueue_committed(first.to_vec()).expect("enqueue");
     let config = RelayConfig {
-        batch_size: 10,
+        batch_size: 50,
         concurrency: 2,
         lease: Duration::from_secs(8),
         publish_timeout: Duration::from_secs(4),
@@ -295,25 +306,38 @@ where
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while reader
-        .receive(0, Duration::ZERO)
-        .await
-        .expect("receive")
-        .len()
-        < 30
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing published before the cut"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Each cut comes as soon as the relay's own store (read at once, unlike the broker) shows
+    // progress, so it lands in the middle of publishing, where a call's first messages can
+    // be lost with the connection while its later ones are still with the client.
+    let published = || {
+        store
+            .rows()
+            .iter()
+            .filter(|(_, s)| *s == RowStatus::Published)
+            .count()
+    };
     let before = proxy.connections();
-    proxy.set_refusing(true);
-    proxy.cut();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    proxy.set_refusing(false);
+    for cut in 1..=CUTS {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while published() < cut * 150 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay made no progress before cut {cut}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proxy.set_refusing(true);
+        proxy.cut();
+        if cut == 1 {
+            store
+                .enqueue_committed(during_cut.to_vec())
+                .expect("enqueue during the outage");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        proxy.set_refusing(false);
+    }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
