@@ -75,7 +75,7 @@ use crate::store::{BacklogStats, Claim, DeadLetter, DynWakeUp, Retry, Store, Sto
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Most rows per claim (default 100).
+    /// Most rows per claim (default 500).
     pub batch_size: usize,
     /// Most batches in flight at once (default 4).
     pub concurrency: usize,
@@ -102,7 +102,7 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
-            batch_size: 100,
+            batch_size: 500,
             concurrency: 4,
             lease: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(10),

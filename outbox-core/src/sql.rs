@@ -25,13 +25,15 @@ pub fn ready_keys(limit: usize) -> usize {
     limit.clamp(1, 100)
 }
 
-/// Most ordering keys one claim looks at, for a batch of `limit` rows: twice
-/// [`ready_keys`], at least 16. Each key visited costs one index probe; keys whose head is
-/// in flight or waiting for a retry are skipped at that cost, so a claim's cost is bounded
-/// by its batch, not by the backlog. Keys past the budget are reached by the next claims,
-/// which start where this one stopped.
+/// Most ordering keys one claim looks at, for a batch of `limit` rows: [`ready_keys`], at
+/// least 16. Each key visited costs one index probe; keys whose head is in flight or waiting
+/// for a retry are skipped at that cost, so a claim's cost is bounded by its batch, not by
+/// the backlog. Keys past the budget are reached by the next claims, which start where this
+/// one stopped; the keys a claim finds ready share its whole batch, so skipped keys make
+/// their runs longer, not the batch smaller. (A budget of twice as many cost an empty claim
+/// over 1000 held keys 6.1 ms instead of 2.0 ms, and the drains were no faster for it.)
 pub fn key_budget(limit: usize) -> usize {
-    (2 * ready_keys(limit)).max(16)
+    ready_keys(limit).max(16)
 }
 
 /// Where a store's next claim starts its walk over the ordering keys.
