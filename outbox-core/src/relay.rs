@@ -724,7 +724,11 @@ mod tests {
         .expect("valid json");
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.retry.max_attempts, 3);
-        assert_eq!(c.batch_size, 100);
+        assert_eq!(
+            c.batch_size,
+            RelayConfig::default().batch_size,
+            "unset fields keep their defaults"
+        );
         let err = serde_json::from_str::<RelayConfig>(r#"{"leese":"45s"}"#).unwrap_err();
         assert!(err.to_string().contains("leese"), "{err}");
     }
