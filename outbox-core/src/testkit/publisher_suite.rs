@@ -258,10 +258,9 @@ const CUTS: usize = 4;
 /// connection is cut four times, each as soon as another 150 are published, so mid-flight:
 /// the first time reconnects are refused for 1.5 s and the other half is committed during
 /// the outage (so the relay must reconnect however fast it drained the first half), then
-/// for 200 ms. Checks that the relay recovers: every row ends
-/// published (none dead), every event arrives at `reader`'s destination, exactly once if
-/// the broker deduplicates, and each key's first deliveries are in order. Returns how many
-/// messages arrived.
+/// for 200 ms. Checks that the relay recovers: every row ends published (none dead), every
+/// event arrives at `reader`'s destination, exactly once if the broker deduplicates, and
+/// each key's first deliveries are in order. Returns how many messages arrived.
 pub async fn relay_survives_connection_cut<P, H>(
     publisher: P,
     proxy: &super::TcpProxy,
