@@ -413,7 +413,10 @@ fn keys_label(k: usize) -> String {
 async fn keys(c: &mut Ctx) -> Res<()> {
     let n = c.scale.events(100_000);
     let default = default_batch();
-    let batches = [100usize, default, 1000];
+    // Ascending and without repeats, so a default of 100 or 1000 is not drained twice.
+    let mut batches = vec![100usize, default, 1000];
+    batches.sort_unstable();
+    batches.dedup();
     let mut thousand_keys: HashMap<usize, Outcome> = HashMap::new();
     if let Some(o) = c.pg_nats
         && c.relay.is_empty()
@@ -439,7 +442,7 @@ async fn keys(c: &mut Ctx) -> Res<()> {
             drain_figure(&naive, naive_n),
         ));
         let mut rates: HashMap<usize, Outcome> = HashMap::new();
-        for batch in batches {
+        for &batch in &batches {
             let o = match (k, thousand_keys.get(&batch)) {
                 (1000, Some(o)) => *o,
                 _ => {

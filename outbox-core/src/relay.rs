@@ -19,9 +19,10 @@
 //!   included: a key's run of 100 events costs one pipelined round trip, not 100.
 //! - **Waves** (every other publisher: SQS, whose concurrent requests may land in any order,
 //!   and NATS on an application's client, which resends its buffer on a new connection
-//!   after losing what the old one had in flight). Wave `n` holds the `n`-th event of every key in the batch, so
-//!   one call never carries two events of the same key and may pipeline freely; a run
-//!   costs one round trip per event, while a batch of many keys still pipelines fully.
+//!   after losing what the old one had in flight). Wave `n` holds the `n`-th event of
+//!   every key in the batch, so one call never carries two events of the same key and may
+//!   pipeline freely; a run costs one round trip per event, while a batch of many keys
+//!   still pipelines fully.
 //!
 //! When an event fails with a retryable error, the later events of its key in the batch are
 //! released untouched; its retry time then blocks its key, and only its key. With ordered
