@@ -296,7 +296,7 @@ async fn run_example(
     // Checks.
     let want_ids: HashSet<EventId> = committed
         .iter()
-        .map(|(id, _, _)| outbox_core::log::derived_event_id(source_name, *id))
+        .map(|(id, _, _)| outbox_core::event_table::derived_event_id(source_name, *id))
         .collect();
     let mut want: BTreeMap<String, i64> = BTreeMap::new();
     for (_, account, amount) in &committed {

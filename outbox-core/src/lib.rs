@@ -1,10 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod duration_serde;
+pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod event_table;
 pub mod inbox;
-pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod publisher;
@@ -23,8 +24,8 @@ pub use envelope::{
     ValidationLimits,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use event_table::{Checkpoint, LogRelay, LogRelayConfig, LogSource};
 pub use inbox::InboxOutcome;
-pub use log::{Checkpoint, LogRelay, LogRelayConfig, LogSource};
 pub use memory::{InMemoryPublisher, InMemoryStore};
 pub use metrics::{CountingMetrics, NoMetrics, RelayMetrics};
 pub use publisher::{DynPublisher, PublishOutcome, Publisher};

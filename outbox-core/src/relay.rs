@@ -53,7 +53,6 @@
 //! lost (timeout). Every copy carries the same event id, which publishers pass on as the
 //! broker's dedupe id where one exists.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,12 +62,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
-use crate::envelope::{Envelope, EventId};
+use crate::engine::{Candidate, Fate, FateCounts, PublishEngine};
+use crate::envelope::EventId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{NoMetrics, RelayMetrics};
-use crate::publisher::{PublishOutcome, Publisher};
+use crate::publisher::Publisher;
 use crate::retry::RetryPolicy;
 use crate::store::{BacklogStats, Claim, DeadLetter, DynWakeUp, Retry, Store, StoreStats};
 
@@ -445,44 +445,6 @@ fn collect(
     }
 }
 
-/// One publish call's events, with their prior attempt counts.
-struct Call {
-    envelopes: Vec<Envelope>,
-    attempts: Vec<u32>,
-}
-
-/// Splits a claim into publish calls: the whole claim in one call when the publisher keeps
-/// runs in order, else waves, where wave `n` holds the `n`-th event of each ordering key.
-fn calls(claim_events: Vec<crate::store::ClaimedEvent>, ordered_runs: bool) -> Vec<Call> {
-    if ordered_runs {
-        let (envelopes, attempts) = claim_events
-            .into_iter()
-            .map(|ev| (ev.envelope, ev.attempts))
-            .unzip();
-        return vec![Call {
-            envelopes,
-            attempts,
-        }];
-    }
-    let mut depth: HashMap<String, usize> = HashMap::new();
-    let mut out: Vec<Call> = Vec::new();
-    for ev in claim_events {
-        let d = depth
-            .entry(ev.envelope.ordering_key().to_owned())
-            .or_insert(0);
-        if out.len() <= *d {
-            out.push(Call {
-                envelopes: Vec::new(),
-                attempts: Vec::new(),
-            });
-        }
-        out[*d].envelopes.push(ev.envelope);
-        out[*d].attempts.push(ev.attempts);
-        *d += 1;
-    }
-    out
-}
-
 impl<S: Store, P: Publisher> Shared<S, P> {
     async fn claim(&self) -> Result<Claim> {
         let span = tracing::debug_span!("outbox.claim", limit = self.config.batch_size);
@@ -498,7 +460,7 @@ impl<S: Store, P: Publisher> Shared<S, P> {
         res
     }
 
-    async fn process(&self, claim: Claim, mut stop: watch::Receiver<bool>) -> BatchReport {
+    async fn process(&self, claim: Claim, stop: watch::Receiver<bool>) -> BatchReport {
         // The lease is measured from before the claim returned, on our own clock, so it
         // never outlives the store's.
         let deadline = Instant::now() + self.config.lease;
@@ -513,8 +475,6 @@ impl<S: Store, P: Publisher> Shared<S, P> {
                 claimed: claim.len(),
                 ..BatchReport::default()
             };
-            let mut published: Vec<EventId> = Vec::new();
-            let mut retries: Vec<Retry> = Vec::new();
             let mut dead: Vec<DeadLetter> = claim
                 .undecodable
                 .into_iter()
@@ -526,114 +486,43 @@ impl<S: Store, P: Publisher> Shared<S, P> {
                     }
                 })
                 .collect();
-            let mut released: Vec<EventId> = Vec::new();
-            let mut failed_keys: HashSet<String> = HashSet::new();
-            let mut stopped = false;
-
-            let mut out_of_order = 0usize;
-            for call in calls(claim.events, self.publisher.ordered_runs()) {
-                // Later events of a key whose earlier event failed wait for it.
-                let (mut envs, mut attempts) = (Vec::new(), Vec::new());
-                for (env, a) in call.envelopes.into_iter().zip(call.attempts) {
-                    if stopped || failed_keys.contains(env.ordering_key()) {
-                        released.push(env.id());
-                    } else {
-                        envs.push(env);
-                        attempts.push(a);
-                    }
-                }
-                if envs.is_empty() {
-                    continue;
-                }
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if *stop.borrow() || remaining < Duration::from_millis(1) {
-                    // Shutting down, or the lease ran out: publish no more.
-                    stopped = true;
-                    released.extend(envs.iter().map(Envelope::id));
-                    continue;
-                }
-                let started = Instant::now();
-                let limit = self.config.publish_timeout.min(remaining);
-                let outcome = tokio::select! {
-                    r = timeout(limit, self.publisher.publish(&envs)) => Some(r),
-                    _ = stop.wait_for(|s| *s) => None,
-                };
-                let outcomes = match outcome {
-                    None => {
-                        stopped = true;
-                        released.extend(envs.iter().map(Envelope::id));
-                        continue;
-                    }
-                    Some(Err(_)) => envs
-                        .iter()
-                        .map(|_| {
-                            PublishOutcome::Failed(Error::new(
-                                ErrorKind::Timeout,
-                                format!("publish did not finish within {limit:?}"),
-                            ))
-                        })
-                        .collect(),
-                    Some(Ok(o)) => o,
-                };
-                let latency = started.elapsed();
-                if outcomes.len() != envs.len() {
-                    error!(outcomes = outcomes.len(), events = envs.len(), "publisher returned the wrong number of outcomes; treating unreported events as failed");
-                }
-                let mut outcomes = outcomes.into_iter();
-                let mut ok = 0usize;
-                for (env, prior) in envs.iter().zip(attempts) {
-                    let outcome = outcomes.next().unwrap_or_else(|| {
-                        PublishOutcome::Failed(Error::new(ErrorKind::Unavailable, "publisher reported no outcome for this event"))
-                    });
-                    if failed_keys.contains(env.ordering_key()) {
-                        // An earlier event of this key in this call failed (ordered runs).
-                        if outcome.is_published() {
-                            ok += 1;
-                            out_of_order += 1;
-                            published.push(env.id());
-                            warn!(event_id = %env.id(), key = env.ordering_key(), "the broker acknowledged this event after refusing an earlier one of its key; it is ahead of that event's retry");
-                        } else {
-                            released.push(env.id());
-                        }
-                        continue;
-                    }
-                    match outcome {
-                        PublishOutcome::Published => {
-                            ok += 1;
-                            published.push(env.id());
-                        }
-                        PublishOutcome::Failed(err) => {
-                            let attempt = prior.saturating_add(1);
-                            if err.is_retryable() && !self.config.retry.exhausted(attempt) {
-                                failed_keys.insert(env.ordering_key().to_owned());
-                                let delay = self.config.retry.delay(attempt);
-                                debug!(event_id = %env.id(), attempt, ?delay, error = %err, "publish failed; will retry");
-                                retries.push(Retry {
-                                    id: env.id(),
-                                    delay,
-                                    error: err.to_report(),
-                                });
-                            } else {
-                                warn!(event_id = %env.id(), attempt, error = %err, "publish failed for good; dead-lettering");
-                                dead.push(DeadLetter {
-                                    id: env.id(),
-                                    error: err.to_report(),
-                                });
-                            }
-                        }
-                    }
-                }
-                self.metrics.published(ok, latency);
+            if !dead.is_empty() {
+                self.metrics.dead_lettered(dead.len());
             }
-
+            let candidates: Vec<Candidate> = claim
+                .events
+                .into_iter()
+                .map(|ev| Candidate {
+                    envelope: ev.envelope,
+                    attempts: ev.attempts,
+                })
+                .collect();
+            let engine = PublishEngine::new(
+                &self.publisher,
+                self.config.publish_timeout,
+                &self.config.retry,
+                self.metrics.as_ref(),
+            );
+            let fates = engine.publish(&candidates, deadline, Some(stop)).await;
+            let counts = FateCounts::of(&fates);
+            let mut published: Vec<EventId> = Vec::with_capacity(counts.published);
+            let mut retries: Vec<Retry> = Vec::new();
+            let mut released: Vec<EventId> = Vec::new();
+            for (c, fate) in candidates.iter().zip(fates) {
+                let id = c.envelope.id();
+                match fate {
+                    Fate::Published { .. } => published.push(id),
+                    Fate::Retry { delay, error, .. } => retries.push(Retry { id, delay, error }),
+                    Fate::Dead { error, .. } => dead.push(DeadLetter { id, error }),
+                    Fate::Released => released.push(id),
+                }
+            }
+            let out_of_order = counts.out_of_order;
             report.published = published.len();
             report.retried = retries.len();
             report.dead_lettered = dead.len();
             report.released = released.len();
             report.out_of_order = out_of_order;
-            if out_of_order > 0 {
-                self.metrics.out_of_order(out_of_order);
-            }
             let expected = (published.len() + retries.len() + dead.len() + released.len()) as u64;
             let mut changed = 0u64;
             // Published first: it is the mark whose loss costs a duplicate.
@@ -642,11 +531,9 @@ impl<S: Store, P: Publisher> Shared<S, P> {
             }
             if !dead.is_empty() {
                 changed += self.mark(deadline, "dead_letter", || self.store.dead_letter(&lease, &dead)).await;
-                self.metrics.dead_lettered(dead.len());
             }
             if !retries.is_empty() {
                 changed += self.mark(deadline, "schedule_retry", || self.store.schedule_retry(&lease, &retries)).await;
-                self.metrics.retried(retries.len());
             }
             if !released.is_empty() {
                 changed += self.mark(deadline, "release", || self.store.release(&lease, &released)).await;

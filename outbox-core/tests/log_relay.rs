@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use outbox_core::log::{InMemoryLog, OracleMode, derived_event_id};
+use outbox_core::event_table::{InMemoryLog, OracleMode, derived_event_id};
 use outbox_core::{
     Envelope, ErrorKind, EventId, InMemoryPublisher, LogRelay, LogRelayConfig, RetryPolicy,
 };
@@ -310,7 +310,7 @@ proptest! {
 
 #[tokio::test]
 async fn a_restart_fences_the_crashed_instance() {
-    use outbox_core::log::LogSource;
+    use outbox_core::event_table::LogSource;
     let log = InMemoryLog::new("ledger", OracleMode::Horizon);
     let lease = Duration::from_secs(60);
     let old = log

@@ -162,7 +162,20 @@ pub async fn run(path: &Path) -> CmdResult {
         let store = open_source(name, s).await?;
         tracing::info!(source = %name, table = %store.table(), "relaying");
         let metrics = Arc::new(outbox_core::CountingMetrics::default());
-        watched.push((name.clone(), store.clone(), Arc::clone(&metrics)));
+        let probed = store.clone();
+        watched.push(crate::http::WatchedSource {
+            name: name.clone(),
+            probe: Arc::new(move || {
+                let store = probed.clone();
+                Box::pin(async move {
+                    outbox_core::store::StoreStats::stats(&store)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+            metrics: Arc::clone(&metrics),
+        });
         if let Some(keep) = s.retention {
             tasks.push(tokio::spawn(retention_loop(
                 name.clone(),
@@ -196,9 +209,26 @@ pub async fn run(path: &Path) -> CmdResult {
             std::env::var("HOSTNAME").unwrap_or_else(|_| "outbox-relay".to_owned())
         });
         tracing::info!(event_table = %name, table = %t.mapping.table, %owner, "relaying");
+        let metrics = Arc::new(outbox_core::CountingMetrics::default());
+        let probed = Arc::new(source.clone());
+        watched.push(crate::http::WatchedSource {
+            name: name.clone(),
+            probe: Arc::new(move || {
+                let source = Arc::clone(&probed);
+                Box::pin(async move {
+                    source
+                        .checkpoint()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+            metrics: Arc::clone(&metrics),
+        });
         let relay = outbox_core::LogRelay::new(source, Arc::clone(&router), t.relay.clone())
             .map_err(|e| format!("event table {name}: {e}"))?
-            .with_owner(owner);
+            .with_owner(owner)
+            .with_metrics(metrics);
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             relay

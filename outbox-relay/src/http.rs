@@ -6,16 +6,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use outbox_core::CountingMetrics;
-use outbox_core::store::StoreStats;
-use outbox_sqlx::AnyStore;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+
+/// Asks a source's database whether it answers; the error says why not.
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// One relayed source: an outbox table (`[sources.*]`) or an event table
+/// (`[event_tables.*]`). Both report under the same metric names, labelled by `name`.
+pub struct WatchedSource {
+    /// The source's name in the config file.
+    pub name: String,
+    /// The readiness check.
+    pub probe: Probe,
+    /// The counters its relay reports to.
+    pub metrics: Arc<CountingMetrics>,
+}
 
 /// What the endpoint reports on.
 pub struct HttpState {
     /// Sources with their relay's counters.
-    pub sources: Vec<(String, AnyStore, Arc<CountingMetrics>)>,
+    pub sources: Vec<WatchedSource>,
     /// Publishers and the `host:port` they talk to, where there is one to probe.
     pub brokers: Vec<(String, Option<String>)>,
 }
@@ -123,7 +136,7 @@ fn metrics(state: &HttpState) -> String {
     let snaps: Vec<(String, outbox_core::metrics::MetricsSnapshot)> = state
         .sources
         .iter()
-        .map(|(n, _, m)| (label(n), m.snapshot()))
+        .map(|w| (label(&w.name), w.metrics.snapshot()))
         .collect();
     for (name, help, get) in counters {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
@@ -144,15 +157,15 @@ fn metrics(state: &HttpState) -> String {
 async fn health(state: &HttpState) -> (bool, String) {
     let mut checks = serde_json::Map::new();
     let mut ok = true;
-    for (name, store, _) in &state.sources {
-        let r = tokio::time::timeout(Duration::from_secs(2), store.stats()).await;
+    for w in &state.sources {
+        let r = tokio::time::timeout(Duration::from_secs(2), (w.probe)()).await;
         let v = match r {
-            Ok(Ok(_)) => "ok".to_owned(),
-            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(e)) => e,
             Err(_) => "timed out".to_owned(),
         };
         ok &= v == "ok";
-        checks.insert(format!("source {name}"), v.into());
+        checks.insert(format!("source {}", w.name), v.into());
     }
     for (name, endpoint) in &state.brokers {
         let Some(ep) = endpoint else { continue };

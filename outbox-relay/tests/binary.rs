@@ -573,7 +573,7 @@ async fn run_relays_an_event_table_across_a_sigkill() {
     assert!(status.success(), "graceful stop: {status:?}");
     let (ids, lines) = sink_ids(&sink);
     let want: HashSet<EventId> = (1..=50)
-        .map(|p| outbox_core::log::derived_event_id("ledger", p))
+        .map(|p| outbox_core::event_table::derived_event_id("ledger", p))
         .collect();
     assert_eq!(
         ids, want,
@@ -720,5 +720,128 @@ async fn dead_letter_admin_survives_an_undecodable_row() {
     assert_eq!(published, HashSet::from([good.id()]));
     for f in [&db, &sink, &config] {
         let _ = std::fs::remove_file(f);
+    }
+}
+
+/// The value of `metric{source="<source>"}` in a Prometheus text page.
+fn metric(page: &str, name: &str, source: &str) -> Option<f64> {
+    let prefix = format!("{name}{{source=\"{source}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `outbox run` with an outbox source and an event-table source side by side: both are
+/// relayed, and `/metrics` and `/healthz` report both, under the same metric names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reports_outbox_and_event_table_sources_alike() {
+    let db = temp("outbox_both").with_extension("db");
+    let sink = temp("outbox_both_sink").with_extension("jsonl");
+    let config = temp("outbox_both").with_extension("toml");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(
+        &config,
+        format!(
+            "default_publisher = \"file\"\n\
+             [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+             [publishers.file]\nkind = \"file\"\npath = \"{}\"\n\
+             [sources.orders]\nurl = \"{url}\"\n\
+             [sources.orders.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n\
+             [event_tables.ledger]\nurl = \"{url}\"\nowner = \"test-relay\"\n\
+             [event_tables.ledger.mapping]\ntable = \"ledger\"\naggregate_id = \"account\"\n\
+             event_type = \"kind\"\npayload = \"body\"\ndestination = \"ledger\"\n\
+             [event_tables.ledger.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n",
+            sink.display()
+        ),
+    )
+    .expect("config");
+    let cfg = config.to_str().expect("utf-8 path");
+    outbox(&["migrate", "--config", cfg]);
+    let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
+    sqlx::query(
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, \
+         kind TEXT NOT NULL, body TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .expect("ledger table");
+    let events: Vec<Envelope> = (0..12).map(|n| ev("orders", "o-1", n)).collect();
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::sqlite::SqliteOutbox::default()
+        .enqueue_all(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    for n in 0..7 {
+        sqlx::query("INSERT INTO ledger (account, kind, body) VALUES ('acc', 'posted', ?)")
+            .bind(format!("{{\"n\": {n}}}"))
+            .execute(&mut *tx)
+            .await
+            .expect("ledger row");
+    }
+    tx.commit().await.expect("commit");
+
+    let relay = Relay::start(&config);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sink_ids(&sink).0.len() < 19 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sink_ids(&sink).0.len(),
+        19,
+        "12 outbox events and 7 ledger rows"
+    );
+    // The counters move when a publish call returns, a moment after the file was written.
+    let mut page = http_get(http_port, "/metrics");
+    for _ in 0..100 {
+        let done = metric(&page, "outbox_published_total", "orders") == Some(12.0)
+            && metric(&page, "outbox_published_total", "ledger") == Some(7.0);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        page = http_get(http_port, "/metrics");
+    }
+    assert_eq!(
+        metric(&page, "outbox_published_total", "orders"),
+        Some(12.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "outbox_published_total", "ledger"),
+        Some(7.0),
+        "{page}"
+    );
+    for name in [
+        "outbox_claimed_rows_total",
+        "outbox_claims_total",
+        "outbox_retried_total",
+        "outbox_dead_lettered_total",
+        "outbox_store_errors_total",
+        "outbox_publish_seconds_total",
+    ] {
+        for source in ["orders", "ledger"] {
+            assert!(
+                metric(&page, name, source).is_some(),
+                "{name} for {source}: {page}"
+            );
+        }
+    }
+    assert!(
+        metric(&page, "outbox_claimed_rows_total", "ledger").is_some_and(|v| v >= 7.0),
+        "{page}"
+    );
+    let health = http_get(http_port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.contains("\"source orders\":\"ok\"") && health.contains("\"source ledger\":\"ok\""),
+        "{health}"
+    );
+    assert!(relay.sigterm().success());
+    for p in [&db, &sink, &config] {
+        let _ = std::fs::remove_file(p);
     }
 }

@@ -1,7 +1,7 @@
 //! [`EventTableSource`]: relays an existing append-only table (an event store, a ledger)
 //! without copying its rows into an outbox. The user maps their columns to the envelope;
 //! the relay keeps a gap-aware checkpoint in a table of its own (`outbox_checkpoints` by
-//! default). See [`outbox_core::log`] for how rows that commit out of position order are
+//! default). See [`outbox_core::event_table`] for how rows that commit out of position order are
 //! never skipped.
 //!
 //! ```no_run
@@ -34,7 +34,7 @@
 //! - `created_at`: a timestamp; MySQL `DATETIME` values are taken as UTC; on SQLite an
 //!   integer is Unix microseconds and text is an ISO-8601 time.
 //! - `event_id`: a UUID (or its text). Without one, ids are derived from the source name
-//!   and the position ([`outbox_core::log::derived_event_id`]), stable across replays.
+//!   and the position ([`outbox_core::event_table::derived_event_id`]), stable across replays.
 //! - `headers`: a JSON object of string values.
 //!
 //! # Gap detection per database
@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use outbox_core::envelope::{EnvelopeParts, JSON_CONTENT_TYPE};
-use outbox_core::log::{
+use outbox_core::event_table::{
     Checkpoint, GapOracle, LogRead, LogRecord, LogSource, ReadPlan, UndecodableRecord,
     derived_event_id,
 };
@@ -611,7 +611,7 @@ impl LogSource for EventTableSource {
         let init = self.initial_state()?;
         let start = self.mapping.start_after;
         let lease = micros(lease_for);
-        let name_of = outbox_core::log::owner_name(owner);
+        let name_of = outbox_core::event_table::owner_name(owner);
         let err = |e| map_sqlx("taking the checkpoint", e);
         let row: Option<(Option<String>, String)> = match &self.pool {
             #[cfg(feature = "postgres")]

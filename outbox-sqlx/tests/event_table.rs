@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::log::{LogSource, derived_event_id};
+use outbox_core::event_table::{LogSource, derived_event_id};
 use outbox_core::testkit::{service_url, unique_name};
 use outbox_core::{EventId, InMemoryPublisher, LogRelay, LogRelayConfig, RetryPolicy};
 use outbox_sqlx::event_table::{EventTableMapping, EventTableSource, LogPool};
@@ -221,9 +221,9 @@ impl LogSource for Counted {
     }
     async fn read(
         &self,
-        plan: &outbox_core::log::ReadPlan,
+        plan: &outbox_core::event_table::ReadPlan,
         limit: usize,
-    ) -> outbox_core::Result<outbox_core::log::LogRead> {
+    ) -> outbox_core::Result<outbox_core::event_table::LogRead> {
         self.inner.read(plan, limit).await
     }
     async fn save(
