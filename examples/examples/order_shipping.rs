@@ -34,10 +34,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
-use outbox_core::schema::{Dialect, create_table_sql};
+use outbox_core::schema::Dialect;
 use outbox_core::{Envelope, Relay, RelayConfig, TableName};
 use outbox_diesel::DieselPgStore;
 use outbox_diesel::inbox::Inbox;
+use outbox_sql::create_table_sql;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

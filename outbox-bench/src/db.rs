@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use outbox_core::{Dialect, Envelope, TableName};
+use outbox_sql::Quote;
 use outbox_sqlx::mysql::MySqlOutbox;
 use outbox_sqlx::postgres::PgOutbox;
 use outbox_sqlx::sqlite::SqliteOutbox;

@@ -13,7 +13,6 @@ pub mod relay;
 pub mod retry;
 pub mod schema;
 pub mod secret;
-pub mod sql;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;

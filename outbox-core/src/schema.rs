@@ -26,8 +26,9 @@ use std::fmt;
 
 use crate::error::{Error, ErrorKind};
 
-/// The SQL dialects the toolkit supports.
+/// The SQL dialects the toolkit supports. More may be added: match with a `_` arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Dialect {
     /// PostgreSQL 12 or later.
     Postgres,
@@ -166,18 +167,6 @@ impl TableName {
         &self.table
     }
 
-    /// The name quoted for `dialect`, ready to interpolate.
-    pub fn quoted(&self, dialect: Dialect) -> String {
-        let q = |s: &str| match dialect {
-            Dialect::MySql => format!("`{s}`"),
-            Dialect::Postgres | Dialect::Sqlite => format!("\"{s}\""),
-        };
-        match &self.schema {
-            Some(s) => format!("{}.{}", q(s), q(&self.table)),
-            None => q(&self.table),
-        }
-    }
-
     /// A derived object name (index, trigger, channel): `<table>_<suffix>`, quoted, in the
     /// table's schema where the dialect scopes such names to one.
     pub fn derived(&self, suffix: &str) -> String {
@@ -305,15 +294,6 @@ pub const COLUMNS: &[Column] = &[
     ),
 ];
 
-/// The comma-separated column list, for `SELECT` and `INSERT` statements.
-pub fn column_list() -> String {
-    COLUMNS
-        .iter()
-        .map(|c| c.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// One index of the canonical table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Index {
@@ -381,79 +361,6 @@ pub const INDEXES: &[Index] = &[
     },
 ];
 
-/// The statements that create the table and its indexes on `dialect`, idempotently
-/// (`IF NOT EXISTS`). Run them in order.
-pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
-    let quoted = table.quoted(dialect);
-    let mut defs = Vec::new();
-    for c in COLUMNS {
-        if c.name == "seq" {
-            defs.push(match dialect {
-                Dialect::Postgres => {
-                    "seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".to_owned()
-                }
-                Dialect::MySql => "seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY".to_owned(),
-                Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT".to_owned(),
-            });
-            continue;
-        }
-        let mut def = format!("{} {}", c.name, c.sql_type(dialect));
-        if !c.nullable {
-            def.push_str(" NOT NULL");
-        }
-        if let Some(d) = c.default {
-            def.push_str(" DEFAULT ");
-            def.push_str(d);
-        }
-        defs.push(def);
-    }
-    if dialect == Dialect::MySql {
-        // MySQL 8 has no CREATE INDEX IF NOT EXISTS: indexes go inside CREATE TABLE.
-        for idx in INDEXES {
-            defs.push(format!(
-                "{}INDEX `{}` ({})",
-                if idx.unique { "UNIQUE " } else { "" },
-                table.derived(idx.suffix),
-                idx.mysql_columns.join(", ")
-            ));
-        }
-    }
-    let mut out = vec![format!(
-        "CREATE TABLE IF NOT EXISTS {quoted} (\n    {}\n){}",
-        defs.join(",\n    "),
-        if dialect == Dialect::MySql {
-            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-        } else {
-            ""
-        }
-    )];
-    if dialect != Dialect::MySql {
-        for idx in INDEXES {
-            // PostgreSQL and SQLite put an index in its table's schema; the name is bare.
-            let schema_prefix = match (dialect, table.schema()) {
-                (Dialect::Sqlite, Some(s)) => format!("\"{s}\"."),
-                _ => String::new(),
-            };
-            let on = match dialect {
-                Dialect::Sqlite => format!("\"{}\"", table.table()),
-                _ => quoted.clone(),
-            };
-            let mut stmt = format!(
-                "CREATE {}INDEX IF NOT EXISTS {schema_prefix}\"{}\" ON {on} ({})",
-                if idx.unique { "UNIQUE " } else { "" },
-                table.derived(idx.suffix),
-                idx.columns_for(dialect).join(", ")
-            );
-            if let Some(filter) = idx.partial {
-                stmt.push_str(" WHERE ");
-                stmt.push_str(filter);
-            }
-            out.push(stmt);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,30 +382,7 @@ mod tests {
         }
         let t = TableName::parse("app.outbox_events").expect("valid");
         assert_eq!(t.schema(), Some("app"));
-        assert_eq!(t.quoted(Dialect::Postgres), "\"app\".\"outbox_events\"");
-        assert_eq!(t.quoted(Dialect::MySql), "`app`.`outbox_events`");
-    }
-
-    #[test]
-    fn ddl_has_every_column_on_every_dialect() {
-        for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
-            let sql = create_table_sql(&TableName::default(), dialect);
-            assert_eq!(
-                sql.len(),
-                if dialect == Dialect::MySql {
-                    1
-                } else {
-                    1 + INDEXES.len()
-                }
-            );
-            for c in COLUMNS {
-                assert!(
-                    sql[0].contains(&format!("\n    {} ", c.name)),
-                    "{dialect:?} {}",
-                    c.name
-                );
-            }
-        }
+        assert_eq!(t.table(), "outbox_events");
     }
 
     #[test]

@@ -36,11 +36,10 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Text};
-use outbox_core::inbox::{
-    InboxOutcome, InboxSpec, InboxStatements, default_inbox_table, event_id_text,
-};
+use outbox_core::inbox::{InboxOutcome, default_inbox_table};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, TableName};
+use outbox_sql::{InboxSpec, InboxStatements, event_id_text};
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)

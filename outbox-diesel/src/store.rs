@@ -1,5 +1,5 @@
 //! [`DieselPgStore`]: the relay's store on diesel-async, for services that use diesel
-//! without sqlx. Its SQL is `outbox_core::sql::PgStatements`, the statement text the sqlx
+//! without sqlx. Its SQL is `outbox_sql::PgStatements`, the statement text the sqlx
 //! store runs too, so claims, leases and fencing behave the same on every stack.
 
 use std::time::Duration;
@@ -10,11 +10,11 @@ use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text, Timestam
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use outbox_core::sql::{
-    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, ready_keys, split_rows,
-};
 use outbox_core::store::{Claim, DeadLetter, Lease, LeaseToken, Retry, Store};
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use outbox_sql::{
+    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, ready_keys, split_rows,
+};
 
 use crate::error::map_diesel;
 

@@ -2,7 +2,9 @@
 //! `OUTBOX_WRITE_SQL=1 cargo test -p outbox-diesel --test migration_files`).
 
 use outbox_core::TableName;
-use outbox_core::schema::{Dialect, create_table_sql};
+use outbox_core::schema::Dialect;
+use outbox_sql::Quote;
+use outbox_sql::create_table_sql;
 
 const DIR: &str = "2026-11-01-000001_create_outbox_events";
 

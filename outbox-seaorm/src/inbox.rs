@@ -20,11 +20,10 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::{
-    InboxOutcome, InboxSpec, InboxStatements, default_inbox_table, event_id_text,
-};
+use outbox_core::inbox::{InboxOutcome, default_inbox_table};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, Result, TableName};
+use outbox_sql::{InboxSpec, InboxStatements, event_id_text};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use crate::error::map_db_err;

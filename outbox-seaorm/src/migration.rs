@@ -1,7 +1,8 @@
 //! The `sea-orm-migration` migration that creates the canonical outbox table.
 
 use outbox_core::TableName;
-use outbox_core::schema::{self, Dialect};
+use outbox_core::schema::Dialect;
+use outbox_sql::Quote;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
 
@@ -66,7 +67,7 @@ impl MigrationTrait for CreateOutboxTable {
                 conn.execute_unprepared(&create).await?;
             }
         }
-        for stmt in schema::create_table_sql(&self.table, dialect) {
+        for stmt in outbox_sql::create_table_sql(&self.table, dialect) {
             conn.execute_unprepared(&stmt).await?;
         }
         Ok(())

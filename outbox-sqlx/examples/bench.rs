@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::store::Store;
 use outbox_core::{Envelope, EventId, TableName};
+use outbox_sql::Quote;
 use outbox_sqlx::mysql::{MySqlOutbox, MySqlStore};
 use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, channel_name};
 use outbox_sqlx::sqlite::{SqliteOutbox, SqliteStore};

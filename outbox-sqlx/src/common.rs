@@ -5,8 +5,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
-pub(crate) use outbox_core::sql::SELECT_COLUMNS;
-pub(crate) use outbox_core::sql::{INSERT_COLUMNS, StoredRow as RawRow, split_rows};
+pub(crate) use outbox_sql::SELECT_COLUMNS;
+pub(crate) use outbox_sql::{INSERT_COLUMNS, StoredRow as RawRow, split_rows};
 
 /// Backlog figures from a stats row of `pending, in_flight, dead` counts (`BIGINT`) and the
 /// oldest unfinished `created_at`, on the stores that read times as `DateTime<Utc>`.
@@ -45,7 +45,7 @@ pub(crate) fn markers(n: usize) -> String {
 /// A statement's text, shared cheaply between calls.
 pub(crate) type Sql = Arc<str>;
 
-/// The three forms of a claim walk's next-key probe (`outbox_core::sql::KeyWalk::next_key`),
+/// The three forms of a claim walk's next-key probe (`outbox_sql::KeyWalk::next_key`),
 /// built from one statement with its key bound left open.
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) struct NextKeySql {

@@ -59,6 +59,8 @@ use outbox_core::event_table::{
 };
 use outbox_core::schema::Dialect;
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use outbox_sql::Quote;
+use outbox_sql::event_table::{as_micros, as_text, quote_ident};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 #[cfg(feature = "mysql")]
@@ -306,47 +308,6 @@ impl std::fmt::Debug for EventTableSource {
     }
 }
 
-fn quote(dialect: Dialect, ident: &str) -> String {
-    match dialect {
-        Dialect::MySql => format!("`{ident}`"),
-        Dialect::Postgres | Dialect::Sqlite => format!("\"{ident}\""),
-    }
-}
-
-fn as_text(dialect: Dialect, col: Option<&str>) -> String {
-    match col {
-        None => "NULL".to_owned(),
-        Some(c) => {
-            let q = quote(dialect, c);
-            match dialect {
-                Dialect::MySql => format!("CAST({q} AS CHAR)"),
-                Dialect::Postgres | Dialect::Sqlite => format!("CAST({q} AS TEXT)"),
-            }
-        }
-    }
-}
-
-fn as_micros(dialect: Dialect, col: Option<&str>) -> String {
-    match col {
-        None => "NULL".to_owned(),
-        Some(c) => {
-            let q = quote(dialect, c);
-            match dialect {
-                Dialect::Postgres => format!("CAST(EXTRACT(EPOCH FROM {q}) * 1000000 AS BIGINT)"),
-                Dialect::MySql => {
-                    format!(
-                        "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {q}) AS SIGNED)"
-                    )
-                }
-                Dialect::Sqlite => format!(
-                    "CASE typeof({q}) WHEN 'integer' THEN {q} WHEN 'null' THEN NULL \
-                     ELSE CAST(ROUND((julianday({q}) - 2440587.5) * 86400000000.0) AS INTEGER) END"
-                ),
-            }
-        }
-    }
-}
-
 impl EventTableSource {
     /// A source named `name` (the checkpoint's key: one relay position per name) over the
     /// mapped table, with its checkpoint in `outbox_checkpoints`.
@@ -370,7 +331,7 @@ impl EventTableSource {
         let m = &mapping;
         let select = format!(
             "SELECT {pos}, {id}, {atype}, {aid}, {etype}, {payload}, {created}, {headers} FROM {table}",
-            pos = quote(d, &m.position),
+            pos = quote_ident(d, &m.position),
             id = as_text(d, m.event_id.as_deref()),
             atype = as_text(d, m.aggregate_type.as_deref()),
             aid = as_text(d, Some(&m.aggregate_id)),
@@ -382,7 +343,7 @@ impl EventTableSource {
         );
         let checkpoint_table = TableName::parse(DEFAULT_CHECKPOINT_TABLE)?;
         Ok(EventTableSource {
-            position_col: quote(d, &m.position).into(),
+            position_col: quote_ident(d, &m.position).into(),
             name,
             pool,
             mapping: Arc::new(mapping),
@@ -395,10 +356,7 @@ impl EventTableSource {
 
     /// Bind marker number `n` (1-based) in the pool's dialect.
     fn marker(&self, n: usize) -> String {
-        match self.pool.dialect() {
-            Dialect::Postgres => format!("${n}"),
-            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
-        }
+        outbox_sql::event_table::marker(self.pool.dialect(), n)
     }
 
     /// Keeps the checkpoint in `table` instead of `outbox_checkpoints`.
@@ -438,21 +396,7 @@ impl EventTableSource {
     pub async fn migrate(&self) -> Result<()> {
         let d = self.pool.dialect();
         let t = self.checkpoint_table.quoted(d);
-        let ddl = match d {
-            Dialect::Postgres => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, owner_name TEXT, lease_until TIMESTAMPTZ, \
-                 high BIGINT NOT NULL, state TEXT NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            ),
-            Dialect::MySql => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name VARCHAR(190) NOT NULL PRIMARY KEY, owner VARCHAR(255), owner_name VARCHAR(255), \
-                 lease_until DATETIME(6), high BIGINT NOT NULL, state LONGTEXT NOT NULL, updated_at DATETIME(6) NOT NULL) \
-                 ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            ),
-            Dialect::Sqlite => format!(
-                "CREATE TABLE IF NOT EXISTS {t} (name TEXT PRIMARY KEY, owner TEXT, owner_name TEXT, lease_until INTEGER, \
-                 high INTEGER NOT NULL, state TEXT NOT NULL, updated_at INTEGER NOT NULL)"
-            ),
-        };
+        let ddl = outbox_sql::event_table::checkpoint_table_sql(&t, d);
         each_pool!(&self.pool, p => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()))
             .map_err(|e| map_sqlx("creating the checkpoint table", e))
     }
@@ -462,7 +406,7 @@ impl EventTableSource {
         format!(
             "{} WHERE {} ORDER BY {} LIMIT {limit}",
             self.select,
-            plan.sql_condition(&self.position_col),
+            outbox_sql::read_plan_condition(plan, &self.position_col),
             self.position_col
         )
     }

@@ -19,9 +19,10 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::{InboxOutcome, InboxSpec, InboxStatements, default_inbox_table};
+use outbox_core::inbox::{InboxOutcome, default_inbox_table};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, Result, TableName};
+use outbox_sql::{InboxSpec, InboxStatements};
 
 use crate::common::{limit_i64, micros, sql};
 use crate::error::map_sqlx;
@@ -139,13 +140,13 @@ inbox_connection!(
 );
 inbox_connection!(
     "mysql", sqlx::MySqlConnection, Dialect::MySql,
-    id: |id| outbox_core::inbox::event_id_text(id),
+    id: |id| outbox_sql::event_id_text(id),
     record_extra: [],
     purge_first: |age| micros(age)
 );
 inbox_connection!(
     "sqlite", sqlx::SqliteConnection, Dialect::Sqlite,
-    id: |id| outbox_core::inbox::event_id_text(id),
+    id: |id| outbox_sql::event_id_text(id),
     record_extra: [now_micros()],
     purge_first: |age| now_micros().saturating_sub(micros(age))
 );

@@ -3,7 +3,7 @@
 //! Neither server has `UPDATE ... RETURNING`, so a claim is one short `READ COMMITTED`
 //! transaction: an `UPDATE` returns rows whose lease expired to pending; the claim then
 //! walks the ordering keys that have pending rows round robin
-//! (`outbox_core::sql::walk_keys`), one probe of the `(status, ordering_key, seq)` index per
+//! (`outbox_sql::walk_keys`), one probe of the `(status, ordering_key, seq)` index per
 //! key, and reads each claimable key's run with `SELECT ... FOR UPDATE SKIP LOCKED`, kept
 //! only if it starts at the key's head (so relays skip each other's keys instead of waiting,
 //! and never split one key's run); one `UPDATE` leases the rows, and `COMMIT`. Its cost is
@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::schema::{self, Dialect};
+use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
     LeaseToken, Retention, Retry, Store, StoreStats,
 };
 use outbox_core::{Envelope, EventId, Result, TableName, ValidationLimits};
+use outbox_sql::Quote;
 use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::{Executor, MySql, Row};
 
@@ -28,7 +29,7 @@ use crate::common::{
     dead_filter, limit_i64, markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
-use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
+use outbox_sql::{ClaimCursor, KeyWalk, walk_keys};
 
 /// Rows per multi-row statement: well under the protocol's 65,535 placeholders.
 const CHUNK: usize = 1000;
@@ -46,7 +47,7 @@ pub async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
         .await
         .map_err(|e| map_sqlx("creating the outbox database", e))?;
     }
-    for stmt in schema::create_table_sql(table, Dialect::MySql) {
+    for stmt in outbox_sql::create_table_sql(table, Dialect::MySql) {
         conn.execute(sql(stmt))
             .await
             .map_err(|e| map_sqlx("creating the outbox table", e))?;

@@ -3,7 +3,7 @@
 //! A claim walks the ordering keys round robin and takes a run of each claimable key (its
 //! head and the due rows after it), locking each key's head with `SKIP LOCKED`, so relays
 //! never wait on each other and per-key order holds with any number of relays. Its cost is
-//! bounded by the batch it returns, not by the backlog: see `outbox_core::sql::pg_claim`.
+//! bounded by the batch it returns, not by the backlog: see `outbox_sql::pg_claim`.
 //!
 //! Wake-ups: enqueue does **not** `NOTIFY` inside the writer's transaction, because
 //! PostgreSQL serialises the commits of notifying transactions on a global queue lock.
@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::schema::{self, Dialect};
+use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
     LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
 };
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use outbox_sql::Quote;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgRow};
 use sqlx::{Executor, Row};
 use tokio::sync::{Mutex, Notify};
@@ -29,7 +30,7 @@ use crate::common::{
     INSERT_COLUMNS, RawRow, Sql, backlog_from_row, limit_i64, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
-use outbox_core::sql::{ClaimCursor, key_budget, ready_keys};
+use outbox_sql::{ClaimCursor, key_budget, ready_keys};
 
 /// Creates the schema (if named) and the outbox table with its indexes, idempotently.
 pub async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
@@ -42,7 +43,7 @@ pub async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
             .await
             .map_err(|e| map_sqlx("creating the outbox schema", e))?;
     }
-    for stmt in schema::create_table_sql(table, Dialect::Postgres) {
+    for stmt in outbox_sql::create_table_sql(table, Dialect::Postgres) {
         conn.execute(sql(stmt))
             .await
             .map_err(|e| map_sqlx("creating the outbox table", e))?;
@@ -170,7 +171,7 @@ struct Statements {
 
 impl Statements {
     fn new(table: &TableName) -> Self {
-        let s = outbox_core::sql::PgStatements::new(table);
+        let s = outbox_sql::PgStatements::new(table);
         Statements {
             claim: s.claim.into(),
             mark_published: s.mark_published.into(),
@@ -292,7 +293,7 @@ impl Store for PgStore {
             Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
         const WHAT: &str = "claiming outbox rows";
         let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(WHAT, e))?;
-        sqlx::query(outbox_core::sql::PG_CLAIM_SETTINGS)
+        sqlx::query(outbox_sql::PG_CLAIM_SETTINGS)
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;

@@ -4,7 +4,7 @@
 //! one `BEGIN IMMEDIATE` transaction, so it holds SQLite's write lock from its first read
 //! and any number of tasks and processes can claim concurrently; open the pool with
 //! [`connect`] (WAL journal, a busy timeout) so writers wait instead of failing. Inside it
-//! the claim walks the ordering keys round robin (`outbox_core::sql::walk_keys`), one probe
+//! the claim walks the ordering keys round robin (`outbox_sql::walk_keys`), one probe
 //! of the key index per key, and leases each claimable key's run with one
 //! `UPDATE ... RETURNING`, so its cost is bounded by the batch, not by the backlog.
 
@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use outbox_core::schema::{self, Dialect};
+use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
     LeaseToken, Retention, Retry, Store, StoreStats,
 };
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
+use outbox_sql::Quote;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow,
@@ -30,7 +31,7 @@ use crate::common::{
     markers, micros, split_rows, sql,
 };
 use crate::error::map_sqlx;
-use outbox_core::sql::{ClaimCursor, KeyWalk, walk_keys};
+use outbox_sql::{ClaimCursor, KeyWalk, walk_keys};
 
 /// Opens a pool on `url` (e.g. `sqlite://outbox.db?mode=rwc`) with WAL journaling and a
 /// 10 s busy timeout, the settings the store expects.
@@ -49,7 +50,7 @@ pub async fn connect(url: &str) -> Result<SqlitePool> {
 
 /// Creates the outbox table and its indexes, idempotently.
 pub async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
-    for stmt in schema::create_table_sql(table, Dialect::Sqlite) {
+    for stmt in outbox_sql::create_table_sql(table, Dialect::Sqlite) {
         pool.execute(sql(stmt))
             .await
             .map_err(|e| map_sqlx("creating the outbox table", e))?;

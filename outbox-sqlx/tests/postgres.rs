@@ -9,6 +9,7 @@ use outbox_core::testkit::{
     StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
 };
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_sql::Quote;
 use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, PgWakeUp, migrate};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 

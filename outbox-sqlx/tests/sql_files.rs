@@ -1,7 +1,8 @@
 //! The SQL files shipped for users who run their own migrations match core's schema.
 
 use outbox_core::TableName;
-use outbox_core::schema::{Dialect, create_table_sql};
+use outbox_core::schema::Dialect;
+use outbox_sql::create_table_sql;
 
 fn expected(dialect: Dialect) -> String {
     let mut out = String::from(

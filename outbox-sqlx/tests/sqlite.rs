@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use outbox_core::testkit::{StoreHarness, run_operations_suite, run_store_suite, unique_name};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_sql::Quote;
 use outbox_sqlx::sqlite::{SqliteOutbox, SqliteStore, connect, migrate};
 use sqlx::sqlite::SqlitePool;
 

@@ -38,31 +38,6 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    /// A SQL condition on `column` selecting exactly this plan. Positions are integers, so
-    /// they are written into the text; `column` must already be a quoted identifier.
-    pub fn sql_condition(&self, column: &str) -> String {
-        let mut terms = Vec::new();
-        if let Some(after) = self.after {
-            terms.push(format!("{column} > {after}"));
-        }
-        for (from, to) in &self.ranges {
-            if from == to {
-                terms.push(format!("{column} = {from}"));
-            } else {
-                terms.push(format!("{column} BETWEEN {from} AND {to}"));
-            }
-        }
-        if !self.positions.is_empty() {
-            let list: Vec<String> = self.positions.iter().map(i64::to_string).collect();
-            terms.push(format!("{column} IN ({})", list.join(", ")));
-        }
-        if terms.is_empty() {
-            "1 = 0".to_owned()
-        } else {
-            format!("({})", terms.join(" OR "))
-        }
-    }
-
     /// Whether `position` falls in the plan.
     pub fn covers(&self, position: i64) -> bool {
         self.after.is_some_and(|a| position > a)
