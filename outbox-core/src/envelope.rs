@@ -71,9 +71,24 @@ impl FromStr for EventId {
 
 /// W3C trace context carried with the event so consumers can continue the producer's trace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TraceWire")]
 pub struct TraceContext {
     traceparent: String,
     tracestate: Option<String>,
+}
+
+/// A trace context as it is deserialised, before validation.
+#[derive(Deserialize)]
+struct TraceWire {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl TryFrom<TraceWire> for TraceContext {
+    type Error = EnvelopeError;
+    fn try_from(w: TraceWire) -> Result<Self, EnvelopeError> {
+        TraceContext::new(w.traceparent, w.tracestate)
+    }
 }
 
 impl TraceContext {
@@ -242,8 +257,10 @@ pub enum EnvelopeError {
 /// An event, validated, ready to be written to the outbox table in the caller's transaction.
 ///
 /// Build one with [`Envelope::builder`]; read its fields with the accessors. A store reads
-/// rows back with [`EnvelopeParts::into_envelope`], which validates again.
+/// rows back with [`EnvelopeParts::into_envelope`], which validates again; deserialising
+/// one (from JSON, say) validates it the same way, with the default [`ValidationLimits`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EnvelopeWire")]
 pub struct Envelope {
     id: EventId,
     aggregate_type: String,
@@ -257,6 +274,49 @@ pub struct Envelope {
     created_at: DateTime<Utc>,
     available_at: DateTime<Utc>,
     trace: Option<TraceContext>,
+}
+
+/// An envelope as it is deserialised, before validation.
+#[derive(Deserialize)]
+struct EnvelopeWire {
+    id: EventId,
+    aggregate_type: String,
+    aggregate_id: String,
+    event_type: String,
+    destination: String,
+    ordering_key: String,
+    payload: Bytes,
+    content_type: String,
+    headers: Headers,
+    created_at: DateTime<Utc>,
+    available_at: DateTime<Utc>,
+    trace: Option<TraceContext>,
+}
+
+impl TryFrom<EnvelopeWire> for Envelope {
+    type Error = EnvelopeError;
+    fn try_from(w: EnvelopeWire) -> Result<Self, EnvelopeError> {
+        let (traceparent, tracestate) = match w.trace {
+            Some(t) => (Some(t.traceparent), t.tracestate),
+            None => (None, None),
+        };
+        EnvelopeParts {
+            id: w.id,
+            aggregate_type: w.aggregate_type,
+            aggregate_id: w.aggregate_id,
+            event_type: w.event_type,
+            destination: w.destination,
+            ordering_key: Some(w.ordering_key),
+            payload: w.payload,
+            content_type: w.content_type,
+            headers: w.headers,
+            created_at: w.created_at,
+            available_at: Some(w.available_at),
+            traceparent,
+            tracestate,
+        }
+        .into_envelope(&ValidationLimits::default())
+    }
 }
 
 impl fmt::Debug for Envelope {
@@ -783,5 +843,21 @@ mod tests {
         let dbg = format!("{env:?}");
         assert!(!dbg.contains("secret"));
         assert!(dbg.contains("payload_bytes: 18"));
+    }
+
+    #[test]
+    fn deserialising_validates() {
+        let env = base().build().expect("valid");
+        let json = serde_json::to_value(&env).expect("serialise");
+        let back: Envelope = serde_json::from_value(json.clone()).expect("round trip");
+        assert_eq!(back, env);
+        let mut bad = json.clone();
+        bad["event_type"] = serde_json::Value::String(String::new());
+        let err = serde_json::from_value::<Envelope>(bad).expect_err("empty event type");
+        assert!(err.to_string().contains("event_type"), "{err}");
+        let mut bad = json;
+        bad["trace"] = serde_json::json!({ "traceparent": "nope", "tracestate": null });
+        let err = serde_json::from_value::<Envelope>(bad).expect_err("bad traceparent");
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 }

@@ -42,6 +42,7 @@ pub const MAX_CONSUMER_BYTES: usize = 190;
 /// Whether an event was seen before by this consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "a duplicate must not be processed again"]
+#[non_exhaustive]
 pub enum InboxOutcome {
     /// First delivery: apply the business change in the same transaction.
     New,

@@ -10,6 +10,7 @@ use crate::error::Error;
 
 /// What happened to one event of a published batch.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum PublishOutcome {
     /// The broker acknowledged the event (durably, as far as the broker promises).
     Published,

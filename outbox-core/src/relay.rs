@@ -118,35 +118,63 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: &str| {
-            Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("relay setting `{field}` {why}"),
-            ))
-        };
-        if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
-        }
         if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1");
+            return Err(invalid(
+                "relay setting",
+                "concurrency",
+                "must be at least 1",
+            ));
         }
-        if self.publish_timeout.is_zero() {
-            return bad("publish_timeout", "must be greater than zero");
-        }
-        if self.publish_timeout >= self.lease {
-            return bad(
-                "publish_timeout",
-                "must be shorter than `lease`, or rows could be claimed twice while still being published",
-            );
-        }
-        if self.poll_interval.is_zero() {
-            return bad("poll_interval", "must be greater than zero");
-        }
-        if self.poll_interval > self.max_poll_interval {
-            return bad("poll_interval", "must not exceed `max_poll_interval`");
-        }
+        check_relay_timing(
+            "relay setting",
+            self.batch_size,
+            self.lease,
+            self.publish_timeout,
+            self.poll_interval,
+            self.max_poll_interval,
+        )?;
         self.retry.validate()
     }
+}
+
+/// An [`ErrorKind::InvalidInput`] error: "`<section>` `<field>` `<why>`".
+pub(crate) fn invalid(section: &str, field: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("{section} `{field}` {why}"),
+    )
+}
+
+/// The checks every relay's settings share: a batch of at least one, a publish timeout
+/// shorter than the lease, a poll interval within its maximum.
+pub(crate) fn check_relay_timing(
+    section: &str,
+    batch_size: usize,
+    lease: Duration,
+    publish_timeout: Duration,
+    poll_interval: Duration,
+    max_poll_interval: Duration,
+) -> Result<()> {
+    let bad = |field: &str, why: &str| Err(invalid(section, field, why));
+    if batch_size == 0 {
+        return bad("batch_size", "must be at least 1");
+    }
+    if publish_timeout.is_zero() {
+        return bad("publish_timeout", "must be greater than zero");
+    }
+    if publish_timeout >= lease {
+        return bad(
+            "publish_timeout",
+            "must be shorter than `lease`, or rows could be claimed twice while still being published",
+        );
+    }
+    if poll_interval.is_zero() {
+        return bad("poll_interval", "must be greater than zero");
+    }
+    if poll_interval > max_poll_interval {
+        return bad("poll_interval", "must not exceed `max_poll_interval`");
+    }
+    Ok(())
 }
 
 /// What one batch came to.
@@ -194,7 +222,7 @@ struct Shared<S, P> {
 
 /// Moves rows from a [`Store`] to a [`Publisher`]. See the module docs.
 pub struct Relay<S, P> {
-    shared: Arc<Shared<S, P>>,
+    shared: Shared<S, P>,
     wakeup: Option<Arc<dyn DynWakeUp>>,
     stats: Option<(StatsFn, Duration)>,
 }
@@ -204,32 +232,27 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
     pub fn new(store: S, publisher: P, config: RelayConfig) -> Result<Self> {
         config.validate()?;
         Ok(Relay {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 store,
                 publisher,
                 config,
                 metrics: Arc::new(NoMetrics),
                 name: "outbox".to_owned(),
-            }),
+            },
             wakeup: None,
             stats: None,
         })
     }
 
-    fn shared_mut(&mut self) -> &mut Shared<S, P> {
-        // Only called by the builders before the relay runs, when no clone exists.
-        Arc::get_mut(&mut self.shared).expect("builders run before the relay is shared")
-    }
-
     /// Reports to these metrics.
     pub fn with_metrics(mut self, metrics: Arc<dyn RelayMetrics>) -> Self {
-        self.shared_mut().metrics = metrics;
+        self.shared.metrics = metrics;
         self
     }
 
     /// Names the relay in logs and spans.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.shared_mut().name = name.into();
+        self.shared.name = name.into();
         self
     }
 
@@ -290,7 +313,12 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
     /// (their keys hold the next rows back) is retried as soon as one of them finishes, not
     /// after the idle back-off.
     pub async fn run_until<F: Future<Output = ()> + Send>(self, shutdown: F) -> BatchReport {
-        let shared = Arc::clone(&self.shared);
+        let Relay {
+            shared,
+            wakeup,
+            stats,
+        } = self;
+        let shared = Arc::new(shared);
         let span = tracing::info_span!("outbox.relay", relay = %shared.name);
         async move {
             let cfg = &shared.config;
@@ -304,7 +332,7 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
             let mut tasks: JoinSet<BatchReport> = JoinSet::new();
             let mut total = BatchReport::default();
             let mut idle = cfg.poll_interval;
-            let sampler = self.stats.clone().map(|(f, every)| {
+            let sampler = stats.clone().map(|(f, every)| {
                 let metrics = Arc::clone(&shared.metrics);
                 tokio::spawn(async move {
                     loop {
@@ -362,7 +390,7 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
                         true
                     }
                     _ = sleep(idle) => false,
-                    r = wait_for(&self.wakeup) => match r {
+                    r = wait_for(&wakeup) => match r {
                         Ok(()) => true,
                         Err(e) => {
                             warn!(error = %e, "wake-up source failed; polling");

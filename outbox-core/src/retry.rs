@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 /// When to retry a failed publish and when to give up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,12 +42,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |field: &str, why: &str| {
-            Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("retry policy `{field}` {why}"),
-            ))
-        };
+        let bad = |field: &str, why: &str| Err(crate::relay::invalid("retry policy", field, why));
         if self.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1");
         }

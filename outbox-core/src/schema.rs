@@ -221,7 +221,7 @@ const fn col(
 }
 
 /// The columns, in table order. `seq` is the identity primary key; its definition differs
-/// per dialect and is written by [`create_table_sql`].
+/// per dialect and is written by `outbox_sql::create_table_sql`.
 pub const COLUMNS: &[Column] = &[
     col("seq", "BIGINT", "BIGINT", "INTEGER", false, None),
     col("id", "UUID", "CHAR(36)", "TEXT", false, None),

@@ -84,25 +84,6 @@ pub fn event_id<'a>(received: impl IntoIterator<Item = (&'a str, &'a str)>) -> O
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// The event id among received `(name, value)` pairs, or an error that says what is wrong:
-/// the header is missing (the message did not come from this toolkit) or not a UUID. For
-/// the consumer-side inbox.
-pub fn require_event_id<'a>(
-    received: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<EventId, crate::Error> {
-    let value = received
-        .into_iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(EVENT_ID))
-        .map(|(_, v)| v)
-        .ok_or_else(|| {
-            crate::Error::new(
-                crate::ErrorKind::Decode,
-                format!("the message has no `{EVENT_ID}` header: it was not published by the outbox relay"),
-            )
-        })?;
-    parse_event_id(EVENT_ID, value)
-}
-
 /// Parses an event id read from a broker field named `field`.
 pub fn parse_event_id(field: &str, value: &str) -> Result<EventId, crate::Error> {
     value.trim().parse().map_err(|_| {

@@ -9,6 +9,7 @@ use super::LogRelayConfig;
 
 /// What the database can say about transactions that might still fill a gap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GapOracle {
     /// Commits are serialised (SQLite): a gap is final as soon as it is seen.
     Serialized,

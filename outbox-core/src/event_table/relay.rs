@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::{LogRecord, LogSource, PendingRecord};
 use crate::engine::{Candidate, Fate, PublishEngine};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::metrics::{NoMetrics, RelayMetrics};
 use crate::publisher::Publisher;
+use crate::relay::{check_relay_timing, invalid};
 use crate::retry::RetryPolicy;
 
 /// Log relay settings.
@@ -66,32 +67,24 @@ impl Default for LogRelayConfig {
 impl LogRelayConfig {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, why: &str| {
-            Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("log relay setting `{field}` {why}"),
-            ))
-        };
-        if self.batch_size == 0 {
-            return bad("batch_size", "must be at least 1");
-        }
-        if self.publish_timeout.is_zero() || self.publish_timeout >= self.lease {
-            return bad(
-                "publish_timeout",
-                "must be greater than zero and shorter than `lease`",
-            );
-        }
-        if self.poll_interval.is_zero() || self.poll_interval > self.max_poll_interval {
-            return bad(
-                "poll_interval",
-                "must be greater than zero and not exceed `max_poll_interval`",
-            );
-        }
+        const SECTION: &str = "event-table relay setting";
+        check_relay_timing(
+            SECTION,
+            self.batch_size,
+            self.lease,
+            self.publish_timeout,
+            self.poll_interval,
+            self.max_poll_interval,
+        )?;
         if self.gap_timeout < self.gap_grace {
-            return bad("gap_timeout", "must not be shorter than `gap_grace`");
+            return Err(invalid(
+                SECTION,
+                "gap_timeout",
+                "must not be shorter than `gap_grace`",
+            ));
         }
         if self.max_gaps == 0 {
-            return bad("max_gaps", "must be at least 1");
+            return Err(invalid(SECTION, "max_gaps", "must be at least 1"));
         }
         self.retry.validate()
     }

@@ -74,7 +74,7 @@ pub trait LogSource: Send + Sync {
     fn read(&self, plan: &ReadPlan, limit: usize) -> impl Future<Output = Result<LogRead>> + Send;
 
     /// Saves the checkpoint and renews the lease, only if exactly `owner` still holds it (otherwise
-    /// an error of kind [`ErrorKind::LeaseLost`]).
+    /// an error of kind [`ErrorKind::LeaseLost`](crate::ErrorKind::LeaseLost)).
     fn save(
         &self,
         owner: &str,
