@@ -102,7 +102,7 @@ pub struct EventTableConfig {
     pub url: String,
     /// How the table's columns map to the envelope.
     pub mapping: outbox_sqlx::event_table::EventTableMapping,
-    /// Log relay settings.
+    /// Event-table relay settings.
     #[serde(default)]
     pub relay: outbox_core::LogRelayConfig,
     /// This relay's name as the checkpoint's owner (default: the `HOSTNAME` environment

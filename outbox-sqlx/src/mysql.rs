@@ -180,6 +180,7 @@ const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTA
 struct Statements {
     reap: Sql,
     next: NextKeySql,
+    head: Sql,
     run: Sql,
     retry: Sql,
     dead: Sql,
@@ -216,11 +217,20 @@ impl Statements {
                     "o.ordering_key <= ?",
                 ],
             ),
-            // Binds: key, key, most rows. `head` is the key's earliest unfinished row as
-            // committed now; a run that does not start there is someone else's.
+            // Binds: key. The key's earliest unfinished row, read without locking and so
+            // without skipping rows another claim holds locked. (As a subquery of the
+            // run's locking read, MariaDB applied SKIP LOCKED to it too: a head locked by
+            // another claim was skipped, the next row passed for the head, and two relays
+            // published one key out of order.)
+            head: format!(
+                "SELECT MIN(seq) FROM {t} FORCE INDEX (`{key_index}`) \
+                 WHERE status IN (0, 1) AND ordering_key = ?"
+            )
+            .into(),
+            // Binds: key, most rows. A run that does not start at the head read just
+            // before is someone else's.
             run: format!(
-                "SELECT {SELECT_COLUMNS}, available_at <= {now} AS due, \
-                   (SELECT MIN(p.seq) FROM {t} p WHERE p.status IN (0, 1) AND p.ordering_key = ?) AS head \
+                "SELECT {SELECT_COLUMNS}, available_at <= {now} AS due \
                  FROM {t} o WHERE o.status = 0 AND o.ordering_key = ? \
                  ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
             )
@@ -282,8 +292,14 @@ impl KeyWalk for MySqlWalk<'_, '_> {
 
     async fn take_run(&mut self, key: &str, max: usize) -> Result<Vec<RawRow>> {
         const WHAT: &str = "claiming outbox rows: reading a key's run";
-        let rows = sqlx::query(sql(Arc::clone(&self.stmts.run)))
+        // Read before the locking read: a head that moves on in between (published) only
+        // makes this claim skip the key, never take a row past an unfinished one.
+        let head: Option<i64> = sqlx::query_scalar(sql(Arc::clone(&self.stmts.head)))
             .bind(key)
+            .fetch_one(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        let rows = sqlx::query(sql(Arc::clone(&self.stmts.run)))
             .bind(key)
             .bind(limit_i64(max))
             .fetch_all(&mut **self.tx)
@@ -292,7 +308,6 @@ impl KeyWalk for MySqlWalk<'_, '_> {
         let mut run = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let seq: i64 = row.try_get("seq").map_err(|e| map_sqlx(WHAT, e))?;
-            let head: Option<i64> = row.try_get("head").map_err(|e| map_sqlx(WHAT, e))?;
             let due: bool = row.try_get("due").map_err(|e| map_sqlx(WHAT, e))?;
             // The run must start at the key's head (else the head is in flight, or locked by
             // another claim we skipped), and ends before the first row not yet due.
