@@ -151,21 +151,20 @@ impl<'a, P: Publisher + ?Sized> PublishEngine<'a, P> {
     ) -> Vec<Fate> {
         let mut fates: Vec<Fate> = vec![Fate::Released; events.len()];
         let mut failed_keys: HashSet<&str> = HashSet::new();
-        let mut stopped = false;
         for call in calls(events, self.publisher.ordered_runs()) {
             // Later events of a key whose earlier event failed wait for it.
             let call: Vec<usize> = call
                 .into_iter()
                 .filter(|&i| !failed_keys.contains(events[i].envelope.ordering_key()))
                 .collect();
-            if call.is_empty() || stopped {
+            if call.is_empty() {
                 continue;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let stopping = stop.as_ref().is_some_and(|s| *s.borrow());
             if stopping || remaining < Duration::from_millis(1) {
-                stopped = true;
-                continue;
+                // Stopped, or the lease ran out: what was not sent stays released.
+                break;
             }
             let envelopes: Vec<Envelope> =
                 call.iter().map(|&i| events[i].envelope.clone()).collect();
@@ -184,10 +183,8 @@ impl<'a, P: Publisher + ?Sized> PublishEngine<'a, P> {
             .instrument(span)
             .await;
             let outcomes = match sent {
-                None => {
-                    stopped = true;
-                    continue;
-                }
+                // Stopped mid-call: this call's events and the rest stay released.
+                None => break,
                 Some(Err(_)) => {
                     let e = format!("publish did not finish within {limit:?}");
                     envelopes

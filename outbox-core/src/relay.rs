@@ -64,7 +64,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, error, info, warn};
 
-use crate::engine::{Candidate, Fate, FateCounts, PublishEngine};
+use crate::engine::{Candidate, Fate, PublishEngine};
 use crate::envelope::EventId;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{NoMetrics, RelayMetrics};
@@ -532,20 +532,22 @@ impl<S: Store, P: Publisher> Shared<S, P> {
                 self.metrics.as_ref(),
             );
             let fates = engine.publish(&candidates, deadline, Some(stop)).await;
-            let counts = FateCounts::of(&fates);
-            let mut published: Vec<EventId> = Vec::with_capacity(counts.published);
+            let mut published: Vec<EventId> = Vec::with_capacity(candidates.len());
             let mut retries: Vec<Retry> = Vec::new();
             let mut released: Vec<EventId> = Vec::new();
+            let mut out_of_order = 0usize;
             for (c, fate) in candidates.iter().zip(fates) {
                 let id = c.envelope.id();
                 match fate {
-                    Fate::Published { .. } => published.push(id),
+                    Fate::Published { out_of_order: late } => {
+                        published.push(id);
+                        out_of_order += usize::from(late);
+                    }
                     Fate::Retry { delay, error, .. } => retries.push(Retry { id, delay, error }),
                     Fate::Dead { error, .. } => dead.push(DeadLetter { id, error }),
                     Fate::Released => released.push(id),
                 }
             }
-            let out_of_order = counts.out_of_order;
             report.published = published.len();
             report.retried = retries.len();
             report.dead_lettered = dead.len();

@@ -200,10 +200,7 @@ async fn run_relays_mixed_sources_and_survives_sigkill() {
         .map_or(my_url.as_str(), |(b, _)| b)
         .to_owned();
     let config = temp("outbox_e2e").with_extension("toml");
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let http_port = free_port();
     std::fs::write(
         &config,
         format!(
@@ -500,6 +497,35 @@ publisher = "bus"
     }
 }
 
+/// A loopback port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `[event_tables.ledger]` section relaying the table [`create_ledger`] makes at `url`.
+fn ledger_section(url: &str) -> String {
+    format!(
+        "[event_tables.ledger]\nurl = \"{url}\"\nowner = \"test-relay\"\n\
+         [event_tables.ledger.mapping]\ntable = \"ledger\"\naggregate_id = \"account\"\n\
+         event_type = \"kind\"\npayload = \"body\"\ndestination = \"ledger\"\n\
+         [event_tables.ledger.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n"
+    )
+}
+
+/// A ledger: an append-only table of postings, relayed without an outbox.
+async fn create_ledger(pool: &sqlx::SqlitePool) {
+    sqlx::query(
+        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, \
+         kind TEXT NOT NULL, body TEXT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .expect("ledger table");
+}
+
 /// `outbox run` with an `[event_tables.*]` source: a SQLite ledger relayed to a file with
 /// no outbox table; rows added while the relay is SIGKILLed are published after a restart
 /// with the same owner, and every row is in the file.
@@ -510,13 +536,7 @@ async fn run_relays_an_event_table_across_a_sigkill() {
     let cfg = temp("outbox_ledger").with_extension("toml");
     let url = format!("sqlite://{}?mode=rwc", db.display());
     let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
-    sqlx::query(
-        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, \
-         kind TEXT NOT NULL, body TEXT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .expect("table");
+    create_ledger(&pool).await;
     let insert = |n: usize| {
         let pool = pool.clone();
         async move {
@@ -532,12 +552,9 @@ async fn run_relays_an_event_table_across_a_sigkill() {
         &cfg,
         format!(
             "default_publisher = \"file\"\n\
-             [publishers.file]\nkind = \"file\"\npath = \"{}\"\n\
-             [event_tables.ledger]\nurl = \"{url}\"\nowner = \"test-relay\"\n\
-             [event_tables.ledger.mapping]\ntable = \"ledger\"\naggregate_id = \"account\"\n\
-             event_type = \"kind\"\npayload = \"body\"\ndestination = \"ledger\"\n\
-             [event_tables.ledger.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n",
-            sink.display()
+             [publishers.file]\nkind = \"file\"\npath = \"{}\"\n{}",
+            sink.display(),
+            ledger_section(&url)
         ),
     )
     .expect("config");
@@ -739,10 +756,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
     let sink = temp("outbox_both_sink").with_extension("jsonl");
     let config = temp("outbox_both").with_extension("toml");
     let url = format!("sqlite://{}?mode=rwc", db.display());
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let http_port = free_port();
     std::fs::write(
         &config,
         format!(
@@ -750,25 +764,16 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
              [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
              [publishers.file]\nkind = \"file\"\npath = \"{}\"\n\
              [sources.orders]\nurl = \"{url}\"\n\
-             [sources.orders.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n\
-             [event_tables.ledger]\nurl = \"{url}\"\nowner = \"test-relay\"\n\
-             [event_tables.ledger.mapping]\ntable = \"ledger\"\naggregate_id = \"account\"\n\
-             event_type = \"kind\"\npayload = \"body\"\ndestination = \"ledger\"\n\
-             [event_tables.ledger.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n",
-            sink.display()
+             [sources.orders.relay]\npoll_interval = \"20ms\"\nmax_poll_interval = \"100ms\"\n{}",
+            sink.display(),
+            ledger_section(&url)
         ),
     )
     .expect("config");
     let cfg = config.to_str().expect("utf-8 path");
     outbox(&["migrate", "--config", cfg]);
     let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
-    sqlx::query(
-        "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, \
-         kind TEXT NOT NULL, body TEXT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .expect("ledger table");
+    create_ledger(&pool).await;
     let events: Vec<Envelope> = (0..12).map(|n| ev("orders", "o-1", n)).collect();
     let mut tx = pool.begin().await.expect("begin");
     outbox_sqlx::sqlite::SqliteOutbox::default()
