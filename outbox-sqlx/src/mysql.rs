@@ -5,8 +5,9 @@
 //! walks the ordering keys that have pending rows round robin
 //! (`outbox_sql::walk_keys`), one probe of the `(status, ordering_key, seq)` index per
 //! key, and reads each claimable key's run with `SELECT ... FOR UPDATE SKIP LOCKED`, kept
-//! only if it starts at the key's head (so relays skip each other's keys instead of waiting,
-//! and never split one key's run); one `UPDATE` leases the rows, and `COMMIT`. Its cost is
+//! as far as a second, non-locking read finds it to be the key's unfinished rows in order
+//! from its head (so relays skip each other's keys instead of waiting, and never split one
+//! key's run); one `UPDATE` leases the rows, and `COMMIT`. Its cost is
 //! bounded by the batch, not by the backlog. Times are `DATETIME(6)` in UTC; "now" is always the server's
 //! `UTC_TIMESTAMP(6)`, so relay clocks never decide whether a lease has expired.
 
@@ -180,8 +181,8 @@ const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTA
 struct Statements {
     reap: Sql,
     next: NextKeySql,
-    head: Sql,
     run: Sql,
+    check: Sql,
     retry: Sql,
     dead: Sql,
     purge: Sql,
@@ -217,22 +218,21 @@ impl Statements {
                     "o.ordering_key <= ?",
                 ],
             ),
-            // Binds: key. The key's earliest unfinished row, read without locking and so
-            // without skipping rows another claim holds locked. (As a subquery of the
-            // run's locking read, MariaDB applied SKIP LOCKED to it too: a head locked by
-            // another claim was skipped, the next row passed for the head, and two relays
-            // published one key out of order.)
-            head: format!(
-                "SELECT MIN(seq) FROM {t} FORCE INDEX (`{key_index}`) \
-                 WHERE status IN (0, 1) AND ordering_key = ?"
-            )
-            .into(),
-            // Binds: key, most rows. A run that does not start at the head read just
-            // before is someone else's.
+            // Binds: key, most rows. Locks the key's first pending rows, skipping rows
+            // another claim holds locked, which may be its head or rows in the middle of its
+            // run: `check` then decides what of it is this claim's.
             run: format!(
                 "SELECT {SELECT_COLUMNS}, available_at <= {now} AS due \
                  FROM {t} o WHERE o.status = 0 AND o.ordering_key = ? \
                  ORDER BY o.seq LIMIT ? FOR UPDATE SKIP LOCKED"
+            )
+            .into(),
+            // Binds: key, the last row read, most rows. The key's unfinished rows up to
+            // that one, read after the locking read and without locking (so rows other
+            // claims hold locked are seen, not skipped).
+            check: format!(
+                "SELECT seq FROM {t} FORCE INDEX (`{key_index}`) \
+                 WHERE status IN (0, 1) AND ordering_key = ? AND seq <= ? ORDER BY seq LIMIT ?"
             )
             .into(),
             retry: format!(
@@ -292,26 +292,41 @@ impl KeyWalk for MySqlWalk<'_, '_> {
 
     async fn take_run(&mut self, key: &str, max: usize) -> Result<Vec<RawRow>> {
         const WHAT: &str = "claiming outbox rows: reading a key's run";
-        // Read before the locking read: a head that moves on in between (published) only
-        // makes this claim skip the key, never take a row past an unfinished one.
-        let head: Option<i64> = sqlx::query_scalar(sql(Arc::clone(&self.stmts.head)))
-            .bind(key)
-            .fetch_one(&mut **self.tx)
-            .await
-            .map_err(|e| map_sqlx(WHAT, e))?;
         let rows = sqlx::query(sql(Arc::clone(&self.stmts.run)))
             .bind(key)
             .bind(limit_i64(max))
             .fetch_all(&mut **self.tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
-        let mut run = Vec::with_capacity(rows.len());
-        for (i, row) in rows.iter().enumerate() {
-            let seq: i64 = row.try_get("seq").map_err(|e| map_sqlx(WHAT, e))?;
+        // The locked rows up to the first one not yet due.
+        let mut locked = Vec::with_capacity(rows.len());
+        for row in &rows {
             let due: bool = row.try_get("due").map_err(|e| map_sqlx(WHAT, e))?;
-            // The run must start at the key's head (else the head is in flight, or locked by
-            // another claim we skipped), and ends before the first row not yet due.
-            if (i == 0 && head != Some(seq)) || !due {
+            if !due {
+                break;
+            }
+            locked.push(row);
+        }
+        let Some(last) = locked.last() else {
+            return Ok(Vec::new());
+        };
+        let last: i64 = last.try_get("seq").map_err(|e| map_sqlx(WHAT, e))?;
+        // SKIP LOCKED skips any row another claim holds, not only a head: the rows read
+        // are this claim's only as far as they are the key's unfinished rows in order,
+        // from its head. A row still in flight or locked elsewhere ends the run there
+        // (at its start: the key is someone else's). The rows kept stay locked until
+        // this claim commits, so what this read saw of them cannot change.
+        let unfinished: Vec<i64> = sqlx::query_scalar(sql(Arc::clone(&self.stmts.check)))
+            .bind(key)
+            .bind(last)
+            .bind(limit_i64(locked.len()))
+            .fetch_all(&mut **self.tx)
+            .await
+            .map_err(|e| map_sqlx(WHAT, e))?;
+        let mut run = Vec::with_capacity(locked.len());
+        for (row, expected) in locked.into_iter().zip(unfinished) {
+            let seq: i64 = row.try_get("seq").map_err(|e| map_sqlx(WHAT, e))?;
+            if seq != expected {
                 break;
             }
             run.push(decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
