@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use outbox_core::store::Store;
 use outbox_core::testkit::{
     StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
 };
@@ -262,5 +263,54 @@ async fn several_relays_share_one_table() {
             "key {key} published out of order: {order:?}"
         );
     }
+    my.drop_db().await;
+}
+
+/// Another claim holds rows in the middle of a key's backlog locked (it read them and has
+/// not committed): a claim takes the rows before them and stops there, never jumping past
+/// them to the rows after (that published the key out of order with several relays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_stops_at_rows_another_claim_holds_locked() {
+    let Some(url) = service_url(
+        "a_claim_stops_at_rows_another_claim_holds_locked",
+        ENV,
+        DEFAULT_URL,
+    )
+    .await
+    else {
+        return;
+    };
+    let my = My::new(&url, "outbox_gap").await;
+    let events: Vec<Envelope> = (0..8).map(|n| ev("k", n)).collect();
+    my.write(&events, true).await.expect("commit");
+    let t = my.store.table().quoted(outbox_core::Dialect::MySql);
+    // Rows 3..=5 (by position) locked by a transaction that stays open.
+    let mut other = my.pool.begin().await.expect("begin");
+    let held: Vec<String> = events[3..6].iter().map(|e| e.id().to_string()).collect();
+    for id in &held {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT seq FROM {t} WHERE id = ? FOR UPDATE"
+        )))
+        .bind(id)
+        .fetch_one(&mut *other)
+        .await
+        .expect("lock a row");
+    }
+    let claim = my
+        .store
+        .claim(50, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    let got: Vec<EventId> = claim.events.iter().map(|e| e.envelope.id()).collect();
+    let want: Vec<EventId> = events[..3].iter().map(|e| e.id()).collect();
+    assert_eq!(got, want, "the run ends before the rows held elsewhere");
+    other.rollback().await.expect("rollback");
+    // Nothing else is claimable while the first three are in flight.
+    let second = my
+        .store
+        .claim(50, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert!(second.events.is_empty(), "the key's head is in flight");
     my.drop_db().await;
 }
