@@ -23,15 +23,20 @@ fn load(path: &Path) -> Result<Config, Box<dyn std::error::Error + Send + Sync>>
     Ok(Config::load(path, std::env::vars())?)
 }
 
+/// The source's table (`table`, default `outbox_events`).
+fn source_table(s: &SourceConfig) -> Result<TableName, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(match &s.table {
+        Some(t) => TableName::parse(t)?,
+        None => TableName::default(),
+    })
+}
+
 /// Opens one source's store.
 pub async fn open_source(
     name: &str,
     s: &SourceConfig,
 ) -> Result<AnyStore, Box<dyn std::error::Error + Send + Sync>> {
-    let table = match &s.table {
-        Some(t) => TableName::parse(t)?,
-        None => TableName::default(),
-    };
+    let table = source_table(s)?;
     AnyStore::connect(&s.url, table, s.max_connections)
         .await
         .map_err(|e| format!("source {name}: {}", e.to_report()).into())
@@ -195,7 +200,7 @@ pub async fn run(path: &Path) -> CmdResult {
         }));
     }
     for (name, t) in &config.event_tables {
-        let pool = outbox_sqlx::event_table::LogPool::connect(&t.url, t.max_connections)
+        let pool = outbox_sqlx::AnyPool::connect(&t.url, t.max_connections)
             .await
             .map_err(|e| format!("event table {name}: {e}"))?;
         let source =
@@ -303,8 +308,9 @@ async fn retention_loop(
     }
 }
 
-/// `outbox migrate`.
-pub async fn migrate(path: &Path, only: Option<&str>) -> CmdResult {
+/// `outbox migrate`: creates each source's table, or with `print` writes its DDL to
+/// stdout (`;`-terminated statements, for a migration tool of your own) without connecting.
+pub async fn migrate(path: &Path, only: Option<&str>, print: bool) -> CmdResult {
     let config = load(path)?;
     if let Some(o) = only
         && !config.sources.contains_key(o)
@@ -316,6 +322,16 @@ pub async fn migrate(path: &Path, only: Option<&str>) -> CmdResult {
         .iter()
         .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
     {
+        if print {
+            let dialect = outbox_sqlx::dialect_of(&s.url)
+                .map_err(|e| format!("source {name}: {}", e.to_report()))?;
+            let table = source_table(s)?;
+            println!("-- source {name}: {table} ({dialect:?})");
+            for stmt in outbox_sql::create_table_sql(&table, dialect) {
+                println!("{stmt};");
+            }
+            continue;
+        }
         let store = open_source(name, s).await?;
         store
             .migrate()

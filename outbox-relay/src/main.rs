@@ -35,6 +35,10 @@ enum Command {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
+        /// Print each source's DDL for a migration tool of your own instead of running it
+        /// (no connection is made).
+        #[arg(long)]
+        print: bool,
     },
     /// Backlog per source: pending, in flight, dead letters, oldest unpublished age.
     Status {
@@ -72,7 +76,9 @@ async fn main() -> ExitCode {
     init_logs(cli.log_json);
     let result = match cli.command {
         Command::Run => commands::run(&cli.config).await,
-        Command::Migrate { source } => commands::migrate(&cli.config, source.as_deref()).await,
+        Command::Migrate { source, print } => {
+            commands::migrate(&cli.config, source.as_deref(), print).await
+        }
         Command::Status { json } => commands::status(&cli.config, json).await,
         Command::DeadLetters { action, args } => {
             commands::dead_letters(&cli.config, action, &args).await

@@ -850,3 +850,82 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// `outbox migrate --print` writes each source's DDL without connecting (the PostgreSQL and
+/// MariaDB sources point at a closed port, the SQLite file is not created), and the SQLite
+/// DDL, run by another tool, makes a table the relay works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_print_writes_ddl_a_migration_tool_can_run() {
+    let db = temp("outbox_print").with_extension("db");
+    let config = temp("outbox_print").with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.lite]\nurl = \"sqlite://{}\"\n\
+             [sources.pg]\nurl = \"postgres://u:secret@127.0.0.1:1/app\"\ntable = \"sales.events\"\n\
+             [sources.my]\nurl = \"mysql://root@127.0.0.1:1/app\"\n",
+            db.display()
+        ),
+    )
+    .expect("write config");
+    let printed = outbox(&[
+        "migrate",
+        "--print",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert!(!db.exists(), "--print opened the SQLite file");
+    assert!(printed.contains("\"sales\".\"events\""), "{printed}");
+    assert!(printed.contains("`outbox_events`"), "{printed}");
+    assert!(!printed.contains("secret"), "{printed}");
+    let lite: String = printed
+        .split("-- source ")
+        .find(|s| s.starts_with("lite:"))
+        .expect("the SQLite section")
+        .to_owned();
+    let only_lite = outbox(&[
+        "migrate",
+        "--print",
+        "--source",
+        "lite",
+        "--config",
+        &config.display().to_string(),
+    ]);
+    assert_eq!(only_lite, format!("-- source {lite}"));
+    // Another tool runs the printed statements; the relay then works on that table.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", db.display()))
+        .await
+        .expect("open");
+    for stmt in lite
+        .lines()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+    {
+        if !stmt.trim().is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(stmt.to_owned()))
+                .execute(&pool)
+                .await
+                .expect("printed DDL runs");
+        }
+    }
+    let table = TableName::default();
+    let mut tx = pool.begin().await.expect("begin");
+    let events: Vec<Envelope> = (0..3).map(|n| ev("orders", "k", n)).collect();
+    outbox_sqlx::sqlite::SqliteOutbox::new(table.clone())
+        .enqueue_all(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let publisher = outbox_core::InMemoryPublisher::new();
+    let store = outbox_sqlx::sqlite::SqliteStore::new(pool.clone(), table);
+    let relay =
+        outbox_core::Relay::new(store, publisher.clone(), Default::default()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, 3);
+    let want: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+    assert_eq!(publisher.delivered_ids(), want);
+    pool.close().await;
+    let _ = std::fs::remove_file(db);
+    let _ = std::fs::remove_file(config);
+}

@@ -55,18 +55,6 @@ impl MigrationTrait for CreateOutboxTable {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let dialect = dialect(manager.get_database_backend())?;
         let conn = manager.get_connection();
-        if let Some(s) = self.table.schema() {
-            let create = match dialect {
-                Dialect::Postgres => format!("CREATE SCHEMA IF NOT EXISTS \"{s}\""),
-                Dialect::MySql => {
-                    format!("CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4")
-                }
-                _ => String::new(),
-            };
-            if !create.is_empty() {
-                conn.execute_unprepared(&create).await?;
-            }
-        }
         for stmt in outbox_sql::create_table_sql(&self.table, dialect) {
             conn.execute_unprepared(&stmt).await?;
         }

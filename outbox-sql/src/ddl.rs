@@ -5,9 +5,19 @@ use outbox_core::schema::{COLUMNS, Dialect, INDEXES, TableName};
 use crate::quote::Quote;
 
 /// The statements that create the table and its indexes on `dialect`, idempotently
-/// (`IF NOT EXISTS`). Run them in order.
+/// (`IF NOT EXISTS`), after the schema (PostgreSQL) or database (MySQL/MariaDB) the table
+/// name has, if any (on SQLite a schema is an attached database, which must exist). Run
+/// them in order.
 pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
     let quoted = table.quoted(dialect);
+    let mut out = Vec::new();
+    match (dialect, table.schema()) {
+        (Dialect::Postgres, Some(s)) => out.push(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
+        (Dialect::MySql, Some(s)) => out.push(format!(
+            "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4"
+        )),
+        _ => {}
+    }
     let mut defs = Vec::new();
     for c in COLUMNS {
         if c.name == "seq" {
@@ -41,7 +51,7 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
             ));
         }
     }
-    let mut out = vec![format!(
+    out.push(format!(
         "CREATE TABLE IF NOT EXISTS {quoted} (\n    {}\n){}",
         defs.join(",\n    "),
         if dialect == Dialect::MySql {
@@ -49,7 +59,7 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
         } else {
             ""
         }
-    )];
+    ));
     if dialect != Dialect::MySql {
         for idx in INDEXES {
             // PostgreSQL and SQLite put an index in its table's schema; the name is bare.
@@ -108,5 +118,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_named_schema_or_database_is_created_first() {
+        let t = TableName::parse("app.outbox_events").expect("valid");
+        let pg = create_table_sql(&t, Dialect::Postgres);
+        assert_eq!(pg[0], "CREATE SCHEMA IF NOT EXISTS \"app\"");
+        assert!(pg[1].starts_with("CREATE TABLE IF NOT EXISTS \"app\".\"outbox_events\""));
+        let my = create_table_sql(&t, Dialect::MySql);
+        assert!(
+            my[0].starts_with("CREATE DATABASE IF NOT EXISTS `app`"),
+            "{}",
+            my[0]
+        );
+        assert!(create_table_sql(&t, Dialect::Sqlite)[0].starts_with("CREATE TABLE"));
     }
 }

@@ -1,14 +1,138 @@
-//! [`AnyStore`]: whichever of the three stores a URL names, behind one type, for programs
-//! that pick the database at run time (the `outbox` binary, SeaORM services).
+//! The database a URL names, picked at run time (the `outbox` binary, SeaORM services):
+//! [`AnyPool`] opens it, [`AnyStore`] is whichever of the three stores it is.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
     Retention, Retry, Store, StoreStats,
 };
-use outbox_core::{EventId, Result, TableName};
+use outbox_core::{Error, ErrorKind, EventId, Result, TableName};
+
+/// A pool on one of the three databases, chosen by URL scheme: the one
+/// [`AnyStore::connect`] opens, and the database behind an
+/// [`EventTableSource`](crate::event_table::EventTableSource).
+#[derive(Clone, Debug)]
+pub enum AnyPool {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    /// MySQL / MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for AnyPool {
+    fn from(p: sqlx::PgPool) -> Self {
+        AnyPool::Postgres(p)
+    }
+}
+#[cfg(feature = "mysql")]
+impl From<sqlx::MySqlPool> for AnyPool {
+    fn from(p: sqlx::MySqlPool) -> Self {
+        AnyPool::MySql(p)
+    }
+}
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for AnyPool {
+    fn from(p: sqlx::SqlitePool) -> Self {
+        AnyPool::Sqlite(p)
+    }
+}
+
+/// The SQL dialect of the database `url` names (`postgres://` or `postgresql://`,
+/// `mysql://` or `mariadb://`, `sqlite://`), without connecting; an error names the scheme
+/// when it is none of these or its cargo feature is off.
+pub fn dialect_of(url: &str) -> Result<Dialect> {
+    match url.split_once("://").map_or("", |(s, _)| s) {
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Dialect::Postgres),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Ok(Dialect::MySql),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Dialect::Sqlite),
+        _ => Err(scheme_error(url)),
+    }
+}
+
+fn scheme_error(url: &str) -> Error {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!(
+            "database URL {}: scheme {scheme:?} is not postgres://, mysql:// or sqlite:// (or its feature is off)",
+            outbox_core::redact_url(url)
+        ),
+    )
+}
+
+/// Runs `$call` with `$p` bound to whichever pool this is.
+macro_rules! each_pool {
+    ($pool:expr, $p:ident => $call:expr) => {
+        match $pool {
+            #[cfg(feature = "postgres")]
+            AnyPool::Postgres($p) => $call,
+            #[cfg(feature = "mysql")]
+            AnyPool::MySql($p) => $call,
+            #[cfg(feature = "sqlite")]
+            AnyPool::Sqlite($p) => $call,
+        }
+    };
+}
+pub(crate) use each_pool;
+
+impl AnyPool {
+    /// Opens a pool on `url` (`postgres://`, `mysql://`, `sqlite://`). The URL's password
+    /// never appears in errors.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let shown = outbox_core::redact_url(url);
+        let open = |e: sqlx::Error| {
+            let kind = crate::error::classify(&e);
+            Error::new(kind, format!("opening {shown}")).with_source(e)
+        };
+        let _ = (max_connections, &open);
+        match dialect_of(url)? {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => Ok(AnyPool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(url)
+                    .await
+                    .map_err(open)?,
+            )),
+            #[cfg(feature = "mysql")]
+            Dialect::MySql => Ok(AnyPool::MySql(
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect(&url.replacen("mariadb://", "mysql://", 1))
+                    .await
+                    .map_err(open)?,
+            )),
+            // SQLite serialises writers anyway; `connect` sizes its own pool.
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => Ok(AnyPool::Sqlite(crate::sqlite::connect(url).await?)),
+            _ => Err(scheme_error(url)),
+        }
+    }
+
+    /// The database's SQL dialect.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            #[cfg(feature = "postgres")]
+            AnyPool::Postgres(_) => Dialect::Postgres,
+            #[cfg(feature = "mysql")]
+            AnyPool::MySql(_) => Dialect::MySql,
+            #[cfg(feature = "sqlite")]
+            AnyPool::Sqlite(_) => Dialect::Sqlite,
+        }
+    }
+}
 
 /// One of the sqlx stores. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -42,16 +166,15 @@ impl AnyStore {
     /// Opens a pool of up to `max_connections` on `url` (`postgres://`, `mysql://`,
     /// `sqlite://`) for `table`. The URL's password never appears in errors.
     pub async fn connect(url: &str, table: TableName, max_connections: u32) -> Result<Self> {
-        use crate::event_table::LogPool;
-        Ok(match LogPool::connect(url, max_connections).await? {
+        Ok(match AnyPool::connect(url, max_connections).await? {
             #[cfg(feature = "postgres")]
-            LogPool::Postgres(pool) => {
+            AnyPool::Postgres(pool) => {
                 AnyStore::Postgres(crate::postgres::PgStore::new(pool, table))
             }
             #[cfg(feature = "mysql")]
-            LogPool::MySql(pool) => AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)),
+            AnyPool::MySql(pool) => AnyStore::MySql(crate::mysql::MySqlStore::new(pool, table)),
             #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(pool) => AnyStore::Sqlite(crate::sqlite::SqliteStore::new(pool, table)),
+            AnyPool::Sqlite(pool) => AnyStore::Sqlite(crate::sqlite::SqliteStore::new(pool, table)),
         })
     }
 

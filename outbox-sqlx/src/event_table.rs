@@ -57,7 +57,6 @@ use outbox_core::event_table::{
     Checkpoint, GapOracle, LogRead, LogRecord, LogSource, ReadPlan, UndecodableRecord,
     derived_event_id,
 };
-use outbox_core::schema::Dialect;
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
 use outbox_sql::event_table::{as_micros, as_text, quote_ident};
@@ -66,6 +65,7 @@ use sqlx::Row;
 #[cfg(feature = "mysql")]
 use tracing::warn;
 
+use crate::any::{AnyPool, each_pool};
 use crate::common::{limit_i64, micros, sql};
 use crate::error::map_sqlx;
 
@@ -167,111 +167,6 @@ impl EventTableMapping {
     }
 }
 
-/// A pool on one of the three databases, chosen by URL scheme: the database behind an
-/// [`EventTableSource`], and the one [`crate::AnyStore::connect`] opens.
-#[derive(Clone, Debug)]
-pub enum LogPool {
-    /// PostgreSQL.
-    #[cfg(feature = "postgres")]
-    Postgres(sqlx::PgPool),
-    /// MySQL / MariaDB.
-    #[cfg(feature = "mysql")]
-    MySql(sqlx::MySqlPool),
-    /// SQLite.
-    #[cfg(feature = "sqlite")]
-    Sqlite(sqlx::SqlitePool),
-}
-
-#[cfg(feature = "postgres")]
-impl From<sqlx::PgPool> for LogPool {
-    fn from(p: sqlx::PgPool) -> Self {
-        LogPool::Postgres(p)
-    }
-}
-#[cfg(feature = "mysql")]
-impl From<sqlx::MySqlPool> for LogPool {
-    fn from(p: sqlx::MySqlPool) -> Self {
-        LogPool::MySql(p)
-    }
-}
-#[cfg(feature = "sqlite")]
-impl From<sqlx::SqlitePool> for LogPool {
-    fn from(p: sqlx::SqlitePool) -> Self {
-        LogPool::Sqlite(p)
-    }
-}
-
-/// Runs `$call` with `$p` bound to whichever pool this is.
-macro_rules! each_pool {
-    ($pool:expr, $p:ident => $call:expr) => {
-        match $pool {
-            #[cfg(feature = "postgres")]
-            LogPool::Postgres($p) => $call,
-            #[cfg(feature = "mysql")]
-            LogPool::MySql($p) => $call,
-            #[cfg(feature = "sqlite")]
-            LogPool::Sqlite($p) => $call,
-        }
-    };
-}
-
-impl LogPool {
-    /// Opens a pool on `url` (`postgres://`, `mysql://`, `sqlite://`). The URL's password
-    /// never appears in errors.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let shown = outbox_core::redact_url(url);
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let open = |e: sqlx::Error| {
-            let kind = crate::error::classify(&e);
-            Error::new(kind, format!("opening {shown}")).with_source(e)
-        };
-        match scheme {
-            #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(LogPool::Postgres(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(max_connections)
-                    .connect(url)
-                    .await
-                    .map_err(open)?,
-            )),
-            #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => Ok(LogPool::MySql(
-                sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(max_connections)
-                    .connect(&url.replacen("mariadb://", "mysql://", 1))
-                    .await
-                    .map_err(open)?,
-            )),
-            #[cfg(feature = "sqlite")]
-            // SQLite serialises writers anyway; `connect` sizes its own pool.
-            "sqlite" => {
-                let _ = max_connections;
-                Ok(LogPool::Sqlite(crate::sqlite::connect(url).await?))
-            }
-            other => {
-                let _ = open;
-                Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!(
-                        "source URL {shown}: scheme {other:?} is not postgres://, mysql:// or sqlite:// (or its feature is off)"
-                    ),
-                ))
-            }
-        }
-    }
-
-    fn dialect(&self) -> Dialect {
-        match self {
-            #[cfg(feature = "postgres")]
-            LogPool::Postgres(_) => Dialect::Postgres,
-            #[cfg(feature = "mysql")]
-            LogPool::MySql(_) => Dialect::MySql,
-            #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(_) => Dialect::Sqlite,
-        }
-    }
-}
-
 /// One row as read, before mapping.
 struct RawRecord {
     position: i64,
@@ -288,7 +183,7 @@ struct RawRecord {
 #[derive(Clone)]
 pub struct EventTableSource {
     name: String,
-    pool: LogPool,
+    pool: AnyPool,
     mapping: Arc<EventTableMapping>,
     checkpoint_table: TableName,
     select: Arc<str>,
@@ -312,7 +207,7 @@ impl EventTableSource {
     /// A source named `name` (the checkpoint's key: one relay position per name) over the
     /// mapped table, with its checkpoint in `outbox_checkpoints`.
     pub fn new(
-        pool: impl Into<LogPool>,
+        pool: impl Into<AnyPool>,
         name: impl Into<String>,
         mapping: EventTableMapping,
     ) -> Result<Self> {
@@ -372,7 +267,7 @@ impl EventTableSource {
     }
 
     /// The pool.
-    pub fn pool(&self) -> &LogPool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -559,7 +454,7 @@ impl LogSource for EventTableSource {
         let err = |e| map_sqlx("taking the checkpoint", e);
         let row: Option<(Option<String>, String)> = match &self.pool {
             #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => {
+            AnyPool::Postgres(p) => {
                 let q = format!(
                     "INSERT INTO {t} AS c (name, owner, owner_name, lease_until, high, state) \
                      VALUES ($1, $2, $6, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
@@ -581,7 +476,7 @@ impl LogSource for EventTableSource {
                     .map_err(err)?
             }
             #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => {
+            AnyPool::MySql(p) => {
                 let ins = format!(
                     "INSERT IGNORE INTO {t} (name, owner, lease_until, high, state, updated_at) \
                      VALUES (?, NULL, NULL, ?, ?, UTC_TIMESTAMP(6))"
@@ -615,7 +510,7 @@ impl LogSource for EventTableSource {
                     .map_err(err)?
             }
             #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => {
+            AnyPool::Sqlite(p) => {
                 let now = Utc::now().timestamp_micros();
                 let ins = format!(
                     "INSERT INTO {t} (name, owner, lease_until, high, state, updated_at) \
@@ -658,7 +553,7 @@ impl LogSource for EventTableSource {
         let err = |e| map_sqlx("reading the event table", e);
         match &self.pool {
             #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => {
+            AnyPool::Postgres(p) => {
                 let mut tx = p.begin().await.map_err(err)?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .execute(&mut *tx)
@@ -687,7 +582,7 @@ impl LogSource for EventTableSource {
                 Ok(self.split(raws, micros_to_time(now_us), oracle))
             }
             #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => {
+            AnyPool::MySql(p) => {
                 let mut conn = p.acquire().await.map_err(err)?;
                 // The oldest running transaction is measured before the snapshot is taken,
                 // the marker (now) after: see `LogSource::read`.
@@ -745,7 +640,7 @@ impl LogSource for EventTableSource {
                 Ok(self.split(raws, micros_to_time(now_us), oracle))
             }
             #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => {
+            AnyPool::Sqlite(p) => {
                 let rows = sqlx::query(sql(q)).fetch_all(p).await.map_err(err)?;
                 let raws = rows
                     .iter()
@@ -764,7 +659,7 @@ impl LogSource for EventTableSource {
         let err = |e| map_sqlx("saving the checkpoint", e);
         let rows = match &self.pool {
             #[cfg(feature = "postgres")]
-            LogPool::Postgres(p) => {
+            AnyPool::Postgres(p) => {
                 let q = format!(
                     "UPDATE {t} SET state = $1, high = $2, lease_until = now() + make_interval(secs => $3::bigint / 1000000.0), \
                      updated_at = now() WHERE name = $4 AND owner = $5"
@@ -781,7 +676,7 @@ impl LogSource for EventTableSource {
                     .rows_affected()
             }
             #[cfg(feature = "mysql")]
-            LogPool::MySql(p) => {
+            AnyPool::MySql(p) => {
                 let q = format!(
                     "UPDATE {t} SET state = ?, high = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
                      updated_at = UTC_TIMESTAMP(6) WHERE name = ? AND owner = ?"
@@ -798,7 +693,7 @@ impl LogSource for EventTableSource {
                     .rows_affected()
             }
             #[cfg(feature = "sqlite")]
-            LogPool::Sqlite(p) => {
+            AnyPool::Sqlite(p) => {
                 let now = Utc::now().timestamp_micros();
                 let q = format!(
                     "UPDATE {t} SET state = ?, high = ?, lease_until = ?, updated_at = ? WHERE name = ? AND owner = ?"

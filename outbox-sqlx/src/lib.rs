@@ -13,5 +13,5 @@ pub mod shape;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use any::AnyStore;
+pub use any::{AnyPool, AnyStore, dialect_of};
 pub use error::{classify, map_sqlx};

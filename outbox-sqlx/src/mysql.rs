@@ -41,13 +41,6 @@ pub async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
         .acquire()
         .await
         .map_err(|e| map_sqlx("acquiring a connection to migrate", e))?;
-    if let Some(db) = table.schema() {
-        conn.execute(sql(format!(
-            "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4"
-        )))
-        .await
-        .map_err(|e| map_sqlx("creating the outbox database", e))?;
-    }
     for stmt in outbox_sql::create_table_sql(table, Dialect::MySql) {
         conn.execute(sql(stmt))
             .await

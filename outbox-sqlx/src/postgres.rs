@@ -38,11 +38,6 @@ pub async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
         .acquire()
         .await
         .map_err(|e| map_sqlx("acquiring a connection to migrate", e))?;
-    if let Some(schema) = table.schema() {
-        conn.execute(sql(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
-            .await
-            .map_err(|e| map_sqlx("creating the outbox schema", e))?;
-    }
     for stmt in outbox_sql::create_table_sql(table, Dialect::Postgres) {
         conn.execute(sql(stmt))
             .await

@@ -10,7 +10,8 @@ use std::time::Duration;
 use outbox_core::event_table::{LogSource, derived_event_id};
 use outbox_core::testkit::{service_url, unique_name};
 use outbox_core::{EventId, InMemoryPublisher, LogRelay, LogRelayConfig, RetryPolicy};
-use outbox_sqlx::event_table::{EventTableMapping, EventTableSource, LogPool};
+use outbox_sqlx::AnyPool;
+use outbox_sqlx::event_table::{EventTableMapping, EventTableSource};
 use sqlx::AssertSqlSafe;
 use tokio::sync::Mutex;
 
@@ -19,7 +20,7 @@ const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// A user's ledger table on one database.
 struct Ledger {
-    pool: LogPool,
+    pool: AnyPool,
     table: String,
     name: String,
     _file: Option<TempFile>,
@@ -52,7 +53,7 @@ impl Ledger {
                 let url =
                     service_url("event_table_postgres", "OUTBOX_TEST_POSTGRES_URL", PG_URL).await?;
                 (
-                    LogPool::connect(&url, 8).await.expect("connect"),
+                    AnyPool::connect(&url, 8).await.expect("connect"),
                     format!(
                         "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, event_uuid UUID NOT NULL, account_id TEXT NOT NULL, \
                          kind TEXT NOT NULL, body JSONB NOT NULL, booked_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -64,7 +65,7 @@ impl Ledger {
                 let url =
                     service_url("event_table_mariadb", "OUTBOX_TEST_MYSQL_URL", MY_URL).await?;
                 (
-                    LogPool::connect(&url, 8).await.expect("connect"),
+                    AnyPool::connect(&url, 8).await.expect("connect"),
                     format!(
                         "CREATE TABLE {table} (id BIGINT AUTO_INCREMENT PRIMARY KEY, account_id VARCHAR(64) NOT NULL, \
                          kind VARCHAR(64) NOT NULL, body JSON NOT NULL, booked_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
@@ -76,7 +77,7 @@ impl Ledger {
                 let path = std::env::temp_dir().join(format!("{table}.db"));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 (
-                    LogPool::connect(&url, 8).await.expect("open"),
+                    AnyPool::connect(&url, 8).await.expect("open"),
                     format!(
                         "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL, \
                          kind TEXT NOT NULL, body TEXT NOT NULL, booked_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
@@ -98,14 +99,14 @@ impl Ledger {
     async fn exec(&self, q: &str) {
         let q = AssertSqlSafe(q.to_owned());
         match &self.pool {
-            LogPool::Postgres(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
-            LogPool::MySql(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
-            LogPool::Sqlite(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
+            AnyPool::Postgres(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
+            AnyPool::MySql(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
+            AnyPool::Sqlite(p) => drop(sqlx::query(q).execute(p).await.expect("sql")),
         }
     }
 
     fn source(&self) -> EventTableSource {
-        let pg = matches!(self.pool, LogPool::Postgres(_));
+        let pg = matches!(self.pool, AnyPool::Postgres(_));
         let mapping = EventTableMapping {
             table: self.table.clone(),
             position: "id".into(),
@@ -126,7 +127,7 @@ impl Ledger {
     async fn begin_insert(&self, account: &str) -> (Writer, i64, EventId) {
         let t = &self.table;
         match &self.pool {
-            LogPool::Postgres(p) => {
+            AnyPool::Postgres(p) => {
                 let mut c = p.acquire().await.expect("conn").detach();
                 sqlx::Executor::execute(&mut c, "BEGIN")
                     .await
@@ -142,7 +143,7 @@ impl Ledger {
                 .expect("insert");
                 (Writer::Pg(c), pos, id)
             }
-            LogPool::MySql(p) => {
+            AnyPool::MySql(p) => {
                 let mut c = p.acquire().await.expect("conn").detach();
                 sqlx::Executor::execute(&mut c, "BEGIN")
                     .await
@@ -157,7 +158,7 @@ impl Ledger {
                 let pos = i64::try_from(r.last_insert_id()).expect("id");
                 (Writer::My(c), pos, derived_event_id(&self.name, pos))
             }
-            LogPool::Sqlite(p) => {
+            AnyPool::Sqlite(p) => {
                 let mut c = p.acquire().await.expect("conn").detach();
                 sqlx::Executor::execute(&mut c, "BEGIN IMMEDIATE")
                     .await
@@ -176,7 +177,7 @@ impl Ledger {
     }
 
     async fn drop_tables(&self) {
-        if matches!(self.pool, LogPool::Sqlite(_)) {
+        if matches!(self.pool, AnyPool::Sqlite(_)) {
             return;
         }
         let q = format!("DROP TABLE IF EXISTS {}", self.table);
@@ -521,7 +522,7 @@ async fn a_second_relay_waits_for_the_lease() {
 async fn bad_mappings_name_the_field() {
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("map")));
     let _f = TempFile(path.clone());
-    let pool = LogPool::connect(&format!("sqlite://{}?mode=rwc", path.display()), 1)
+    let pool = AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()), 1)
         .await
         .expect("open");
     let bad = EventTableMapping {
