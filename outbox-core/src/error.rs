@@ -145,6 +145,102 @@ impl From<crate::envelope::EnvelopeError> for Error {
 /// `Result` with the toolkit's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Defines an adapter crate's error type: a wrapper around [`Error`] that converts `From`
+/// the crate's driver errors (classified into an [`ErrorKind`]) and from [`Error`], and
+/// back `Into` [`Error`] with its kind kept. Application code that mixes the driver's calls
+/// and the adapter's then uses `?` on both, with no `map_err`:
+///
+/// ```
+/// # mod driver { #[derive(Debug)] pub struct Refused; impl std::fmt::Display for Refused {
+/// #   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("refused") } }
+/// #   impl std::error::Error for Refused {} }
+/// outbox_core::adapter_error! {
+///     /// Errors of this adapter and of its driver.
+///     pub struct Error;
+///     driver::Refused => |e| outbox_core::Error::new(outbox_core::ErrorKind::Connection, "driver").with_source(e),
+/// }
+///
+/// fn connect() -> Result<(), driver::Refused> { Err(driver::Refused) }
+/// fn enqueue() -> outbox_core::Result<()> { Ok(()) }
+/// fn both() -> Result<(), Error> {
+///     enqueue()?;
+///     connect()?;
+///     Ok(())
+/// }
+/// let err = both().expect_err("refused");
+/// assert_eq!(err.kind(), outbox_core::ErrorKind::Connection);
+/// let core: outbox_core::Error = err.into();
+/// assert!(core.is_retryable());
+/// ```
+#[macro_export]
+macro_rules! adapter_error {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident;
+        $($driver:ty => $convert:expr),* $(,)?
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name($crate::Error);
+
+        impl $name {
+            /// The kind of failure (retryable or not, and why).
+            pub fn kind(&self) -> $crate::ErrorKind {
+                self.0.kind()
+            }
+
+            /// The message followed by the chain of sources.
+            pub fn to_report(&self) -> ::std::string::String {
+                self.0.to_report()
+            }
+
+            /// The core error inside.
+            pub fn into_inner(self) -> $crate::Error {
+                self.0
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                ::std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl ::std::error::Error for $name {
+            fn source(&self) -> ::std::option::Option<&(dyn ::std::error::Error + 'static)> {
+                ::std::error::Error::source(&self.0)
+            }
+        }
+
+        impl ::std::convert::From<$crate::Error> for $name {
+            fn from(err: $crate::Error) -> Self {
+                $name(err)
+            }
+        }
+
+        impl ::std::convert::From<$name> for $crate::Error {
+            fn from(err: $name) -> Self {
+                err.0
+            }
+        }
+
+        impl ::std::convert::From<$crate::envelope::EnvelopeError> for $name {
+            fn from(err: $crate::envelope::EnvelopeError) -> Self {
+                $name(err.into())
+            }
+        }
+
+        $(
+            impl ::std::convert::From<$driver> for $name {
+                fn from(err: $driver) -> Self {
+                    let convert: fn($driver) -> $crate::Error = $convert;
+                    $name(convert(err))
+                }
+            }
+        )*
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,9 @@ use diesel::sql_types::{Array, BigInt, Binary, Integer, Nullable, Text, Timestam
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use outbox_core::store::{Claim, DeadLetter, Lease, LeaseToken, Retry, Store};
+use outbox_core::store::{Claim, DeadLetter, Lease, Retry, Store};
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
-use outbox_sql::{
-    ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, ready_keys, split_rows,
-};
+use outbox_sql::{ClaimCursor, PG_CLAIM_SETTINGS, PgStatements, StoredRow, key_budget, ready_keys};
 
 use crate::error::map_diesel;
 
@@ -192,9 +190,8 @@ impl DieselPgStore {
 impl Store for DieselPgStore {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
         const WHAT: &str = "claiming outbox rows";
-        let token = LeaseToken::generate();
-        let until =
-            Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let lease = outbox_sql::new_lease(lease_for);
+        let token = lease.token;
         let budget = i64::try_from(key_budget(limit)).unwrap_or(i64::MAX);
         let most = i64::try_from(ready_keys(limit)).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -225,17 +222,9 @@ impl Store for DieselPgStore {
                 raw.push(row);
             }
         }
-        self.cursor.advance(
-            &start,
-            raw.iter().map(|r| r.ordering_key.as_str()),
-            walked_to.as_deref(),
-        );
-        let (events, undecodable) = split_rows(raw, &self.limits);
-        Ok(Claim {
-            lease: Lease { token, until },
-            events,
-            undecodable,
-        })
+        Ok(self
+            .cursor
+            .finish(&start, lease, raw, walked_to.as_deref(), &self.limits))
     }
 
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {

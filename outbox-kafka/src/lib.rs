@@ -8,3 +8,12 @@ pub mod publisher;
 pub use config::KafkaConfig;
 pub use error::classify;
 pub use publisher::KafkaPublisher;
+
+outbox_core::adapter_error! {
+    /// An error of this crate or of rdkafka, for application code that calls both: `?`
+    /// turns a `KafkaError` (classified as [`classify`] does), an `outbox_core::Error` or an
+    /// envelope error into it, and it converts back into `outbox_core::Error` with its kind
+    /// kept.
+    pub struct Error;
+    rdkafka::error::KafkaError => |e| outbox_core::Error::new(classify(&e), "Kafka call failed").with_source(e),
+}

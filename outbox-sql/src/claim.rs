@@ -1,9 +1,22 @@
 //! The claim's key walk, shared by every SQL store: which keys a claim visits, where the
 //! next one starts, and the walk itself for stores that run it a statement at a time.
 
-use outbox_core::Result;
+use std::time::Duration;
 
-use crate::row::StoredRow;
+use chrono::Utc;
+use outbox_core::store::{Claim, Lease, LeaseToken};
+use outbox_core::{Result, ValidationLimits};
+
+use crate::row::{StoredRow, split_rows};
+
+/// A new claim's lease: a fresh token, held for `lease_for` from now by the relay's clock
+/// (the stores fence marks with the database's own clock; this is the relay's deadline).
+pub fn new_lease(lease_for: Duration) -> Lease {
+    Lease {
+        token: LeaseToken::generate(),
+        until: Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX),
+    }
+}
 
 /// Most keys with a claimable head one claim takes rows from, for a batch of `limit` rows:
 /// `limit`, at most 100. Each takes its fair share of the batch (`limit` / keys found), so
@@ -72,6 +85,32 @@ impl ClaimCursor {
                 Ok(mut g) => *g = n,
                 Err(p) => *p.into_inner() = n,
             }
+        }
+    }
+}
+
+impl ClaimCursor {
+    /// Ends a claim that started after `start` and took `rows` under `lease`: moves the
+    /// cursor (see [`advance`](Self::advance)) and returns the claim, its rows decoded
+    /// against `limits` in `seq` order.
+    pub fn finish(
+        &self,
+        start: &str,
+        lease: Lease,
+        rows: Vec<StoredRow>,
+        walked_to: Option<&str>,
+        limits: &ValidationLimits,
+    ) -> Claim {
+        self.advance(
+            start,
+            rows.iter().map(|r| r.ordering_key.as_str()),
+            walked_to,
+        );
+        let (events, undecodable) = split_rows(rows, limits);
+        Claim {
+            lease,
+            events,
+            undecodable,
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod postgres;
 pub mod quote;
 pub mod row;
 
-pub use claim::{ClaimCursor, KeyWalk, key_budget, ready_keys, walk_keys};
+pub use claim::{ClaimCursor, KeyWalk, key_budget, new_lease, ready_keys, walk_keys};
 pub use ddl::create_table_sql;
 pub use event_table::read_plan_condition;
 pub use inbox::{InboxSpec, InboxStatements, create_inbox_table_sql, event_id_text};

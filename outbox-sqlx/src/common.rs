@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) use outbox_sql::SELECT_COLUMNS;
-pub(crate) use outbox_sql::{INSERT_COLUMNS, StoredRow as RawRow, split_rows};
+pub(crate) use outbox_sql::{INSERT_COLUMNS, StoredRow as RawRow};
 
 /// Backlog figures from a stats row of `pending, in_flight, dead` counts (`BIGINT`) and the
 /// oldest unfinished `created_at`, on the stores that read times as `DateTime<Utc>`.

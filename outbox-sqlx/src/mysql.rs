@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
-    LeaseToken, Retention, Retry, Store, StoreStats,
+    Retention, Retry, Store, StoreStats,
 };
 use outbox_core::{Envelope, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
@@ -27,7 +27,7 @@ use sqlx::{Executor, MySql, Row};
 
 use crate::common::{
     FilterBind, INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, backlog_from_row,
-    dead_filter, limit_i64, markers, micros, split_rows, sql,
+    dead_filter, limit_i64, markers, micros, sql,
 };
 use crate::error::map_sqlx;
 use outbox_sql::{ClaimCursor, KeyWalk, walk_keys};
@@ -453,9 +453,8 @@ impl MySqlStore {
 impl Store for MySqlStore {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
         const WHAT: &str = "claiming outbox rows";
-        let token = LeaseToken::generate();
-        let until =
-            Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let lease = outbox_sql::new_lease(lease_for);
+        let token = lease.token;
         let mut conn = self.pool.acquire().await.map_err(|e| map_sqlx(WHAT, e))?;
         // Applies to the next transaction on this connection only.
         conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -491,17 +490,9 @@ impl Store for MySqlStore {
             q.execute(&mut *tx).await.map_err(|e| map_sqlx(WHAT, e))?;
         }
         tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
-        self.cursor.advance(
-            &start,
-            raw.iter().map(|r| r.ordering_key.as_str()),
-            walked_to.as_deref(),
-        );
-        let (events, undecodable) = split_rows(raw, &self.limits);
-        Ok(Claim {
-            lease: Lease { token, until },
-            events,
-            undecodable,
-        })
+        Ok(self
+            .cursor
+            .finish(&start, lease, raw, walked_to.as_deref(), &self.limits))
     }
 
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
-    LeaseToken, Retention, Retry, Store, StoreStats, WakeUp,
+    Retention, Retry, Store, StoreStats, WakeUp,
 };
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
@@ -26,9 +26,7 @@ use sqlx::{Executor, Row};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
 
-use crate::common::{
-    INSERT_COLUMNS, RawRow, Sql, backlog_from_row, limit_i64, micros, split_rows, sql,
-};
+use crate::common::{INSERT_COLUMNS, RawRow, Sql, backlog_from_row, limit_i64, micros, sql};
 use crate::error::map_sqlx;
 use outbox_sql::{ClaimCursor, key_budget, ready_keys};
 
@@ -283,9 +281,8 @@ impl PgStore {
 
 impl Store for PgStore {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
-        let token = LeaseToken::generate();
-        let until =
-            Utc::now() + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let lease = outbox_sql::new_lease(lease_for);
+        let token = lease.token;
         const WHAT: &str = "claiming outbox rows";
         let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(WHAT, e))?;
         sqlx::query(outbox_sql::PG_CLAIM_SETTINGS)
@@ -315,17 +312,9 @@ impl Store for PgStore {
                 raw.push(decode(row).map_err(|e| map_sqlx(DECODE, e))?);
             }
         }
-        self.cursor.advance(
-            &start,
-            raw.iter().map(|r| r.ordering_key.as_str()),
-            walked_to.as_deref(),
-        );
-        let (events, undecodable) = split_rows(raw, &self.limits);
-        Ok(Claim {
-            lease: Lease { token, until },
-            events,
-            undecodable,
-        })
+        Ok(self
+            .cursor
+            .finish(&start, lease, raw, walked_to.as_deref(), &self.limits))
     }
 
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {

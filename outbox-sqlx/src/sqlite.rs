@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{
     BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
-    LeaseToken, Retention, Retry, Store, StoreStats,
+    Retention, Retry, Store, StoreStats,
 };
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
@@ -28,7 +28,7 @@ use sqlx::{Executor, Row};
 
 use crate::common::{
     FilterBind, INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, dead_filter, limit_i64,
-    markers, micros, split_rows, sql,
+    markers, micros, sql,
 };
 use crate::error::map_sqlx;
 use outbox_sql::{ClaimCursor, KeyWalk, walk_keys};
@@ -372,9 +372,9 @@ enum Bind<'a> {
 
 impl Store for SqliteStore {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
-        let token = LeaseToken::generate();
         let now = Utc::now();
-        let until = now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX);
+        let lease = outbox_sql::new_lease(lease_for);
+        let (token, until) = (lease.token, lease.until);
         const WHAT: &str = "claiming outbox rows";
         let mut tx = self
             .pool
@@ -391,17 +391,9 @@ impl Store for SqliteStore {
         };
         let (raw, walked_to) = walk_keys(&mut walk, &start, limit).await?;
         tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
-        self.cursor.advance(
-            &start,
-            raw.iter().map(|r| r.ordering_key.as_str()),
-            walked_to.as_deref(),
-        );
-        let (events, undecodable) = split_rows(raw, &self.limits);
-        Ok(Claim {
-            lease: Lease { token, until },
-            events,
-            undecodable,
-        })
+        Ok(self
+            .cursor
+            .finish(&start, lease, raw, walked_to.as_deref(), &self.limits))
     }
 
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
