@@ -29,7 +29,7 @@ cargo run --quiet -p outbox-examples --example diesel_orders >/dev/null
 # These two check their own outcome against real services and exit non-zero on a mismatch.
 cargo run --quiet -p outbox-examples --example order_shipping
 cargo run --quiet -p outbox-examples --example ledger_kafka
-cargo run --quiet -p outbox-relay --no-default-features -- demo >/dev/null
+cargo run --quiet -p outbox-relay --no-default-features --features sqlite -- demo >/dev/null
 step "relay benchmark, smoke run (OUTBOX_BENCH_SCALE=0.01; figures at this scale mean nothing)"
 OUTBOX_BENCH_SCALE=0.01 cargo run --quiet -p outbox-bench
 echo "all checks passed"

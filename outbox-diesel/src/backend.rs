@@ -5,7 +5,7 @@
 pub(crate) const CHUNK: usize = 1000;
 
 /// `enqueue_async` / `enqueue_all_async` on a diesel-async connection type.
-#[cfg(feature = "async")]
+#[cfg(any(feature = "async-postgres", feature = "async-mysql"))]
 macro_rules! async_fns {
     ($conn:ty) => {
         /// Writes `envelope` through a diesel-async connection; call it inside
@@ -44,7 +44,7 @@ macro_rules! backend {
         rust { id: $id:ty, time: $time:ty }
         convert { id: $id_of:expr, time: $time_of:expr }
         sync { feature: $feature:literal, connection: $conn:ty, migrations: $dir:literal }
-        $(async { connection: $aconn:ty })?
+        $(async { feature: $afeature:literal, connection: $aconn:ty })?
     ) => {
         $(#[$doc])*
         pub mod $module {
@@ -193,14 +193,14 @@ macro_rules! backend {
             }
 
             $(
-                #[cfg(feature = "async")]
+                #[cfg(feature = $afeature)]
                 async_fns!($aconn);
             )?
         }
     };
 }
 
-#[cfg(any(feature = "postgres", feature = "async"))]
+#[cfg(any(feature = "postgres", feature = "async-postgres"))]
 backend! {
     /// PostgreSQL: `id UUID`, times `TIMESTAMPTZ`.
     mod pg;
@@ -208,10 +208,10 @@ backend! {
     rust { id: uuid::Uuid, time: chrono::DateTime<chrono::Utc> }
     convert { id: |e: &Envelope| e.id().as_uuid(), time: |t: chrono::DateTime<chrono::Utc>| t }
     sync { feature: "postgres", connection: diesel::PgConnection, migrations: "migrations/postgres" }
-    async { connection: diesel_async::AsyncPgConnection }
+    async { feature: "async-postgres", connection: diesel_async::AsyncPgConnection }
 }
 
-#[cfg(any(feature = "mysql", feature = "async"))]
+#[cfg(any(feature = "mysql", feature = "async-mysql"))]
 backend! {
     /// MySQL / MariaDB: `id CHAR(36)`, times `DATETIME(6)` in UTC.
     mod mysql;
@@ -219,7 +219,7 @@ backend! {
     rust { id: String, time: chrono::NaiveDateTime }
     convert { id: |e: &Envelope| e.id().to_string(), time: |t: chrono::DateTime<chrono::Utc>| t.naive_utc() }
     sync { feature: "mysql", connection: diesel::MysqlConnection, migrations: "migrations/mysql" }
-    async { connection: diesel_async::AsyncMysqlConnection }
+    async { feature: "async-mysql", connection: diesel_async::AsyncMysqlConnection }
 }
 
 #[cfg(feature = "sqlite")]

@@ -27,7 +27,8 @@
         feature = "postgres",
         feature = "mysql",
         feature = "sqlite",
-        feature = "async"
+        feature = "async-postgres",
+        feature = "async-mysql"
     )),
     allow(unused_imports, dead_code)
 )]
@@ -39,7 +40,9 @@ use diesel::sql_types::{BigInt, Text};
 use outbox_core::inbox::{InboxOutcome, default_inbox_table};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, TableName};
-use outbox_sql::{InboxSpec, InboxStatements, event_id_text};
+#[cfg(any(feature = "mysql", feature = "sqlite", feature = "async-mysql"))]
+use outbox_sql::event_id_text;
+use outbox_sql::{InboxSpec, InboxStatements};
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -49,6 +52,7 @@ fn batch_i64(batch: usize) -> i64 {
     i64::try_from(batch).unwrap_or(i64::MAX)
 }
 
+#[cfg(feature = "sqlite")]
 fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -151,9 +155,9 @@ mod private {
     impl Sealed for diesel::MysqlConnection {}
     #[cfg(feature = "sqlite")]
     impl Sealed for diesel::SqliteConnection {}
-    #[cfg(feature = "async")]
+    #[cfg(feature = "async-postgres")]
     impl Sealed for diesel_async::AsyncPgConnection {}
-    #[cfg(feature = "async")]
+    #[cfg(feature = "async-mysql")]
     impl Sealed for diesel_async::AsyncMysqlConnection {}
 }
 
@@ -222,7 +226,7 @@ sync_inbox!(
 );
 
 /// A diesel-async connection the inbox can work on. Sealed.
-#[cfg(feature = "async")]
+#[cfg(any(feature = "async-postgres", feature = "async-mysql"))]
 pub trait AsyncInboxConnection: private::Sealed + Send {
     #[doc(hidden)]
     const DIALECT: Dialect;
@@ -244,7 +248,7 @@ pub trait AsyncInboxConnection: private::Sealed + Send {
     fn run(&mut self, stmt: &str) -> impl std::future::Future<Output = QueryResult<()>> + Send;
 }
 
-#[cfg(feature = "async")]
+#[cfg(feature = "async-postgres")]
 impl AsyncInboxConnection for diesel_async::AsyncPgConnection {
     const DIALECT: Dialect = Dialect::Postgres;
     async fn insert_record(
@@ -279,7 +283,7 @@ impl AsyncInboxConnection for diesel_async::AsyncPgConnection {
     }
 }
 
-#[cfg(feature = "async")]
+#[cfg(feature = "async-mysql")]
 impl AsyncInboxConnection for diesel_async::AsyncMysqlConnection {
     const DIALECT: Dialect = Dialect::MySql;
     async fn insert_record(
@@ -314,7 +318,7 @@ impl AsyncInboxConnection for diesel_async::AsyncMysqlConnection {
     }
 }
 
-#[cfg(feature = "async")]
+#[cfg(any(feature = "async-postgres", feature = "async-mysql"))]
 impl Inbox {
     /// [`migrate`](Self::migrate) on a diesel-async connection.
     pub async fn migrate_async<C: AsyncInboxConnection>(&self, conn: &mut C) -> QueryResult<()> {

@@ -3,17 +3,17 @@
 mod backend;
 pub mod error;
 pub mod inbox;
-#[cfg(feature = "async")]
+#[cfg(feature = "async-postgres")]
 pub mod store;
 
-#[cfg(any(feature = "mysql", feature = "async"))]
+#[cfg(any(feature = "mysql", feature = "async-mysql"))]
 pub use backend::mysql;
-#[cfg(any(feature = "postgres", feature = "async"))]
+#[cfg(any(feature = "postgres", feature = "async-postgres"))]
 pub use backend::pg;
 #[cfg(feature = "sqlite")]
 pub use backend::sqlite;
 pub use error::{map_connection, map_diesel};
-#[cfg(feature = "async")]
+#[cfg(feature = "async-postgres")]
 pub use store::DieselPgStore;
 
 outbox_core::adapter_error! {

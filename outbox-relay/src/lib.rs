@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod config;
+#[cfg(feature = "sqlite")]
 pub mod demo;
 pub mod http;
 pub mod router;
@@ -10,3 +11,6 @@ pub mod sink;
 pub use config::{Config, ConfigError};
 pub use router::Router;
 pub use sink::JsonLines;
+
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!("outbox-relay needs at least one database feature: postgres, mysql or sqlite");

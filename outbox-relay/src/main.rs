@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use outbox_relay::commands::{self, DeadAction, DeadArgs};
+#[cfg(feature = "sqlite")]
 use outbox_relay::demo::{self, DemoArgs};
 
 #[derive(Parser)]
@@ -54,6 +55,7 @@ enum Command {
         args: DeadArgs,
     },
     /// The embedded demo: SQLite and a JSON-lines sink, nothing to install or configure.
+    #[cfg(feature = "sqlite")]
     Demo(DemoArgs),
 }
 
@@ -83,6 +85,7 @@ async fn main() -> ExitCode {
         Command::DeadLetters { action, args } => {
             commands::dead_letters(&cli.config, action, &args).await
         }
+        #[cfg(feature = "sqlite")]
         Command::Demo(args) => demo::run(args).await,
     };
     match result {

@@ -1,8 +1,20 @@
-#![doc = include_str!("../README.md")]
+// The README's example runs on SQLite; without that feature the crate docs are this line.
+#![cfg_attr(feature = "sqlite", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "Outbox stores and enqueue helpers on sqlx: see the crate's README."
+)]
+// With no database feature the crate has nothing to offer but its shared pieces.
+#![cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(unused)
+)]
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod any;
 mod common;
 pub mod error;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub mod event_table;
 pub mod inbox;
 #[cfg(feature = "mysql")]
@@ -13,6 +25,7 @@ pub mod shape;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use any::{AnyPool, AnyStore, dialect_of};
 pub use error::{classify, map_sqlx};
 
