@@ -96,6 +96,7 @@ impl AnyPool {
             let kind = crate::error::classify(&e);
             Error::new(kind, format!("opening {shown}")).with_source(e)
         };
+        // Unused in a build with SQLite alone.
         let _ = (max_connections, &open);
         match dialect_of(url)? {
             #[cfg(feature = "postgres")]
