@@ -11,10 +11,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
 use outbox_core::testkit::{
-    CUT_EVENTS, PublisherHarness, Received, TcpProxy, relay_survives_connection_cut,
+    CUT_EVENTS, PublisherHarness, Received, TcpProxy, order_event, relay_survives_connection_cut,
     run_publisher_suite, service_url, unique_name,
 };
-use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result, transport};
+use outbox_core::{ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -162,13 +162,6 @@ async fn conformance_suite_on_rabbitmq() {
     run_publisher_suite(|| Rabbit::new(&url, &url)).await;
 }
 
-fn ev(dest: &str, key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", dest)
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
 /// A message no queue is bound for is a permanent error, not a silent drop; the other
 /// events of the same batch are published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,10 +174,10 @@ async fn unroutable_message_is_a_permanent_error() {
     let lonely = unique_name("outbox_unbound");
     declare_exchange(&rabbit.channel, &lonely).await;
     let events = [
-        ev(&format!("{lonely}/nobody.listens"), "a", 1),
-        ev(&rabbit.destination(), "b", 2),
-        ev(&format!("{}_nosuch/x", rabbit.name), "c", 3),
-        ev("bad exchange/x", "d", 4),
+        order_event(&format!("{lonely}/nobody.listens"), "a", 1),
+        order_event(&rabbit.destination(), "b", 2),
+        order_event(&format!("{}_nosuch/x", rabbit.name), "c", 3),
+        order_event("bad exchange/x", "d", 4),
     ];
     let out = rabbit.publisher.publish(&events).await;
     match &out[0] {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_core::testkit::{
-    PublisherHarness, Received, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, order_event, run_publisher_suite, service_url, unique_name,
 };
 use outbox_core::{
     Envelope, ErrorKind, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig,
@@ -157,13 +157,6 @@ async fn conformance_suite_on_tansu() {
     run_publisher_suite(|| Topic::new(&url)).await;
 }
 
-fn ev(topic: &str, key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", topic)
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
 /// 60 events over 4 keys in 3 partitions: a consumer sees each key's events in order, with
 /// the ordering key as the message key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +166,7 @@ async fn consumer_sees_per_key_order() {
     };
     let t = Topic::new(&url).await;
     let events: Vec<Envelope> = (0..60)
-        .map(|i| ev(&t.topic, &format!("key-{}", i % 4), i))
+        .map(|i| order_event(&t.topic, &format!("key-{}", i % 4), i))
         .collect();
     // As the relay does: one event per key per call.
     for wave in events.chunks(4) {
@@ -217,7 +210,7 @@ async fn oversized_message_is_permanent() {
         .with_payload(vec![b'x'; 2 * 1024 * 1024], "application/octet-stream")
         .build()
         .expect("valid under a raised limit");
-    let small = ev(&t.topic, "small", 1);
+    let small = order_event(&t.topic, "small", 1);
     let out = t.publisher.publish(&[huge, small]).await;
     match &out[0] {
         PublishOutcome::Failed(e) => {
@@ -243,7 +236,7 @@ async fn broker_down_is_retryable_and_nothing_is_lost() {
 
     // While the broker is down, a publish fails with a retryable error.
     mock.broker_down(1).expect("down");
-    let probe = ev(topic, "probe", 0);
+    let probe = order_event(topic, "probe", 0);
     match &publisher.publish(std::slice::from_ref(&probe)).await[0] {
         PublishOutcome::Failed(e) => {
             assert!(e.is_retryable(), "broker down must be retryable: {e}")
@@ -254,7 +247,7 @@ async fn broker_down_is_retryable_and_nothing_is_lost() {
 
     let store = InMemoryStore::new();
     let events: Vec<Envelope> = (0..120)
-        .map(|i| ev(topic, &format!("k{}", i % 6), i))
+        .map(|i| order_event(topic, &format!("k{}", i % 6), i))
         .collect();
     store.enqueue_committed(events.clone()).expect("enqueue");
     let relay = Relay::new(

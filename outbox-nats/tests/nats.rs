@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use outbox_core::testkit::{
-    CUT_EVENTS, PublisherHarness, Received, TcpProxy, relay_survives_connection_cut,
+    CUT_EVENTS, PublisherHarness, Received, TcpProxy, order_event, relay_survives_connection_cut,
     run_publisher_suite, service_url, unique_name,
 };
-use outbox_core::{Envelope, PublishOutcome, Publisher, Result, transport};
+use outbox_core::{PublishOutcome, Publisher, Result, transport};
 use outbox_nats::{NatsConfig, NatsPublisher};
 
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -142,20 +142,13 @@ async fn conformance_suite_on_jetstream() {
     delete_streams(&url, &prefix).await;
 }
 
-fn ev(dest: &str, key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", dest)
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_event_twice_is_stored_once() {
     let Some(url) = service_url("same_event_twice_is_stored_once", ENV, DEFAULT_URL).await else {
         return;
     };
     let js = Js::new(&url, "outbox_dup").await;
-    let e = ev(&js.destination(), "k", 1);
+    let e = order_event(&js.destination(), "k", 1);
     for _ in 0..3 {
         let out = js.publisher.publish(std::slice::from_ref(&e)).await;
         assert!(out[0].is_published(), "{:?}", out[0]);
@@ -180,7 +173,10 @@ async fn bad_destinations_are_permanent_errors() {
         return;
     };
     let p = publisher(&url).await;
-    let events = [ev("orders.*", "k", 1), ev("orders..x", "k", 2)];
+    let events = [
+        order_event("orders.*", "k", 1),
+        order_event("orders..x", "k", 2),
+    ];
     for out in p.publish(&events).await {
         match out {
             PublishOutcome::Failed(e) => {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::testkit::{order_event, service_url, unique_name};
 use outbox_core::{Envelope, EventId, TableName};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -69,13 +69,6 @@ fn config_errors_name_the_file_and_key() {
         "{err}"
     );
     let _ = std::fs::remove_file(path);
-}
-
-fn ev(dest: &str, key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", dest)
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
 }
 
 /// The response to `GET path` on the relay's HTTP port, retried while it starts.
@@ -324,7 +317,7 @@ publisher = "bus"
     let orders = |n: usize, key: &str| -> Vec<Envelope> {
         (0..n)
             .map(|i| {
-                ev(
+                order_event(
                     &format!("{name}.orders.{key}"),
                     &format!("{key}-{}", i % 4),
                     i,
@@ -335,7 +328,7 @@ publisher = "bus"
     let pg_events = orders(60, "pg");
     let my_events: Vec<Envelope> = (0..60)
         .map(|i| {
-            ev(
+            order_event(
                 &format!("{name}.rabbit/orders"),
                 &format!("maria-{}", i % 4),
                 i,
@@ -343,7 +336,7 @@ publisher = "bus"
         })
         .collect();
     let audit_events: Vec<Envelope> = (0..40)
-        .map(|i| ev("audit", &format!("a-{}", i % 3), i))
+        .map(|i| order_event("audit", &format!("a-{}", i % 3), i))
         .collect();
     let pg = sqlx::PgPool::connect(&pg_url).await.expect("pg");
     let pg_outbox = outbox_sqlx::postgres::PgOutbox::new(
@@ -647,8 +640,8 @@ async fn dead_letter_admin_survives_an_undecodable_row() {
     let pool = outbox_sqlx::sqlite::connect(&format!("sqlite://{}", db.display()))
         .await
         .expect("sqlite");
-    let good = ev("dlq.good", "g", 0);
-    let bad = ev("dlq.bad", "b", 0);
+    let good = order_event("dlq.good", "g", 0);
+    let bad = order_event("dlq.bad", "b", 0);
     let mut tx = pool.begin().await.expect("begin");
     outbox_sqlx::sqlite::SqliteOutbox::default()
         .enqueue_all(&mut tx, &[good.clone(), bad.clone()])
@@ -774,7 +767,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
     outbox(&["migrate", "--config", cfg]);
     let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
     create_ledger(&pool).await;
-    let events: Vec<Envelope> = (0..12).map(|n| ev("orders", "o-1", n)).collect();
+    let events: Vec<Envelope> = (0..12).map(|n| order_event("orders", "o-1", n)).collect();
     let mut tx = pool.begin().await.expect("begin");
     outbox_sqlx::sqlite::SqliteOutbox::default()
         .enqueue_all(&mut tx, &events)
@@ -912,7 +905,7 @@ async fn migrate_print_writes_ddl_a_migration_tool_can_run() {
     }
     let table = TableName::default();
     let mut tx = pool.begin().await.expect("begin");
-    let events: Vec<Envelope> = (0..3).map(|n| ev("orders", "k", n)).collect();
+    let events: Vec<Envelope> = (0..3).map(|n| order_event("orders", "k", n)).collect();
     outbox_sqlx::sqlite::SqliteOutbox::new(table.clone())
         .enqueue_all(&mut tx, &events)
         .await

@@ -9,7 +9,7 @@ use outbox_core::store::Store;
 use outbox_core::testkit::{
     StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
 };
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, Result, TableName};
 use outbox_sql::Quote;
 use outbox_sqlx::mysql::{MySqlOutbox, MySqlStore, migrate};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -123,22 +123,7 @@ impl StoreHarness for My {
 }
 
 fn ev(key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", "orders")
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
-fn fast_config() -> RelayConfig {
-    RelayConfig {
-        batch_size: 50,
-        concurrency: 2,
-        lease: Duration::from_secs(10),
-        publish_timeout: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(20),
-        max_poll_interval: Duration::from_millis(200),
-        ..RelayConfig::default()
-    }
+    outbox_core::testkit::order_event("orders", key, n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +184,12 @@ async fn exactly_committed_events_are_relayed() {
     );
 
     let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(my.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    let relay = Relay::new(
+        my.store.clone(),
+        publisher.clone(),
+        outbox_core::testkit::fast_relay_config(),
+    )
+    .expect("relay");
     let report = relay.drain().await.expect("drain");
     assert_eq!(report.published, 2);
     let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
@@ -229,16 +219,25 @@ async fn several_relays_share_one_table() {
     let publisher = InMemoryPublisher::new();
     let mut relays = Vec::new();
     for i in 0..3 {
-        let relay = Relay::new(my.store.clone(), publisher.clone(), fast_config())
-            .expect("relay")
-            .with_name(format!("relay-{i}"));
+        let relay = Relay::new(
+            my.store.clone(),
+            publisher.clone(),
+            outbox_core::testkit::fast_relay_config(),
+        )
+        .expect("relay")
+        .with_name(format!("relay-{i}"));
         relays.push(tokio::spawn(async move { relay.drain().await }));
     }
     for r in relays {
         r.await.expect("relay task").expect("drain");
     }
     // A relay may drain early while another holds the last heads; finish with one more.
-    let last = Relay::new(my.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    let last = Relay::new(
+        my.store.clone(),
+        publisher.clone(),
+        outbox_core::testkit::fast_relay_config(),
+    )
+    .expect("relay");
     last.drain().await.expect("drain");
     let delivered = publisher.delivered_ids();
     let unique: HashSet<EventId> = delivered.iter().copied().collect();

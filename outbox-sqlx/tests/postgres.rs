@@ -8,7 +8,7 @@ use std::time::Duration;
 use outbox_core::testkit::{
     StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
 };
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, Result, TableName};
 use outbox_sql::Quote;
 use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, PgWakeUp, migrate};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -118,22 +118,7 @@ impl StoreHarness for Pg {
 }
 
 fn ev(key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", "orders")
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
-fn fast_config() -> RelayConfig {
-    RelayConfig {
-        batch_size: 50,
-        concurrency: 2,
-        lease: Duration::from_secs(10),
-        publish_timeout: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(20),
-        max_poll_interval: Duration::from_millis(200),
-        ..RelayConfig::default()
-    }
+    outbox_core::testkit::order_event("orders", key, n)
 }
 
 /// Drops the schemas whose names start with `prefix` (a test's own).
@@ -211,7 +196,12 @@ async fn exactly_committed_events_are_relayed() {
     );
 
     let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(pg.store.clone(), publisher.clone(), fast_config()).expect("relay");
+    let relay = Relay::new(
+        pg.store.clone(),
+        publisher.clone(),
+        outbox_core::testkit::fast_relay_config(),
+    )
+    .expect("relay");
     let report = relay.drain().await.expect("drain");
     assert_eq!(report.published, 2);
     let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
@@ -247,10 +237,14 @@ async fn several_relays_share_one_table() {
         let wake = PgWakeUp::listen(&pg.pool, pg.store.table())
             .await
             .expect("listen");
-        let relay = Relay::new(pg.store.clone(), publisher.clone(), fast_config())
-            .expect("relay")
-            .with_name(format!("relay-{i}"))
-            .with_wakeup(Arc::new(wake));
+        let relay = Relay::new(
+            pg.store.clone(),
+            publisher.clone(),
+            outbox_core::testkit::fast_relay_config(),
+        )
+        .expect("relay")
+        .with_name(format!("relay-{i}"))
+        .with_wakeup(Arc::new(wake));
         let mut stop = stop_rx.clone();
         relays.push(tokio::spawn(relay.run_until(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -97,10 +97,7 @@ impl StoreHarness for Lite {
 }
 
 fn ev(key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", "orders")
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
+    outbox_core::testkit::order_event("orders", key, n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use outbox_core::testkit::{
-    PublisherHarness, Received, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, order_event, run_publisher_suite, service_url, unique_name,
 };
 use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result};
 use outbox_sqs::{SqsConfig, SqsCredentials, SqsPublisher, decode_attributes};
@@ -178,13 +178,6 @@ async fn conformance_suite_on_a_fifo_queue() {
     run_publisher_suite(|| Queue::new(&url, true)).await;
 }
 
-fn ev(dest: &str, key: &str, n: usize) -> Envelope {
-    Envelope::builder("order", key, "order.placed", dest)
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
-}
-
 /// The relay publishes an event twice (a crash between the broker's ack and the mark): the
 /// FIFO queue delivers it once, with the event id as the dedupe id and the key as the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +193,7 @@ async fn fifo_queue_receives_a_republished_event_once() {
     };
     let q = Queue::new(&url, true).await;
     let events: Vec<Envelope> = (0..25)
-        .map(|i| ev(&q.name, &format!("k{}", i % 3), i))
+        .map(|i| order_event(&q.name, &format!("k{}", i % 3), i))
         .collect();
     for _ in 0..2 {
         for o in q.publisher.publish(&events).await {

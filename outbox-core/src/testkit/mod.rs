@@ -101,6 +101,29 @@ pub(crate) async fn step<F: std::future::Future<Output = ()>>(suite: &str, name:
     eprintln!("[{suite}] {name} ok");
 }
 
+/// A plain `order.placed` event for `key` to `destination`, with `{"n": n}` as its JSON
+/// payload: what most service tests publish.
+pub fn order_event(destination: &str, key: &str, n: usize) -> crate::Envelope {
+    crate::Envelope::builder("order", key, "order.placed", destination)
+        .json(&serde_json::json!({ "n": n }))
+        .build()
+        .expect("a valid test envelope")
+}
+
+/// Relay settings for service tests: batches of 50, two in flight, a 10 s lease, a 5 s
+/// publish timeout, and polls every 20 ms (200 ms at most) so tests finish quickly.
+pub fn fast_relay_config() -> crate::RelayConfig {
+    crate::RelayConfig {
+        batch_size: 50,
+        concurrency: 2,
+        lease: std::time::Duration::from_secs(10),
+        publish_timeout: std::time::Duration::from_secs(5),
+        poll_interval: std::time::Duration::from_millis(20),
+        max_poll_interval: std::time::Duration::from_millis(200),
+        ..crate::RelayConfig::default()
+    }
+}
+
 /// An event for round-trip tests: times cut to whole microseconds (what every database
 /// keeps), a user header and a W3C trace context, so that a row read back through any store
 /// must compare equal to the envelope written, field for field.
