@@ -87,9 +87,7 @@ impl ClaimCursor {
             }
         }
     }
-}
 
-impl ClaimCursor {
     /// Ends a claim that started after `start` and took `rows` under `lease`: moves the
     /// cursor (see [`advance`](Self::advance)) and returns the claim, its rows decoded
     /// against `limits` in `seq` order.
