@@ -12,7 +12,19 @@ use outbox_core::{Error, ErrorKind};
 ///   acknowledgements pending: `Throttled`; anything else the server said: `Unavailable`.
 ///   These are retried.
 pub fn map_publish_error(subject: &str, err: PublishError) -> Error {
-    let kind = match err.kind() {
+    let kind = publish_error_kind(&err);
+    let what = match kind {
+        ErrorKind::DestinationNotFound => {
+            format!("no JetStream stream captures subject {subject:?}")
+        }
+        _ => format!("publishing to NATS subject {subject:?}"),
+    };
+    Error::new(kind, what).with_source(err)
+}
+
+/// The kind of a JetStream publish error (see [`map_publish_error`] for the rules).
+pub fn publish_error_kind(err: &PublishError) -> ErrorKind {
+    match err.kind() {
         PublishErrorKind::StreamNotFound => ErrorKind::DestinationNotFound,
         PublishErrorKind::MaxPayloadExceeded => ErrorKind::TooLarge,
         PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
@@ -22,12 +34,5 @@ pub fn map_publish_error(subject: &str, err: PublishError) -> Error {
         PublishErrorKind::BrokenPipe => ErrorKind::Connection,
         PublishErrorKind::MaxAckPending => ErrorKind::Throttled,
         _ => ErrorKind::Unavailable,
-    };
-    let what = match kind {
-        ErrorKind::DestinationNotFound => {
-            format!("no JetStream stream captures subject {subject:?}")
-        }
-        _ => format!("publishing to NATS subject {subject:?}"),
-    };
-    Error::new(kind, what).with_source(err)
+    }
 }

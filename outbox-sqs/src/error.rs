@@ -39,8 +39,19 @@ where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let (kind, detail) = classify_sdk(&err);
+    Error::new(kind, format!("SQS queue {queue:?}: {detail}")).with_source(err)
+}
+
+/// The kind of an SDK error for a whole request, and what it says (the service's code and
+/// message, or the SDK's own description).
+pub fn classify_sdk<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> (ErrorKind, String)
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     use aws_sdk_sqs::error::SdkError;
-    let kind = match &err {
+    let kind = match err {
         SdkError::TimeoutError(_) => ErrorKind::Timeout,
         SdkError::DispatchFailure(_) => ErrorKind::Connection,
         SdkError::ResponseError(_) => ErrorKind::Unavailable,
@@ -48,7 +59,7 @@ where
         SdkError::ServiceError(e) => kind_of_code(e.err().code().unwrap_or_default(), None),
         _ => ErrorKind::Other,
     };
-    let detail = match &err {
+    let detail = match err {
         SdkError::ServiceError(e) => format!(
             "{}: {}",
             e.err().code().unwrap_or("unknown"),
@@ -56,5 +67,5 @@ where
         ),
         other => other.to_string(),
     };
-    Error::new(kind, format!("SQS queue {queue:?}: {detail}")).with_source(err)
+    (kind, detail)
 }

@@ -12,7 +12,7 @@ pub use publisher::SqsPublisher;
 
 outbox_core::adapter_error! {
     /// An error of this crate or of the AWS SDK's SQS client, for application code that
-    /// calls both: `?` turns an `SdkError` (classified as [`error::map_sdk`] does), an
+    /// calls both: `?` turns an `SdkError` (classified by [`error::classify_sdk`]), an
     /// `outbox_core::Error` or an envelope error into it, and it converts back into
     /// `outbox_core::Error` with its kind kept.
     pub struct Error;
@@ -24,6 +24,9 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     fn from(err: aws_sdk_sqs::error::SdkError<E, R>) -> Self {
-        error::map_sdk("(application)", err).into()
+        let (kind, detail) = error::classify_sdk(&err);
+        outbox_core::Error::new(kind, format!("SQS request: {detail}"))
+            .with_source(err)
+            .into()
     }
 }
