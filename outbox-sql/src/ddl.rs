@@ -2,7 +2,7 @@
 
 use outbox_core::schema::{COLUMNS, Dialect, INDEXES, TableName};
 
-use crate::quote::Quote;
+use crate::quote::{Quote, quote_ident};
 
 /// The statements that create the table and its indexes on `dialect`, idempotently
 /// (`IF NOT EXISTS`), after the schema (PostgreSQL) or database (MySQL/MariaDB) the table
@@ -12,9 +12,13 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
     let quoted = table.quoted(dialect);
     let mut out = Vec::new();
     match (dialect, table.schema()) {
-        (Dialect::Postgres, Some(s)) => out.push(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")),
+        (Dialect::Postgres, Some(s)) => out.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(dialect, s)
+        )),
         (Dialect::MySql, Some(s)) => out.push(format!(
-            "CREATE DATABASE IF NOT EXISTS `{s}` CHARACTER SET utf8mb4"
+            "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4",
+            quote_ident(dialect, s)
         )),
         _ => {}
     }
@@ -64,7 +68,7 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
         for idx in INDEXES {
             // PostgreSQL and SQLite put an index in its table's schema; the name is bare.
             let schema_prefix = match (dialect, table.schema()) {
-                (Dialect::Sqlite, Some(s)) => format!("\"{s}\"."),
+                (Dialect::Sqlite, Some(s)) => format!("{}.", quote_ident(dialect, s)),
                 _ => String::new(),
             };
             let on = match dialect {

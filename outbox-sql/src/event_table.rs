@@ -3,6 +3,8 @@
 use outbox_core::event_table::ReadPlan;
 use outbox_core::schema::Dialect;
 
+use crate::quote::quote_ident;
+
 /// A SQL condition on `column` selecting exactly this plan. Positions are integers, so
 /// they are written into the text; `column` must already be a quoted identifier.
 pub fn read_plan_condition(plan: &ReadPlan, column: &str) -> String {
@@ -33,14 +35,6 @@ pub fn marker(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::Postgres => format!("${n}"),
         _ => "?".to_owned(),
-    }
-}
-
-/// A column name quoted for `dialect`.
-pub fn quote_ident(dialect: Dialect, ident: &str) -> String {
-    match dialect {
-        Dialect::MySql => format!("`{ident}`"),
-        _ => format!("\"{ident}\""),
     }
 }
 

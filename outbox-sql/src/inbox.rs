@@ -5,7 +5,7 @@ use outbox_core::error::Error;
 use outbox_core::inbox::{MAX_CONSUMER_BYTES, validate_consumer};
 use outbox_core::schema::{Dialect, TableName};
 
-use crate::quote::Quote;
+use crate::quote::{Quote, quote_ident};
 
 /// The event id as the inbox stores it on `dialect` (PostgreSQL binds a UUID; MySQL and
 /// SQLite store the hyphenated text).
@@ -150,8 +150,12 @@ pub fn create_inbox_table_sql(table: &TableName, dialect: Dialect) -> Vec<String
             format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {t} (processed_at)",
                 match table.schema() {
-                    Some(s) => format!("\"{s}\".\"{index}\""),
-                    None => format!("\"{index}\""),
+                    Some(s) => format!(
+                        "{}.{}",
+                        quote_ident(dialect, s),
+                        quote_ident(dialect, &index)
+                    ),
+                    None => quote_ident(dialect, &index),
                 }
             ),
         ],

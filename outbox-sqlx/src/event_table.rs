@@ -59,7 +59,8 @@ use outbox_core::event_table::{
 };
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
-use outbox_sql::event_table::{as_micros, as_text, quote_ident};
+use outbox_sql::event_table::{as_micros, as_text};
+use outbox_sql::quote_ident;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 #[cfg(feature = "mysql")]
