@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod admin;
 pub mod claim;
 pub mod ddl;
 pub mod event_table;
@@ -8,6 +9,7 @@ pub mod postgres;
 pub mod quote;
 pub mod row;
 
+pub use admin::{AdminStatements, Bound, Value};
 pub use claim::{ClaimCursor, KeyWalk, key_budget, new_lease, ready_keys, walk_keys};
 pub use ddl::create_table_sql;
 pub use event_table::read_plan_condition;

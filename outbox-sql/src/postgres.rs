@@ -14,7 +14,8 @@ use crate::row::SELECT_COLUMNS;
 pub const PG_CLAIM_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', true), \
      set_config('enable_bitmapscan', 'off', true), set_config('jit', 'off', true)";
 
-/// PostgreSQL statement text for a table, shared by the sqlx and diesel stores.
+/// PostgreSQL's claim and fenced marks for a table, shared by the sqlx and diesel stores
+/// (retention, backlog figures and dead letters are [`AdminStatements`](crate::admin::AdminStatements)).
 #[derive(Clone, Debug)]
 pub struct PgStatements {
     /// Claims runs of due rows key by key (see [`pg_claim`]): binds `$1` limit, `$2` token,
@@ -31,16 +32,6 @@ pub struct PgStatements {
     pub dead: String,
     /// Releases held rows without an attempt: `$1` ids, `$2` token.
     pub release: String,
-    /// Deletes published rows: `$1` cut-off, `$2` limit.
-    pub purge: String,
-    /// Pending, in-flight and dead counts, and the oldest unfinished `created_at`.
-    pub stats: String,
-    /// Lists dead letters: `$1`..`$5` the filter (type, key, since, before, ids), `$6` limit.
-    pub list_dead: String,
-    /// Requeues dead letters matching the filter (`$1`..`$5`).
-    pub requeue_dead: String,
-    /// Deletes dead letters matching the filter (`$1`..`$5`).
-    pub purge_dead: String,
 }
 
 /// The PostgreSQL claim for the quoted table `t`, one statement:
@@ -134,9 +125,6 @@ impl PgStatements {
     pub fn new(table: &TableName) -> Self {
         let t = table.quoted(Dialect::Postgres);
         let held = "status = 1 AND lease_token = $2 AND lease_until > now()";
-        let dead_filter = "status = 3 AND ($1::text IS NULL OR event_type = $1) AND ($2::text IS NULL OR ordering_key = $2) \
-             AND ($3::timestamptz IS NULL OR processed_at >= $3) AND ($4::timestamptz IS NULL OR processed_at < $4) \
-             AND ($5::uuid[] IS NULL OR id = ANY($5))";
         PgStatements {
             claim: pg_claim(&t),
             mark_published: format!(
@@ -159,26 +147,6 @@ impl PgStatements {
             release: format!(
                 "UPDATE {t} SET status = 0, lease_token = NULL, lease_until = NULL WHERE id = ANY($1) AND {held}"
             ),
-            purge: format!(
-                "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE status = 2 AND processed_at < $1 \
-                 ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-            ),
-            stats: format!(
-                "SELECT count(*) FILTER (WHERE status = 0 OR (status = 1 AND lease_until <= now())), \
-                        count(*) FILTER (WHERE status = 1 AND lease_until > now()), \
-                        count(*) FILTER (WHERE status = 3), \
-                        min(created_at) FILTER (WHERE status IN (0, 1)), \
-                        (SELECT count(*) FROM {t} WHERE status = 2 \
-                           AND processed_at > now() - interval '1 minute') \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            ),
-            list_dead: format!(
-                "SELECT {SELECT_COLUMNS}, processed_at FROM {t} WHERE {dead_filter} ORDER BY processed_at, seq LIMIT $6"
-            ),
-            requeue_dead: format!(
-                "UPDATE {t} SET status = 0, attempts = 0, available_at = now(), processed_at = NULL WHERE {dead_filter}"
-            ),
-            purge_dead: format!("DELETE FROM {t} WHERE {dead_filter}"),
         }
     }
 }

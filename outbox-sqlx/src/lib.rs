@@ -24,10 +24,14 @@ pub mod postgres;
 pub mod shape;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub mod store;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use any::{AnyPool, AnyStore, dialect_of};
 pub use error::{classify, map_sqlx};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub use store::{Backend, SqlxOutbox, SqlxStore};
 
 outbox_core::adapter_error! {
     /// An error of this crate or of sqlx, for application code that calls both: `?` turns

@@ -16,37 +16,36 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
-use outbox_core::store::{
-    BacklogStats, Claim, DeadLetter, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Lease,
-    Retention, Retry, Store, StoreStats,
-};
-use outbox_core::{Envelope, EventId, Result, TableName, ValidationLimits};
-use outbox_sql::Quote;
-use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlPool, MySqlRow};
-use sqlx::{Executor, MySql, Row};
+use outbox_core::store::{Claim, Lease};
+use outbox_core::{Envelope, EventId, Result, TableName};
+use sqlx::error::BoxDynError;
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlQueryResult};
+use sqlx::{Executor, Row};
 
 use crate::common::{
-    FilterBind, INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, backlog_from_row,
-    dead_filter, limit_i64, markers, micros, sql,
+    INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, limit_i64, markers, micros, sql,
 };
 use crate::error::map_sqlx;
-use outbox_sql::{ClaimCursor, KeyWalk, walk_keys};
+use crate::store::{Backend, Mark, SqlxOutbox, SqlxStore};
+use outbox_sql::{KeyWalk, walk_keys};
 
 /// Rows per multi-row statement: well under the protocol's 65,535 placeholders.
 const CHUNK: usize = 1000;
 
+/// MySQL and MariaDB, as a [`Backend`] of the generic store: ids are `CHAR(36)`, times
+/// `DATETIME(6)` in UTC.
+#[derive(Clone, Copy, Debug)]
+pub struct MySqlBackend;
+
+/// The MySQL/MariaDB store. Cheap to clone.
+pub type MySqlStore = SqlxStore<MySqlBackend>;
+
+/// Enqueues into a configured table. Cheap to clone; build once.
+pub type MySqlOutbox = SqlxOutbox<MySqlBackend>;
+
 /// Creates the database (if the table names one) and the outbox table, idempotently.
 pub async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
-    let mut conn = pool
-        .acquire()
-        .await
-        .map_err(|e| map_sqlx("acquiring a connection to migrate", e))?;
-    for stmt in outbox_sql::create_table_sql(table, Dialect::MySql) {
-        conn.execute(sql(stmt))
-            .await
-            .map_err(|e| map_sqlx("creating the outbox table", e))?;
-    }
-    Ok(())
+    MySqlStore::new(pool.clone(), table.clone()).migrate().await
 }
 
 /// Writes `envelope` to the default table through `conn`, normally the caller's open
@@ -60,126 +59,19 @@ pub async fn enqueue_all(conn: &mut MySqlConnection, envelopes: &[Envelope]) -> 
     MySqlOutbox::default().enqueue_all(conn, envelopes).await
 }
 
-/// Enqueues into a configured table. Cheap to clone; build once.
-#[derive(Clone, Debug)]
-pub struct MySqlOutbox {
-    table: TableName,
-    quoted: Arc<str>,
-    single: Sql,
-}
-
-impl Default for MySqlOutbox {
-    fn default() -> Self {
-        MySqlOutbox::new(TableName::default())
-    }
-}
-
 const ROW_MARKERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-
-impl MySqlOutbox {
-    /// Enqueues into `table`.
-    pub fn new(table: TableName) -> Self {
-        let quoted: Arc<str> = table.quoted(Dialect::MySql).into();
-        let single = format!("INSERT INTO {quoted} ({INSERT_COLUMNS}) VALUES {ROW_MARKERS}").into();
-        MySqlOutbox {
-            table,
-            quoted,
-            single,
-        }
-    }
-
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        &self.table
-    }
-
-    /// Writes one event through `conn` (the caller's transaction).
-    pub async fn enqueue(&self, conn: &mut MySqlConnection, envelope: &Envelope) -> Result<()> {
-        self.enqueue_all(conn, std::slice::from_ref(envelope)).await
-    }
-
-    /// Writes events through `conn` (the caller's transaction): one multi-row `INSERT` per
-    /// thousand events.
-    pub async fn enqueue_all(
-        &self,
-        conn: &mut MySqlConnection,
-        envelopes: &[Envelope],
-    ) -> Result<()> {
-        for chunk in envelopes.chunks(CHUNK) {
-            let text: Sql = if chunk.len() == 1 {
-                Arc::clone(&self.single)
-            } else {
-                format!(
-                    "INSERT INTO {} ({INSERT_COLUMNS}) VALUES {}",
-                    self.quoted,
-                    vec![ROW_MARKERS; chunk.len()].join(", ")
-                )
-                .into()
-            };
-            let mut q = sqlx::query(sql(text));
-            for e in chunk {
-                q = q
-                    .bind(e.id().to_string())
-                    .bind(e.aggregate_type())
-                    .bind(e.aggregate_id())
-                    .bind(e.event_type())
-                    .bind(e.destination())
-                    .bind(e.ordering_key())
-                    .bind(e.payload().as_ref())
-                    .bind(e.content_type())
-                    .bind(e.headers_json())
-                    .bind(e.trace().map(|t| t.traceparent()))
-                    .bind(e.trace().and_then(|t| t.tracestate()))
-                    .bind(e.created_at())
-                    .bind(e.available_at());
-            }
-            q.execute(&mut *conn)
-                .await
-                .map_err(|e| map_sqlx("enqueueing outbox events", e))?;
-        }
-        Ok(())
-    }
-}
-
-fn decode(row: &MySqlRow) -> std::result::Result<RawRow, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    Ok(RawRow {
-        seq: row.try_get("seq")?,
-        id: id
-            .parse::<EventId>()
-            .map_err(|e| sqlx::Error::ColumnDecode {
-                index: "id".to_owned(),
-                source: Box::new(e),
-            })?,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        event_type: row.try_get("event_type")?,
-        destination: row.try_get("destination")?,
-        ordering_key: row.try_get("ordering_key")?,
-        payload: row.try_get("payload")?,
-        content_type: row.try_get("content_type")?,
-        headers: row.try_get("headers")?,
-        traceparent: row.try_get("traceparent")?,
-        tracestate: row.try_get("tracestate")?,
-        created_at: row.try_get("created_at")?,
-        available_at: row.try_get("available_at")?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-    })
-}
 
 /// A row is held by a lease when it is in flight under that token and not yet expired.
 const HELD: &str = "status = 1 AND lease_token = ? AND lease_until > UTC_TIMESTAMP(6)";
 
-struct Statements {
+/// The claim's statements and the per-row marks, shared cheaply.
+pub struct Statements {
     reap: Sql,
     next: NextKeySql,
     run: Sql,
     check: Sql,
     retry: Sql,
     dead: Sql,
-    purge: Sql,
-    stats: Sql,
 }
 
 impl Statements {
@@ -239,27 +131,13 @@ impl Statements {
                    lease_token = NULL, lease_until = NULL WHERE id = ? AND {HELD}"
             )
             .into(),
-            purge: format!(
-                "DELETE FROM {t} WHERE status = 2 AND processed_at < ? ORDER BY processed_at LIMIT ?"
-            )
-            .into(),
-            stats: format!(
-                "SELECT COUNT(CASE WHEN status = 0 OR (status = 1 AND lease_until <= {now}) THEN 1 END), \
-                        COUNT(CASE WHEN status = 1 AND lease_until > {now} THEN 1 END), \
-                        COUNT(CASE WHEN status = 3 THEN 1 END), \
-                        MIN(CASE WHEN status IN (0, 1) THEN created_at END), \
-                        (SELECT COUNT(*) FROM {t} WHERE status = 2 \
-                           AND processed_at > {now} - INTERVAL 1 MINUTE) \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            )
-            .into(),
         }
     }
 }
 
 /// One claim's walk, inside its transaction.
 struct MySqlWalk<'a, 'c> {
-    tx: &'a mut sqlx::Transaction<'c, MySql>,
+    tx: &'a mut sqlx::Transaction<'c, sqlx::MySql>,
     stmts: &'a Statements,
 }
 
@@ -322,140 +200,51 @@ impl KeyWalk for MySqlWalk<'_, '_> {
             if seq != expected {
                 break;
             }
-            run.push(decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
+            run.push(MySqlStore::decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
         }
         Ok(run)
     }
 }
 
-/// The MySQL/MariaDB store. Cheap to clone.
-#[derive(Clone)]
-pub struct MySqlStore {
-    pool: MySqlPool,
-    table: TableName,
-    quoted: Arc<str>,
-    limits: ValidationLimits,
-    stmts: Arc<Statements>,
-    cursor: Arc<ClaimCursor>,
-}
+impl crate::store::sealed::Sealed for MySqlBackend {}
 
-impl std::fmt::Debug for MySqlStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The pool's options hold the password: show only the table.
-        f.debug_struct("MySqlStore")
-            .field("table", &self.table)
-            .finish_non_exhaustive()
-    }
-}
+impl Backend for MySqlBackend {
+    type Db = sqlx::MySql;
+    type Id = String;
+    type Time = DateTime<Utc>;
+    type Statements = Statements;
+    const DIALECT: Dialect = Dialect::MySql;
+    const STORE: &'static str = "MySqlStore";
 
-fn bind_filter<'q>(
-    mut q: sqlx::query::Query<'q, MySql, MySqlArguments>,
-    binds: Vec<FilterBind>,
-) -> sqlx::query::Query<'q, MySql, MySqlArguments> {
-    for b in binds {
-        q = match b {
-            FilterBind::Time(v) => q.bind(v),
-            FilterBind::Text(v) => q.bind(v),
-        };
-    }
-    q
-}
-
-impl MySqlStore {
-    /// A store over `table` (which [`migrate`] created) through `pool`.
-    pub fn new(pool: MySqlPool, table: TableName) -> Self {
-        let quoted: Arc<str> = table.quoted(Dialect::MySql).into();
-        let stmts = Arc::new(Statements::new(&quoted, &table.derived("key_idx")));
-        MySqlStore {
-            pool,
-            table,
-            quoted,
-            limits: ValidationLimits::default(),
-            stmts,
-            cursor: Arc::default(),
-        }
+    fn id(id: EventId) -> String {
+        id.to_string()
     }
 
-    /// Validates rows read back against these limits (default: core's defaults).
-    pub fn with_limits(mut self, limits: ValidationLimits) -> Self {
-        self.limits = limits;
-        self
+    fn event_id(stored: String) -> std::result::Result<EventId, BoxDynError> {
+        Ok(stored.parse::<EventId>()?)
     }
 
-    /// The pool.
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
+    fn time(t: DateTime<Utc>) -> DateTime<Utc> {
+        t
     }
 
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        &self.table
+    fn datetime(stored: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        Some(stored)
     }
 
-    /// `UPDATE ... SET {set} WHERE id IN (...) AND {HELD}`, a thousand ids per statement.
-    async fn fenced_in(
-        &self,
-        set: &str,
-        lease: &Lease,
-        ids: &[EventId],
-        what: &str,
-    ) -> Result<u64> {
-        let mut changed = 0;
-        for chunk in ids.chunks(CHUNK) {
-            let stmt = format!(
-                "UPDATE {} SET {set}, lease_token = NULL, lease_until = NULL WHERE id IN ({}) AND {HELD}",
-                self.quoted,
-                markers(chunk.len())
-            );
-            let mut q = sqlx::query(sql(stmt));
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            let done = q
-                .bind(lease.token.as_i64())
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_sqlx(what, e))?;
-            changed += done.rows_affected();
-        }
-        Ok(changed)
+    fn rows_affected(done: &MySqlQueryResult) -> u64 {
+        done.rows_affected()
     }
 
-    /// Runs one fenced per-row statement for each row, in one transaction (retries and dead
-    /// letters carry a message and delay per row; they are the uncommon path).
-    async fn per_row<'a>(
-        &self,
-        stmt: &Sql,
-        lease: &Lease,
-        rows: impl Iterator<Item = (EventId, &'a str, Option<i64>)>,
-        what: &str,
-    ) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
-        let mut changed = 0;
-        for (id, error, delay_us) in rows {
-            let mut q = sqlx::query(sql(Arc::clone(stmt))).bind(error);
-            if let Some(d) = delay_us {
-                q = q.bind(d);
-            }
-            let done = q
-                .bind(id.to_string())
-                .bind(lease.token.as_i64())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_sqlx(what, e))?;
-            changed += done.rows_affected();
-        }
-        tx.commit().await.map_err(|e| map_sqlx(what, e))?;
-        Ok(changed)
+    fn statements(table: &TableName, quoted: &str) -> Statements {
+        Statements::new(quoted, &table.derived("key_idx"))
     }
-}
 
-impl Store for MySqlStore {
-    async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
+    async fn claim(store: &MySqlStore, limit: usize, lease_for: Duration) -> Result<Claim> {
         const WHAT: &str = "claiming outbox rows";
         let lease = outbox_sql::new_lease(lease_for);
         let token = lease.token;
-        let mut conn = self.pool.acquire().await.map_err(|e| map_sqlx(WHAT, e))?;
+        let mut conn = store.pool.acquire().await.map_err(|e| map_sqlx(WHAT, e))?;
         // Applies to the next transaction on this connection only.
         conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await
@@ -464,21 +253,21 @@ impl Store for MySqlStore {
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
         // Expired leases go back to pending (the old holder's fenced marks then miss).
-        sqlx::query(sql(Arc::clone(&self.stmts.reap)))
+        sqlx::query(sql(Arc::clone(&store.stmts.reap)))
             .execute(&mut *tx)
             .await
             .map_err(|e| map_sqlx(WHAT, e))?;
-        let start = self.cursor.start();
+        let start = store.cursor.start();
         let mut walk = MySqlWalk {
             tx: &mut tx,
-            stmts: &self.stmts,
+            stmts: &store.stmts,
         };
         let (raw, walked_to) = walk_keys(&mut walk, &start, limit).await?;
         for chunk in raw.chunks(CHUNK) {
             let stmt = format!(
                 "UPDATE {} SET status = 1, lease_token = ?, \
                    lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE seq IN ({})",
-                self.quoted,
+                store.quoted,
                 markers(chunk.len())
             );
             let mut q = sqlx::query(sql(stmt))
@@ -490,116 +279,122 @@ impl Store for MySqlStore {
             q.execute(&mut *tx).await.map_err(|e| map_sqlx(WHAT, e))?;
         }
         tx.commit().await.map_err(|e| map_sqlx(WHAT, e))?;
-        Ok(self
+        Ok(store
             .cursor
-            .finish(&start, lease, raw, walked_to.as_deref(), &self.limits))
+            .finish(&start, lease, raw, walked_to.as_deref(), &store.limits))
     }
 
-    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        self.fenced_in(
-            "status = 2, processed_at = UTC_TIMESTAMP(6)",
-            lease,
-            ids,
-            "marking rows published",
-        )
-        .await
-    }
-
-    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
-        if retries.is_empty() {
-            return Ok(0);
+    /// Published and released rows: one `UPDATE ... WHERE id IN (...)` per thousand ids.
+    /// Retries and dead letters carry a message and delay per row, so they run one
+    /// statement per row in one transaction (they are the uncommon path).
+    async fn mark(store: &MySqlStore, lease: &Lease, mark: Mark<'_>) -> Result<u64> {
+        let what = mark.what();
+        let token = lease.token.as_i64();
+        let (set, ids) = match mark {
+            Mark::Published(ids) => ("status = 2, processed_at = UTC_TIMESTAMP(6)", ids),
+            Mark::Release(ids) => ("status = 0", ids),
+            Mark::Retry(retries) => {
+                let rows = retries
+                    .iter()
+                    .map(|r| (r.id, r.error.as_str(), Some(micros(r.delay))));
+                return per_row(store, &store.stmts.retry, token, rows, what).await;
+            }
+            Mark::Dead(dead) => {
+                let rows = dead.iter().map(|d| (d.id, d.error.as_str(), None));
+                return per_row(store, &store.stmts.dead, token, rows, what).await;
+            }
+        };
+        let mut changed = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let stmt = format!(
+                "UPDATE {} SET {set}, lease_token = NULL, lease_until = NULL WHERE id IN ({}) AND {HELD}",
+                store.quoted,
+                markers(chunk.len())
+            );
+            let mut q = sqlx::query(sql(stmt));
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            let done = q
+                .bind(token)
+                .execute(&store.pool)
+                .await
+                .map_err(|e| map_sqlx(what, e))?;
+            changed += done.rows_affected();
         }
-        let rows = retries
-            .iter()
-            .map(|r| (r.id, r.error.as_str(), Some(micros(r.delay))));
-        self.per_row(&self.stmts.retry, lease, rows, "scheduling retries")
-            .await
+        Ok(changed)
     }
 
-    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
-        if dead.is_empty() {
-            return Ok(0);
+    fn insert_sql(quoted: &str) -> String {
+        format!("INSERT INTO {quoted} ({INSERT_COLUMNS}) VALUES {ROW_MARKERS}")
+    }
+
+    /// One multi-row `INSERT` per thousand events.
+    async fn insert(
+        conn: &mut MySqlConnection,
+        outbox: &MySqlOutbox,
+        envelopes: &[Envelope],
+    ) -> Result<()> {
+        for chunk in envelopes.chunks(CHUNK) {
+            let text: Sql = if chunk.len() == 1 {
+                Arc::clone(&outbox.insert)
+            } else {
+                format!(
+                    "INSERT INTO {} ({INSERT_COLUMNS}) VALUES {}",
+                    outbox.quoted,
+                    vec![ROW_MARKERS; chunk.len()].join(", ")
+                )
+                .into()
+            };
+            let mut q = sqlx::query(sql(text));
+            for e in chunk {
+                q = q
+                    .bind(e.id().to_string())
+                    .bind(e.aggregate_type())
+                    .bind(e.aggregate_id())
+                    .bind(e.event_type())
+                    .bind(e.destination())
+                    .bind(e.ordering_key())
+                    .bind(e.payload().as_ref())
+                    .bind(e.content_type())
+                    .bind(e.headers_json())
+                    .bind(e.trace().map(|t| t.traceparent()))
+                    .bind(e.trace().and_then(|t| t.tracestate()))
+                    .bind(e.created_at())
+                    .bind(e.available_at());
+            }
+            q.execute(&mut *conn)
+                .await
+                .map_err(|e| map_sqlx("enqueueing outbox events", e))?;
         }
-        let rows = dead.iter().map(|d| (d.id, d.error.as_str(), None));
-        self.per_row(&self.stmts.dead, lease, rows, "dead-lettering rows")
-            .await
-    }
-
-    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        self.fenced_in("status = 0", lease, ids, "releasing rows")
-            .await
+        Ok(())
     }
 }
 
-impl Retention for MySqlStore {
-    async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        let done = sqlx::query(sql(Arc::clone(&self.stmts.purge)))
-            .bind(before)
-            .bind(limit_i64(limit))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx("purging published rows", e))?;
-        Ok(done.rows_affected())
-    }
-}
-
-impl StoreStats for MySqlStore {
-    async fn stats(&self) -> Result<BacklogStats> {
-        let row = sqlx::query(sql(Arc::clone(&self.stmts.stats)))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| map_sqlx("reading backlog figures", e))?;
-        backlog_from_row(&row)
-    }
-}
-
-impl DeadLetterAdmin for MySqlStore {
-    async fn list_dead(
-        &self,
-        filter: &DeadLetterFilter,
-        limit: usize,
-    ) -> Result<Vec<DeadLetterRecord>> {
-        let (cond, binds) = dead_filter(filter);
-        let stmt = format!(
-            "SELECT {SELECT_COLUMNS}, processed_at FROM {} WHERE {cond} ORDER BY processed_at, seq LIMIT ?",
-            self.quoted
-        );
-        let rows = bind_filter(sqlx::query(sql(stmt)), binds)
-            .bind(limit_i64(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| map_sqlx("listing dead letters", e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let dead_at: Option<DateTime<Utc>> = row
-                .try_get("processed_at")
-                .map_err(|e| map_sqlx("decoding dead letter", e))?;
-            let raw = decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
-            out.push(raw.into_dead_record(dead_at, &self.limits));
+/// Runs one fenced per-row statement (`?` error, [`?` delay], `?` id, `?` token) for
+/// each row, in one transaction.
+async fn per_row<'a>(
+    store: &MySqlStore,
+    stmt: &Sql,
+    token: i64,
+    rows: impl Iterator<Item = (EventId, &'a str, Option<i64>)>,
+    what: &str,
+) -> Result<u64> {
+    let mut tx = store.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
+    let mut changed = 0;
+    for (id, error, delay_us) in rows {
+        let mut q = sqlx::query(sql(Arc::clone(stmt))).bind(error);
+        if let Some(d) = delay_us {
+            q = q.bind(d);
         }
-        Ok(out)
-    }
-
-    async fn requeue_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
-        let (cond, binds) = dead_filter(filter);
-        let stmt = format!(
-            "UPDATE {} SET status = 0, attempts = 0, available_at = UTC_TIMESTAMP(6), processed_at = NULL WHERE {cond}",
-            self.quoted
-        );
-        let done = bind_filter(sqlx::query(sql(stmt)), binds)
-            .execute(&self.pool)
+        let done = q
+            .bind(id.to_string())
+            .bind(token)
+            .execute(&mut *tx)
             .await
-            .map_err(|e| map_sqlx("requeueing dead letters", e))?;
-        Ok(done.rows_affected())
+            .map_err(|e| map_sqlx(what, e))?;
+        changed += done.rows_affected();
     }
-
-    async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
-        let (cond, binds) = dead_filter(filter);
-        let stmt = format!("DELETE FROM {} WHERE {cond}", self.quoted);
-        let done = bind_filter(sqlx::query(sql(stmt)), binds)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| map_sqlx("purging dead letters", e))?;
-        Ok(done.rows_affected())
-    }
+    tx.commit().await.map_err(|e| map_sqlx(what, e))?;
+    Ok(changed)
 }
