@@ -147,36 +147,21 @@ impl AdminStatements {
     pub fn stats(&self) -> Bound {
         let t = &self.table;
         let mut b = Builder::new(self.dialect);
-        let now = b.now();
-        let text = match self.dialect {
-            Dialect::Postgres => format!(
-                "SELECT count(*) FILTER (WHERE status = 0 OR (status = 1 AND lease_until <= {now})), \
-                        count(*) FILTER (WHERE status = 1 AND lease_until > {now}), \
-                        count(*) FILTER (WHERE status = 3), \
-                        min(created_at) FILTER (WHERE status IN (0, 1)), \
-                        (SELECT count(*) FROM {t} WHERE status = 2 \
-                           AND processed_at > {now} - interval '1 minute') \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            ),
-            Dialect::MySql => format!(
-                "SELECT COUNT(CASE WHEN status = 0 OR (status = 1 AND lease_until <= {now}) THEN 1 END), \
-                        COUNT(CASE WHEN status = 1 AND lease_until > {now} THEN 1 END), \
-                        COUNT(CASE WHEN status = 3 THEN 1 END), \
-                        MIN(CASE WHEN status IN (0, 1) THEN created_at END), \
-                        (SELECT COUNT(*) FROM {t} WHERE status = 2 \
-                           AND processed_at > {now} - INTERVAL 1 MINUTE) \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            ),
-            // `now` is the one bound value, `?1`, named again by number.
-            _ => format!(
-                "SELECT coalesce(sum(status = 0 OR (status = 1 AND lease_until <= ?1)), 0), \
-                        coalesce(sum(status = 1 AND lease_until > ?1), 0), \
-                        coalesce(sum(status = 3), 0), \
-                        min(CASE WHEN status IN (0, 1) THEN created_at END), \
-                        (SELECT count(*) FROM {t} WHERE status = 2 AND processed_at > ?1 - 60000000) \
-                 FROM {t} WHERE status IN (0, 1, 3)"
-            ),
+        // Markers in the order the text names them: SQLite binds "now" at each.
+        let (due, held) = (b.now(), b.now());
+        let minute_ago = match self.dialect {
+            Dialect::Postgres => "now() - interval '1 minute'".to_owned(),
+            Dialect::MySql => "UTC_TIMESTAMP(6) - INTERVAL 1 MINUTE".to_owned(),
+            _ => format!("{} - 60000000", b.now()),
         };
+        let text = format!(
+            "SELECT COUNT(CASE WHEN status = 0 OR (status = 1 AND lease_until <= {due}) THEN 1 END), \
+                    COUNT(CASE WHEN status = 1 AND lease_until > {held} THEN 1 END), \
+                    COUNT(CASE WHEN status = 3 THEN 1 END), \
+                    MIN(CASE WHEN status IN (0, 1) THEN created_at END), \
+                    (SELECT COUNT(*) FROM {t} WHERE status = 2 AND processed_at > {minute_ago}) \
+             FROM {t} WHERE status IN (0, 1, 3)"
+        );
         b.finish(text)
     }
 

@@ -72,20 +72,21 @@ fn scheme_error(url: &str) -> Error {
     )
 }
 
-/// Runs `$call` with `$p` bound to whichever pool this is.
-macro_rules! each_pool {
-    ($pool:expr, $p:ident => $call:expr) => {
-        match $pool {
+/// Runs `$call` with `$v` bound to whichever database's value `$value` (an [`AnyPool`] or
+/// an [`AnyStore`], named by `$enum`) holds.
+macro_rules! each {
+    ($enum:ident, $value:expr, $v:ident => $call:expr) => {
+        match $value {
             #[cfg(feature = "postgres")]
-            AnyPool::Postgres($p) => $call,
+            $enum::Postgres($v) => $call,
             #[cfg(feature = "mysql")]
-            AnyPool::MySql($p) => $call,
+            $enum::MySql($v) => $call,
             #[cfg(feature = "sqlite")]
-            AnyPool::Sqlite($p) => $call,
+            $enum::Sqlite($v) => $call,
         }
     };
 }
-pub(crate) use each_pool;
+pub(crate) use each;
 
 impl AnyPool {
     /// Opens a pool on `url` (`postgres://`, `mysql://`, `sqlite://`). The URL's password
@@ -149,20 +150,6 @@ pub enum AnyStore {
     Sqlite(crate::sqlite::SqliteStore),
 }
 
-/// Calls `$call` on whichever store this is.
-macro_rules! each {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres($s) => $call,
-            #[cfg(feature = "mysql")]
-            AnyStore::MySql($s) => $call,
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite($s) => $call,
-        }
-    };
-}
-
 impl AnyStore {
     /// Opens a pool of up to `max_connections` on `url` (`postgres://`, `mysql://`,
     /// `sqlite://`) for `table`. The URL's password never appears in errors.
@@ -209,37 +196,37 @@ impl AnyStore {
 
     /// The table.
     pub fn table(&self) -> &TableName {
-        each!(self, s => s.table())
+        each!(AnyStore, self, s => s.table())
     }
 }
 
 impl Store for AnyStore {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
-        each!(self, s => s.claim(limit, lease_for).await)
+        each!(AnyStore, self, s => s.claim(limit, lease_for).await)
     }
     async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        each!(self, s => s.mark_published(lease, ids).await)
+        each!(AnyStore, self, s => s.mark_published(lease, ids).await)
     }
     async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
-        each!(self, s => s.schedule_retry(lease, retries).await)
+        each!(AnyStore, self, s => s.schedule_retry(lease, retries).await)
     }
     async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
-        each!(self, s => s.dead_letter(lease, dead).await)
+        each!(AnyStore, self, s => s.dead_letter(lease, dead).await)
     }
     async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        each!(self, s => s.release(lease, ids).await)
+        each!(AnyStore, self, s => s.release(lease, ids).await)
     }
 }
 
 impl Retention for AnyStore {
     async fn purge_published(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        each!(self, s => s.purge_published(before, limit).await)
+        each!(AnyStore, self, s => s.purge_published(before, limit).await)
     }
 }
 
 impl StoreStats for AnyStore {
     async fn stats(&self) -> Result<BacklogStats> {
-        each!(self, s => s.stats().await)
+        each!(AnyStore, self, s => s.stats().await)
     }
 }
 
@@ -249,12 +236,12 @@ impl DeadLetterAdmin for AnyStore {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<Vec<DeadLetterRecord>> {
-        each!(self, s => s.list_dead(filter, limit).await)
+        each!(AnyStore, self, s => s.list_dead(filter, limit).await)
     }
     async fn requeue_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
-        each!(self, s => s.requeue_dead(filter).await)
+        each!(AnyStore, self, s => s.requeue_dead(filter).await)
     }
     async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
-        each!(self, s => s.purge_dead(filter).await)
+        each!(AnyStore, self, s => s.purge_dead(filter).await)
     }
 }

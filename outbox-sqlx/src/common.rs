@@ -63,3 +63,26 @@ pub(crate) fn limit_i64(limit: usize) -> i64 {
 pub(crate) fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
+
+/// Binds an envelope's values in [`INSERT_COLUMNS`] order to the query `$q`, the id as
+/// text and the two times through `$time` (the stores whose insert binds row by row).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+macro_rules! bind_envelope {
+    ($q:expr, $e:expr, $time:expr) => {
+        $q.bind($e.id().to_string())
+            .bind($e.aggregate_type())
+            .bind($e.aggregate_id())
+            .bind($e.event_type())
+            .bind($e.destination())
+            .bind($e.ordering_key())
+            .bind($e.payload().as_ref())
+            .bind($e.content_type())
+            .bind($e.headers_json())
+            .bind($e.trace().map(|t| t.traceparent()))
+            .bind($e.trace().and_then(|t| t.tracestate()))
+            .bind($time($e.created_at()))
+            .bind($time($e.available_at()))
+    };
+}
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) use bind_envelope;

@@ -66,7 +66,7 @@ use sqlx::Row;
 #[cfg(feature = "mysql")]
 use tracing::warn;
 
-use crate::any::{AnyPool, each_pool};
+use crate::any::{AnyPool, each};
 use crate::common::{limit_i64, micros, sql};
 use crate::error::map_sqlx;
 
@@ -281,7 +281,7 @@ impl EventTableSource {
     pub async fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         let t = self.checkpoint_table.quoted(self.pool.dialect());
         let q = format!("SELECT state FROM {t} WHERE name = {}", self.marker(1));
-        let state: Option<String> = each_pool!(&self.pool, p => {
+        let state: Option<String> = each!(AnyPool, &self.pool, p => {
             sqlx::query_scalar(sql(q)).bind(&self.name).fetch_optional(p).await
         })
         .map_err(|e| map_sqlx("reading the checkpoint", e))?;
@@ -293,7 +293,7 @@ impl EventTableSource {
         let d = self.pool.dialect();
         let t = self.checkpoint_table.quoted(d);
         let ddl = outbox_sql::event_table::checkpoint_table_sql(&t, d);
-        each_pool!(&self.pool, p => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()))
+        each!(AnyPool, &self.pool, p => sqlx::query(sql(ddl)).execute(p).await.map(|_| ()))
             .map_err(|e| map_sqlx("creating the checkpoint table", e))
     }
 
@@ -729,7 +729,7 @@ impl LogSource for EventTableSource {
             self.marker(2)
         );
         let err = |e| map_sqlx("releasing the checkpoint", e);
-        each_pool!(&self.pool, p => {
+        each!(AnyPool, &self.pool, p => {
             sqlx::query(sql(q)).bind(&self.name).bind(owner).execute(p).await.map(|_| ())
         })
         .map_err(err)

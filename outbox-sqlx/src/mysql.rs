@@ -18,15 +18,15 @@ use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{Claim, Lease};
 use outbox_core::{Envelope, EventId, Result, TableName};
-use sqlx::error::BoxDynError;
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlQueryResult};
 use sqlx::{Executor, Row};
 
+use crate::common::bind_envelope;
 use crate::common::{
     INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, limit_i64, markers, micros, sql,
 };
 use crate::error::map_sqlx;
-use crate::store::{Backend, Mark, SqlxOutbox, SqlxStore};
+use crate::store::{Backend, Mark, SqlxOutbox, SqlxStore, StoredTime};
 use outbox_sql::{KeyWalk, walk_keys};
 
 /// Rows per multi-row statement: well under the protocol's 65,535 placeholders.
@@ -43,21 +43,7 @@ pub type MySqlStore = SqlxStore<MySqlBackend>;
 /// Enqueues into a configured table. Cheap to clone; build once.
 pub type MySqlOutbox = SqlxOutbox<MySqlBackend>;
 
-/// Creates the database (if the table names one) and the outbox table, idempotently.
-pub async fn migrate(pool: &MySqlPool, table: &TableName) -> Result<()> {
-    MySqlStore::new(pool.clone(), table.clone()).migrate().await
-}
-
-/// Writes `envelope` to the default table through `conn`, normally the caller's open
-/// transaction (`&mut tx`). The row becomes visible when that transaction commits.
-pub async fn enqueue(conn: &mut MySqlConnection, envelope: &Envelope) -> Result<()> {
-    MySqlOutbox::default().enqueue(conn, envelope).await
-}
-
-/// Writes `envelopes` to the default table through `conn` (the caller's transaction).
-pub async fn enqueue_all(conn: &mut MySqlConnection, envelopes: &[Envelope]) -> Result<()> {
-    MySqlOutbox::default().enqueue_all(conn, envelopes).await
-}
+crate::store::module_fns!(MySqlStore, MySqlOutbox, MySqlPool, MySqlConnection);
 
 const ROW_MARKERS: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
@@ -216,22 +202,6 @@ impl Backend for MySqlBackend {
     const DIALECT: Dialect = Dialect::MySql;
     const STORE: &'static str = "MySqlStore";
 
-    fn id(id: EventId) -> String {
-        id.to_string()
-    }
-
-    fn event_id(stored: String) -> std::result::Result<EventId, BoxDynError> {
-        Ok(stored.parse::<EventId>()?)
-    }
-
-    fn time(t: DateTime<Utc>) -> DateTime<Utc> {
-        t
-    }
-
-    fn datetime(stored: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        Some(stored)
-    }
-
     fn rows_affected(done: &MySqlQueryResult) -> u64 {
         done.rows_affected()
     }
@@ -348,20 +318,7 @@ impl Backend for MySqlBackend {
             };
             let mut q = sqlx::query(sql(text));
             for e in chunk {
-                q = q
-                    .bind(e.id().to_string())
-                    .bind(e.aggregate_type())
-                    .bind(e.aggregate_id())
-                    .bind(e.event_type())
-                    .bind(e.destination())
-                    .bind(e.ordering_key())
-                    .bind(e.payload().as_ref())
-                    .bind(e.content_type())
-                    .bind(e.headers_json())
-                    .bind(e.trace().map(|t| t.traceparent()))
-                    .bind(e.trace().and_then(|t| t.tracestate()))
-                    .bind(e.created_at())
-                    .bind(e.available_at());
+                q = bind_envelope!(q, e, <DateTime<Utc> as StoredTime>::store);
             }
             q.execute(&mut *conn)
                 .await

@@ -18,7 +18,6 @@ use outbox_core::schema::Dialect;
 use outbox_core::store::{Claim, Lease, WakeUp};
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName};
 use sqlx::Row;
-use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgQueryResult};
 use tokio::sync::{Mutex, Notify};
 use uuid::Uuid;
@@ -39,21 +38,7 @@ pub type PgStore = SqlxStore<PgBackend>;
 /// Enqueues into a configured table. Cheap to clone; build once.
 pub type PgOutbox = SqlxOutbox<PgBackend>;
 
-/// Creates the schema (if named) and the outbox table with its indexes, idempotently.
-pub async fn migrate(pool: &PgPool, table: &TableName) -> Result<()> {
-    PgStore::new(pool.clone(), table.clone()).migrate().await
-}
-
-/// Writes `envelope` to the default table through `conn`, which is normally the caller's
-/// open transaction (`&mut tx`). The row becomes visible when that transaction commits.
-pub async fn enqueue(conn: &mut PgConnection, envelope: &Envelope) -> Result<()> {
-    PgOutbox::default().enqueue(conn, envelope).await
-}
-
-/// Writes `envelopes` to the default table in one statement through `conn`.
-pub async fn enqueue_all(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<()> {
-    PgOutbox::default().enqueue_all(conn, envelopes).await
-}
+crate::store::module_fns!(PgStore, PgOutbox, PgPool, PgConnection);
 
 /// The claim and the fenced marks (`outbox_sql::PgStatements`), shared cheaply.
 pub struct Statements {
@@ -77,22 +62,6 @@ impl Backend for PgBackend {
     type Statements = Statements;
     const DIALECT: Dialect = Dialect::Postgres;
     const STORE: &'static str = "PgStore";
-
-    fn id(id: EventId) -> Uuid {
-        id.as_uuid()
-    }
-
-    fn event_id(stored: Uuid) -> std::result::Result<EventId, BoxDynError> {
-        Ok(EventId::from_uuid(stored))
-    }
-
-    fn time(t: DateTime<Utc>) -> DateTime<Utc> {
-        t
-    }
-
-    fn datetime(stored: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        Some(stored)
-    }
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
@@ -148,24 +117,27 @@ impl Backend for PgBackend {
 
     async fn mark(store: &PgStore, lease: &Lease, mark: Mark<'_>) -> Result<u64> {
         let s = &store.stmts;
-        let token = lease.token.as_i64();
-        let q = match mark {
-            Mark::Published(ids) => sqlx::query(sql(Arc::clone(&s.mark_published)))
-                .bind(uuids(ids.iter().copied()))
-                .bind(token),
-            Mark::Release(ids) => sqlx::query(sql(Arc::clone(&s.release)))
-                .bind(uuids(ids.iter().copied()))
-                .bind(token),
-            Mark::Retry(retries) => sqlx::query(sql(Arc::clone(&s.retry)))
-                .bind(uuids(retries.iter().map(|r| r.id)))
-                .bind(token)
-                .bind(retries.iter().map(|r| micros(r.delay)).collect::<Vec<_>>())
-                .bind(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>()),
-            Mark::Dead(dead) => sqlx::query(sql(Arc::clone(&s.dead)))
-                .bind(uuids(dead.iter().map(|d| d.id)))
-                .bind(token)
-                .bind(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>()),
+        let stmt = match mark {
+            Mark::Published(_) => &s.mark_published,
+            Mark::Release(_) => &s.release,
+            Mark::Retry(_) => &s.retry,
+            Mark::Dead(_) => &s.dead,
         };
+        let mut q = sqlx::query(sql(Arc::clone(stmt)))
+            .bind(uuids(mark.ids().into_iter()))
+            .bind(lease.token.as_i64());
+        // Retries and dead letters carry a delay and an error per row, as arrays too.
+        if let Mark::Retry(retries) = mark {
+            q = q.bind(retries.iter().map(|r| micros(r.delay)).collect::<Vec<_>>());
+        }
+        let errors = match mark {
+            Mark::Retry(retries) => Some(retries.iter().map(|r| r.error.as_str()).collect()),
+            Mark::Dead(dead) => Some(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>()),
+            _ => None,
+        };
+        if let Some(errors) = errors {
+            q = q.bind(errors);
+        }
         let done = q
             .execute(&store.pool)
             .await

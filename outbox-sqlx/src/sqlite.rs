@@ -16,12 +16,12 @@ use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{Claim, Lease};
 use outbox_core::{Envelope, Error, ErrorKind, EventId, Result, TableName};
-use sqlx::error::BoxDynError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteQueryResult,
 };
 
+use crate::common::bind_envelope;
 use crate::common::{
     INSERT_COLUMNS, NextKeySql, RawRow, SELECT_COLUMNS, Sql, limit_i64, markers, micros, sql,
 };
@@ -40,6 +40,8 @@ pub type SqliteStore = SqlxStore<SqliteBackend>;
 /// Enqueues into a configured table. Cheap to clone; build once.
 pub type SqliteOutbox = SqlxOutbox<SqliteBackend>;
 
+crate::store::module_fns!(SqliteStore, SqliteOutbox, SqlitePool, SqliteConnection);
+
 /// Opens a pool on `url` (e.g. `sqlite://outbox.db?mode=rwc`) with WAL journaling and a
 /// 10 s busy timeout, the settings the store expects.
 pub async fn connect(url: &str) -> Result<SqlitePool> {
@@ -55,25 +57,8 @@ pub async fn connect(url: &str) -> Result<SqlitePool> {
         .map_err(|e| map_sqlx("opening the SQLite database", e))
 }
 
-/// Creates the outbox table and its indexes, idempotently.
-pub async fn migrate(pool: &SqlitePool, table: &TableName) -> Result<()> {
-    SqliteStore::new(pool.clone(), table.clone())
-        .migrate()
-        .await
-}
-
 fn to_micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
-}
-
-/// Writes `envelope` to the default table through `conn` (the caller's transaction).
-pub async fn enqueue(conn: &mut SqliteConnection, envelope: &Envelope) -> Result<()> {
-    SqliteOutbox::default().enqueue(conn, envelope).await
-}
-
-/// Writes `envelopes` to the default table through `conn` (the caller's transaction).
-pub async fn enqueue_all(conn: &mut SqliteConnection, envelopes: &[Envelope]) -> Result<()> {
-    SqliteOutbox::default().enqueue_all(conn, envelopes).await
 }
 
 /// The claim's key walk and the fenced marks, built once per store.
@@ -239,22 +224,6 @@ impl Backend for SqliteBackend {
     const DIALECT: Dialect = Dialect::Sqlite;
     const STORE: &'static str = "SqliteStore";
 
-    fn id(id: EventId) -> String {
-        id.to_string()
-    }
-
-    fn event_id(stored: String) -> std::result::Result<EventId, BoxDynError> {
-        Ok(stored.parse::<EventId>()?)
-    }
-
-    fn time(t: DateTime<Utc>) -> i64 {
-        to_micros(t)
-    }
-
-    fn datetime(stored: i64) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp_micros(stored)
-    }
-
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
     }
@@ -334,20 +303,7 @@ impl Backend for SqliteBackend {
         envelopes: &[Envelope],
     ) -> Result<()> {
         for e in envelopes {
-            sqlx::query(sql(Arc::clone(&outbox.insert)))
-                .bind(e.id().to_string())
-                .bind(e.aggregate_type())
-                .bind(e.aggregate_id())
-                .bind(e.event_type())
-                .bind(e.destination())
-                .bind(e.ordering_key())
-                .bind(e.payload().as_ref())
-                .bind(e.content_type())
-                .bind(e.headers_json())
-                .bind(e.trace().map(|t| t.traceparent()))
-                .bind(e.trace().and_then(|t| t.tracestate()))
-                .bind(to_micros(e.created_at()))
-                .bind(to_micros(e.available_at()))
+            bind_envelope!(sqlx::query(sql(Arc::clone(&outbox.insert))), e, to_micros)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| map_sqlx("enqueueing an outbox event", e))?;

@@ -37,13 +37,15 @@ pub trait Backend: sealed::Sealed + Clone + std::fmt::Debug + Send + Sync + 'sta
     /// The sqlx driver.
     type Db: Database<Arguments: IntoArguments<Self::Db>>;
     /// How an event id is stored: `uuid` on PostgreSQL, its text elsewhere.
-    type Id: for<'e> Encode<'e, Self::Db>
+    type Id: StoredId
+        + for<'e> Encode<'e, Self::Db>
         + for<'r> Decode<'r, Self::Db>
         + Type<Self::Db>
         + Send
         + 'static;
     /// How a time is stored: a time type, or Unix microseconds on SQLite.
-    type Time: for<'e> Encode<'e, Self::Db>
+    type Time: StoredTime
+        + for<'e> Encode<'e, Self::Db>
         + for<'r> Decode<'r, Self::Db>
         + Type<Self::Db>
         + Send
@@ -55,14 +57,6 @@ pub trait Backend: sealed::Sealed + Clone + std::fmt::Debug + Send + Sync + 'sta
     /// The store's name in `Debug` output.
     const STORE: &'static str;
 
-    /// An id as stored.
-    fn id(id: EventId) -> Self::Id;
-    /// An id read back; an error says why it is not one.
-    fn event_id(stored: Self::Id) -> std::result::Result<EventId, BoxDynError>;
-    /// A time as stored.
-    fn time(t: DateTime<Utc>) -> Self::Time;
-    /// A time read back, `None` when out of range.
-    fn datetime(stored: Self::Time) -> Option<DateTime<Utc>>;
     /// Rows a statement changed.
     fn rows_affected(done: &<Self::Db as Database>::QueryResult) -> u64;
     /// The statements for the quoted table `quoted` (index names derive from `table`).
@@ -90,6 +84,59 @@ pub trait Backend: sealed::Sealed + Clone + std::fmt::Debug + Send + Sync + 'sta
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// How an event id is stored.
+pub trait StoredId: Sized {
+    /// The id as stored.
+    fn store(id: EventId) -> Self;
+    /// The id read back; an error says why it is not one.
+    fn read(self) -> std::result::Result<EventId, BoxDynError>;
+}
+
+impl StoredId for uuid::Uuid {
+    fn store(id: EventId) -> Self {
+        id.as_uuid()
+    }
+    fn read(self) -> std::result::Result<EventId, BoxDynError> {
+        Ok(EventId::from_uuid(self))
+    }
+}
+
+impl StoredId for String {
+    fn store(id: EventId) -> Self {
+        id.to_string()
+    }
+    fn read(self) -> std::result::Result<EventId, BoxDynError> {
+        Ok(self.parse::<EventId>()?)
+    }
+}
+
+/// How a point in time is stored.
+pub trait StoredTime: Sized {
+    /// The time as stored.
+    fn store(t: DateTime<Utc>) -> Self;
+    /// The time read back, `None` when out of range.
+    fn read(self) -> Option<DateTime<Utc>>;
+}
+
+impl StoredTime for DateTime<Utc> {
+    fn store(t: DateTime<Utc>) -> Self {
+        t
+    }
+    fn read(self) -> Option<DateTime<Utc>> {
+        Some(self)
+    }
+}
+
+/// Unix microseconds.
+impl StoredTime for i64 {
+    fn store(t: DateTime<Utc>) -> Self {
+        t.timestamp_micros()
+    }
+    fn read(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self)
+    }
+}
+
 /// A fenced update of rows a lease holds: it changes only rows still held by that lease.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
@@ -110,6 +157,15 @@ impl Mark<'_> {
             Mark::Published(ids) | Mark::Release(ids) => ids.len(),
             Mark::Retry(r) => r.len(),
             Mark::Dead(d) => d.len(),
+        }
+    }
+
+    /// The ids of the rows to update.
+    pub fn ids(&self) -> Vec<EventId> {
+        match self {
+            Mark::Published(ids) | Mark::Release(ids) => ids.to_vec(),
+            Mark::Retry(r) => r.iter().map(|r| r.id).collect(),
+            Mark::Dead(d) => d.iter().map(|d| d.id).collect(),
         }
     }
 
@@ -233,7 +289,7 @@ over_any_driver!(=> {
     pub(crate) fn decode(row: &<B::Db as Database>::Row) -> std::result::Result<RawRow, sqlx::Error> {
         let time = |column: &str| -> std::result::Result<DateTime<Utc>, sqlx::Error> {
             let stored: B::Time = row.try_get(column)?;
-            B::datetime(stored).ok_or_else(|| sqlx::Error::ColumnDecode {
+            stored.read().ok_or_else(|| sqlx::Error::ColumnDecode {
                 index: column.to_owned(),
                 source: "not a time the store can represent".into(),
             })
@@ -241,7 +297,7 @@ over_any_driver!(=> {
         let id: B::Id = row.try_get("id")?;
         Ok(RawRow {
             seq: row.try_get("seq")?,
-            id: B::event_id(id).map_err(|source| sqlx::Error::ColumnDecode {
+            id: id.read().map_err(|source| sqlx::Error::ColumnDecode {
                 index: "id".to_owned(),
                 source,
             })?,
@@ -269,8 +325,8 @@ over_any_driver!(=> {
             q = match v {
                 Value::Text(t) => q.bind(t),
                 Value::Int(i) => q.bind(i),
-                Value::Time(t) => q.bind(B::time(t)),
-                Value::Id(id) => q.bind(B::id(id)),
+                Value::Time(t) => q.bind(B::Time::store(t)),
+                Value::Id(id) => q.bind(B::Id::store(id)),
             };
         }
         q
@@ -340,7 +396,7 @@ over_any_driver!(StoreStats => {
             pending: count(0)?,
             in_flight: count(1)?,
             dead: count(2)?,
-            oldest_unpublished: oldest.and_then(B::datetime),
+            oldest_unpublished: oldest.and_then(StoredTime::read),
             published_last_minute: count(4)?,
         })
     }
@@ -363,7 +419,7 @@ over_any_driver!(DeadLetterAdmin => {
                 .try_get("processed_at")
                 .map_err(|e| map_sqlx("decoding dead letter", e))?;
             let raw = Self::decode(row).map_err(|e| map_sqlx("decoding dead letter", e))?;
-            out.push(raw.into_dead_record(dead_at.and_then(B::datetime), &self.limits));
+            out.push(raw.into_dead_record(dead_at.and_then(StoredTime::read), &self.limits));
         }
         Ok(out)
     }
@@ -446,3 +502,38 @@ impl<B: Backend> SqlxOutbox<B> {
         B::insert(conn, self, envelopes).await
     }
 }
+
+/// A backend module's `migrate`, `enqueue` and `enqueue_all` on its own pool and
+/// connection types, for callers that name the database rather than the backend.
+macro_rules! module_fns {
+    ($store:ty, $outbox:ty, $pool:ty, $conn:ty) => {
+        /// Creates the outbox table with its indexes (and the schema or database its name
+        /// gives), idempotently.
+        pub async fn migrate(
+            pool: &$pool,
+            table: &outbox_core::TableName,
+        ) -> outbox_core::Result<()> {
+            <$store>::new(pool.clone(), table.clone()).migrate().await
+        }
+
+        /// Writes `envelope` to the default table through `conn`, normally the caller's
+        /// open transaction (`&mut tx`). The row becomes visible when that transaction
+        /// commits.
+        pub async fn enqueue(
+            conn: &mut $conn,
+            envelope: &outbox_core::Envelope,
+        ) -> outbox_core::Result<()> {
+            <$outbox>::default().enqueue(conn, envelope).await
+        }
+
+        /// Writes `envelopes` to the default table through `conn` (the caller's
+        /// transaction).
+        pub async fn enqueue_all(
+            conn: &mut $conn,
+            envelopes: &[outbox_core::Envelope],
+        ) -> outbox_core::Result<()> {
+            <$outbox>::default().enqueue_all(conn, envelopes).await
+        }
+    };
+}
+pub(crate) use module_fns;
