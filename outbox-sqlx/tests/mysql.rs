@@ -2,31 +2,25 @@
 //! database of its own, dropped at the end.
 #![cfg(feature = "mysql")]
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use outbox_core::store::Store;
-use outbox_core::testkit::{
-    StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
-};
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, Result, TableName};
+use outbox_core::testkit::{run_operations_suite, run_store_suite, service_url, unique_name};
+use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, TableName};
 use outbox_sql::Quote;
-use outbox_sqlx::mysql::{MySqlOutbox, MySqlStore, migrate};
+use outbox_sqlx::mysql::MySqlBackend;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+
+mod common;
+use common::{assert_once_in_key_order, assert_relays_exactly, ev};
 
 const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
 const ENV: &str = "OUTBOX_TEST_MYSQL_URL";
 
-/// A database of its own with the outbox table and a business table.
-struct My {
-    pool: MySqlPool,
-    db: String,
-    outbox: MySqlOutbox,
-    store: MySqlStore,
-}
+common::harness!(My, MySqlBackend, MySqlPool);
 
 impl My {
-    /// A fresh database named `{prefix}_{random}`.
+    /// A database of its own, named `{prefix}_{random}`.
     async fn new(url: &str, prefix: &str) -> My {
         let pool = MySqlPoolOptions::new()
             .max_connections(8)
@@ -35,95 +29,18 @@ impl My {
             .expect("connect to MariaDB");
         let db = unique_name(prefix);
         let table = TableName::with_schema(&db, "outbox_events").expect("valid name");
-        migrate(&pool, &table).await.expect("migrate");
-        // Twice: migrations are idempotent.
-        migrate(&pool, &table).await.expect("migrate again");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE `{db}`.orders (id VARCHAR(64) PRIMARY KEY, total BIGINT NOT NULL) ENGINE=InnoDB"
-        )))
-        .execute(&pool)
-        .await
-        .expect("orders table");
-        My {
-            store: MySqlStore::new(pool.clone(), table.clone()),
-            outbox: MySqlOutbox::new(table),
-            pool,
-            db,
-        }
-    }
-
-    async fn write(&self, events: &[Envelope], commit: bool) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| outbox_sqlx::map_sqlx("begin", e))?;
-        for e in events {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO `{}`.orders (id, total) VALUES (?, 100)",
-                self.db
-            )))
-            .bind(e.id().to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| outbox_sqlx::map_sqlx("insert order", e))?;
-        }
-        self.outbox.enqueue_all(&mut tx, events).await?;
-        if commit {
-            tx.commit()
-                .await
-                .map_err(|e| outbox_sqlx::map_sqlx("commit", e))
-        } else {
-            tx.rollback()
-                .await
-                .map_err(|e| outbox_sqlx::map_sqlx("rollback", e))
-        }
-    }
-
-    async fn orders(&self) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM `{}`.orders",
-            self.db
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .expect("count orders")
+        My::setup(pool, table, format!("`{db}`.orders"), db).await
     }
 
     async fn drop_db(self) {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{}`", self.db)))
-            .execute(&self.pool)
-            .await
-            .expect("drop test database");
-    }
-}
-
-impl StoreHarness for My {
-    type Store = MySqlStore;
-    fn store(&self) -> MySqlStore {
-        self.store.clone()
-    }
-    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, true).await
-    }
-    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, false).await
-    }
-    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
-        let t = self.store.table().quoted(outbox_core::Dialect::MySql);
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {t} SET headers = '[1, 2]' WHERE id = ?"
+            "DROP DATABASE `{}`",
+            self.owned
         )))
-        .bind(id.to_string())
         .execute(&self.pool)
         .await
-        .expect("corrupt a row");
-        Ok(true)
+        .expect("drop test database");
     }
-}
-
-fn ev(key: &str, n: usize) -> Envelope {
-    outbox_core::testkit::order_event("orders", key, n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,18 +100,7 @@ async fn exactly_committed_events_are_relayed() {
         "commit on a killed connection must fail"
     );
 
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(
-        my.store.clone(),
-        publisher.clone(),
-        outbox_core::testkit::fast_relay_config(),
-    )
-    .expect("relay");
-    let report = relay.drain().await.expect("drain");
-    assert_eq!(report.published, 2);
-    let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
-    let want: HashSet<EventId> = committed.iter().map(Envelope::id).collect();
-    assert_eq!(got, want, "exactly the committed events");
+    assert_relays_exactly(my.store.clone(), &committed).await;
     assert_eq!(
         my.orders().await,
         2,
@@ -239,29 +145,7 @@ async fn several_relays_share_one_table() {
     )
     .expect("relay");
     last.drain().await.expect("drain");
-    let delivered = publisher.delivered_ids();
-    let unique: HashSet<EventId> = delivered.iter().copied().collect();
-    assert_eq!(unique.len(), written.len(), "every event delivered");
-    assert_eq!(delivered.len(), written.len(), "no event published twice");
-    let pos: HashMap<EventId, usize> = written
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id(), i))
-        .collect();
-    // Each key's events in the order they were published, as positions in the writes.
-    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
-    for d in publisher.deliveries() {
-        by_key
-            .entry(d.envelope.ordering_key().to_owned())
-            .or_default()
-            .push(pos[&d.envelope.id()]);
-    }
-    for (key, order) in &by_key {
-        assert!(
-            order.windows(2).all(|w| w[0] < w[1]),
-            "key {key} published out of order: {order:?}"
-        );
-    }
+    assert_once_in_key_order(&publisher, &written);
     my.drop_db().await;
 }
 

@@ -1,17 +1,16 @@
 //! outbox-sqlx against the machine's real PostgreSQL. Each test works in its own schema.
 #![cfg(feature = "postgres")]
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::testkit::{
-    StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
-};
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, Result, TableName};
-use outbox_sql::Quote;
-use outbox_sqlx::postgres::{PgNotifier, PgOutbox, PgStore, PgWakeUp, migrate};
+use outbox_core::testkit::{run_operations_suite, run_store_suite, service_url, unique_name};
+use outbox_core::{Envelope, InMemoryPublisher, Relay, TableName};
+use outbox_sqlx::postgres::{PgBackend, PgNotifier, PgWakeUp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+
+mod common;
+use common::{assert_once_in_key_order, assert_relays_exactly, ev};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -23,102 +22,16 @@ async fn pool(url: &str) -> PgPool {
         .expect("connect to PostgreSQL")
 }
 
-/// A schema of its own with the outbox table and a business table.
-struct Pg {
-    pool: PgPool,
-    schema: String,
-    outbox: PgOutbox,
-    store: PgStore,
-}
+common::harness!(Pg, PgBackend, PgPool);
 
 impl Pg {
-    /// A fresh schema named `{prefix}_{random}`.
+    /// A schema of its own, named `{prefix}_{random}`.
     async fn new(url: &str, prefix: &str) -> Pg {
-        let pool = pool(url).await;
         let schema = unique_name(prefix);
         let table = TableName::with_schema(&schema, "outbox_events").expect("valid name");
-        migrate(&pool, &table).await.expect("migrate");
-        // Twice: migrations are idempotent.
-        migrate(&pool, &table).await.expect("migrate again");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE \"{schema}\".orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)"
-        )))
-        .execute(&pool)
-        .await
-        .expect("orders table");
-        Pg {
-            store: PgStore::new(pool.clone(), table.clone()),
-            outbox: PgOutbox::new(table),
-            pool,
-            schema,
-        }
+        let orders = format!("\"{schema}\".orders");
+        Pg::setup(pool(url).await, table, orders, schema).await
     }
-
-    async fn write(&self, events: &[Envelope], commit: bool) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| outbox_sqlx::map_sqlx("begin", e))?;
-        for e in events {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO \"{}\".orders (id, total) VALUES ($1, 100)",
-                self.schema
-            )))
-            .bind(e.id().to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| outbox_sqlx::map_sqlx("insert order", e))?;
-        }
-        self.outbox.enqueue_all(&mut tx, events).await?;
-        if commit {
-            tx.commit()
-                .await
-                .map_err(|e| outbox_sqlx::map_sqlx("commit", e))
-        } else {
-            tx.rollback()
-                .await
-                .map_err(|e| outbox_sqlx::map_sqlx("rollback", e))
-        }
-    }
-
-    async fn orders(&self) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM \"{}\".orders",
-            self.schema
-        )))
-        .fetch_one(&self.pool)
-        .await
-        .expect("count orders")
-    }
-}
-
-impl StoreHarness for Pg {
-    type Store = PgStore;
-    fn store(&self) -> PgStore {
-        self.store.clone()
-    }
-    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, true).await
-    }
-    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, false).await
-    }
-    async fn corrupt_headers(&self, id: EventId) -> Result<bool> {
-        let t = self.store.table().quoted(outbox_core::Dialect::Postgres);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE {t} SET headers = '[1, 2]' WHERE id = $1"
-        )))
-        .bind(id.as_uuid())
-        .execute(&self.pool)
-        .await
-        .expect("corrupt a row");
-        Ok(true)
-    }
-}
-
-fn ev(key: &str, n: usize) -> Envelope {
-    outbox_core::testkit::order_event("orders", key, n)
 }
 
 /// Drops the schemas whose names start with `prefix` (a test's own).
@@ -195,18 +108,7 @@ async fn exactly_committed_events_are_relayed() {
         "commit on a killed session must fail"
     );
 
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(
-        pg.store.clone(),
-        publisher.clone(),
-        outbox_core::testkit::fast_relay_config(),
-    )
-    .expect("relay");
-    let report = relay.drain().await.expect("drain");
-    assert_eq!(report.published, 2);
-    let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
-    let want: HashSet<EventId> = committed.iter().map(Envelope::id).collect();
-    assert_eq!(got, want, "exactly the committed events");
+    assert_relays_exactly(pg.store.clone(), &committed).await;
     assert_eq!(
         pg.orders().await,
         2,
@@ -266,27 +168,7 @@ async fn several_relays_share_one_table() {
     for r in relays {
         r.await.expect("relay task");
     }
-    let delivered = publisher.delivered_ids();
-    let unique: HashSet<EventId> = delivered.iter().copied().collect();
-    assert_eq!(unique.len(), written.len(), "every event delivered");
-    assert_eq!(
-        delivered.len(),
-        written.len(),
-        "no event published twice in normal operation"
-    );
-    let pos: HashMap<EventId, usize> = written
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.id(), i))
-        .collect();
-    let mut last: HashMap<String, usize> = HashMap::new();
-    for d in publisher.deliveries() {
-        let p = pos[&d.envelope.id()];
-        let key = d.envelope.ordering_key().to_owned();
-        if let Some(prev) = last.insert(key.clone(), p) {
-            assert!(prev < p, "key {key} out of order");
-        }
-    }
+    assert_once_in_key_order(&publisher, &written);
     drop_schemas(&url, &prefix).await;
 }
 
