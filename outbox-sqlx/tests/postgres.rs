@@ -13,6 +13,7 @@ mod common;
 use common::{assert_once_in_key_order, assert_relays_exactly, ev};
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const ENV: &str = "OUTBOX_TEST_POSTGRES_URL";
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
@@ -54,13 +55,7 @@ async fn drop_schemas(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
-    let Some(url) = service_url(
-        "conformance_suite_on_postgres",
-        "OUTBOX_TEST_POSTGRES_URL",
-        DEFAULT_URL,
-    )
-    .await
-    else {
+    let Some(url) = service_url("conformance_suite_on_postgres", ENV, DEFAULT_URL).await else {
         return;
     };
     let prefix = unique_name("outbox_conf");
@@ -72,12 +67,7 @@ async fn conformance_suite_on_postgres() {
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
-    let Some(url) = service_url(
-        "exactly_committed_events_are_relayed",
-        "OUTBOX_TEST_POSTGRES_URL",
-        DEFAULT_URL,
-    )
-    .await
+    let Some(url) = service_url("exactly_committed_events_are_relayed", ENV, DEFAULT_URL).await
     else {
         return;
     };
@@ -120,13 +110,7 @@ async fn exactly_committed_events_are_relayed() {
 /// Four relays on one table: nothing published twice, nothing lost, per-key order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_share_one_table() {
-    let Some(url) = service_url(
-        "several_relays_share_one_table",
-        "OUTBOX_TEST_POSTGRES_URL",
-        DEFAULT_URL,
-    )
-    .await
-    else {
+    let Some(url) = service_url("several_relays_share_one_table", ENV, DEFAULT_URL).await else {
         return;
     };
     let prefix = unique_name("outbox_test");

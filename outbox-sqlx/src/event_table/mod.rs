@@ -47,8 +47,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-#[cfg(feature = "mysql")]
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -63,10 +61,15 @@ use outbox_sql::event_table::{as_micros, as_text};
 use outbox_sql::quote_ident;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-#[cfg(feature = "mysql")]
-use tracing::warn;
 
 use crate::any::{AnyPool, each};
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 use crate::common::{limit_i64, micros, sql};
 use crate::error::map_sqlx;
 
@@ -441,108 +444,67 @@ fn micros_to_time(us: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_else(Utc::now)
 }
 
+/// A read's rows decoded, before mapping.
+fn raws<R: Row>(rows: &[R]) -> std::result::Result<Vec<RawRecord>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter().map(raw_from).collect()
+}
+
+/// What the checkpoint statements of every database take.
+struct Hold<'a> {
+    /// The checkpoint table, quoted.
+    table: String,
+    /// The source's name, the checkpoint's key.
+    name: &'a str,
+    /// The relay taking or holding it.
+    owner: &'a str,
+    /// The owner's name without its instance part (`owner_name`).
+    owner_name: &'a str,
+    /// The lease, in microseconds.
+    lease_us: i64,
+}
+
+/// Calls `$module::$f(pool, args…)` for whichever database the pool is on.
+macro_rules! by_database {
+    ($pool:expr, $f:ident($($arg:expr),*)) => {
+        match $pool {
+            #[cfg(feature = "postgres")]
+            AnyPool::Postgres(p) => postgres::$f(p, $($arg),*).await,
+            #[cfg(feature = "mysql")]
+            AnyPool::MySql(p) => mysql::$f(p, $($arg),*).await,
+            #[cfg(feature = "sqlite")]
+            AnyPool::Sqlite(p) => sqlite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl EventTableSource {
+    fn hold<'a>(&'a self, owner: &'a str, lease_for: Duration) -> Hold<'a> {
+        Hold {
+            table: self.checkpoint_table.quoted(self.pool.dialect()),
+            name: &self.name,
+            owner,
+            owner_name: outbox_core::event_table::owner_name(owner),
+            lease_us: micros(lease_for),
+        }
+    }
+}
+
 impl LogSource for EventTableSource {
     fn name(&self) -> &str {
         &self.name
     }
 
     async fn acquire(&self, owner: &str, lease_for: Duration) -> Result<Option<Checkpoint>> {
-        let t = self.checkpoint_table.quoted(self.pool.dialect());
-        let init = self.initial_state()?;
-        let start = self.mapping.start_after;
-        let lease = micros(lease_for);
-        let name_of = outbox_core::event_table::owner_name(owner);
-        let err = |e| map_sqlx("taking the checkpoint", e);
-        let row: Option<(Option<String>, String)> = match &self.pool {
-            #[cfg(feature = "postgres")]
-            AnyPool::Postgres(p) => {
-                let q = format!(
-                    "INSERT INTO {t} AS c (name, owner, owner_name, lease_until, high, state) \
-                     VALUES ($1, $2, $6, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
-                     ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, owner_name = EXCLUDED.owner_name, \
-                     lease_until = EXCLUDED.lease_until \
-                     WHERE c.owner IS NULL OR c.owner = EXCLUDED.owner OR c.owner_name = EXCLUDED.owner_name \
-                     OR c.lease_until < now() \
-                     RETURNING c.owner, c.state"
-                );
-                sqlx::query_as(sql(q))
-                    .bind(&self.name)
-                    .bind(owner)
-                    .bind(lease)
-                    .bind(start)
-                    .bind(&init)
-                    .bind(name_of)
-                    .fetch_optional(p)
-                    .await
-                    .map_err(err)?
-            }
-            #[cfg(feature = "mysql")]
-            AnyPool::MySql(p) => {
-                let ins = format!(
-                    "INSERT IGNORE INTO {t} (name, owner, lease_until, high, state, updated_at) \
-                     VALUES (?, NULL, NULL, ?, ?, UTC_TIMESTAMP(6))"
-                );
-                sqlx::query(sql(ins))
-                    .bind(&self.name)
-                    .bind(start)
-                    .bind(&init)
-                    .execute(p)
-                    .await
-                    .map_err(err)?;
-                let upd = format!(
-                    "UPDATE {t} SET owner = ?, owner_name = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-                     WHERE name = ? AND (owner IS NULL OR owner = ? OR owner_name = ? OR lease_until < UTC_TIMESTAMP(6))"
-                );
-                sqlx::query(sql(upd))
-                    .bind(owner)
-                    .bind(name_of)
-                    .bind(lease)
-                    .bind(&self.name)
-                    .bind(owner)
-                    .bind(name_of)
-                    .execute(p)
-                    .await
-                    .map_err(err)?;
-                let sel = format!("SELECT owner, state FROM {t} WHERE name = ?");
-                sqlx::query_as(sql(sel))
-                    .bind(&self.name)
-                    .fetch_optional(p)
-                    .await
-                    .map_err(err)?
-            }
-            #[cfg(feature = "sqlite")]
-            AnyPool::Sqlite(p) => {
-                let now = Utc::now().timestamp_micros();
-                let ins = format!(
-                    "INSERT INTO {t} (name, owner, lease_until, high, state, updated_at) \
-                     VALUES (?, NULL, NULL, ?, ?, ?) ON CONFLICT DO NOTHING"
-                );
-                sqlx::query(sql(ins))
-                    .bind(&self.name)
-                    .bind(start)
-                    .bind(&init)
-                    .bind(now)
-                    .execute(p)
-                    .await
-                    .map_err(err)?;
-                let upd = format!(
-                    "UPDATE {t} SET owner = ?, owner_name = ?, lease_until = ? \
-                     WHERE name = ? AND (owner IS NULL OR owner = ? OR owner_name = ? OR lease_until < ?) \
-                     RETURNING owner, state"
-                );
-                sqlx::query_as(sql(upd))
-                    .bind(owner)
-                    .bind(name_of)
-                    .bind(now.saturating_add(lease))
-                    .bind(&self.name)
-                    .bind(owner)
-                    .bind(name_of)
-                    .bind(now)
-                    .fetch_optional(p)
-                    .await
-                    .map_err(err)?
-            }
-        };
+        let hold = self.hold(owner, lease_for);
+        let (start, init) = (self.mapping.start_after, self.initial_state()?);
+        let row = by_database!(&self.pool, acquire(&hold, start, &init))
+            .map_err(|e| map_sqlx("taking the checkpoint", e))?;
         match row {
             Some((Some(o), state)) if o == owner => parse_state(&state).map(Some),
             _ => Ok(None),
@@ -551,167 +513,14 @@ impl LogSource for EventTableSource {
 
     async fn read(&self, plan: &ReadPlan, limit: usize) -> Result<LogRead> {
         let q = self.read_sql(plan, limit);
-        let err = |e| map_sqlx("reading the event table", e);
-        match &self.pool {
-            #[cfg(feature = "postgres")]
-            AnyPool::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(err)?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(err)?;
-                // The first statement fixes the snapshot; the horizon comes from it.
-                let (now_us, xmin, xmax): (i64, i64, i64) = sqlx::query_as(
-                    "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT), \
-                     CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT), \
-                     CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS TEXT) AS BIGINT)",
-                )
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(err)?;
-                let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                let raws = rows
-                    .iter()
-                    .map(raw_from)
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(err)?;
-                let oracle = GapOracle::Horizon {
-                    marker: xmax,
-                    oldest_running: Some(xmin),
-                };
-                Ok(self.split(raws, micros_to_time(now_us), oracle))
-            }
-            #[cfg(feature = "mysql")]
-            AnyPool::MySql(p) => {
-                let mut conn = p.acquire().await.map_err(err)?;
-                // The oldest running transaction is measured before the snapshot is taken,
-                // the marker (now) after: see `LogSource::read`.
-                let oldest: std::result::Result<(Option<i64>,), sqlx::Error> = sqlx::query_as(
-                    "SELECT CAST(MIN(UNIX_TIMESTAMP(t.trx_started)) * 1000000 AS SIGNED) \
-                     FROM information_schema.innodb_trx t \
-                     JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
-                     WHERE t.trx_mysql_thread_id <> CONNECTION_ID()",
-                )
-                .fetch_one(&mut *conn)
-                .await;
-                let oldest = match oldest {
-                    Ok((o,)) => Some(o),
-                    Err(e) => {
-                        if !self.oracle_warned.swap(true, Ordering::Relaxed) {
-                            warn!(source = %self.name, error = %e, "cannot read information_schema.innodb_trx (PROCESS privilege?); gaps will close by timeout only");
-                        }
-                        None
-                    }
-                };
-                sqlx::Executor::execute(
-                    &mut *conn,
-                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-                )
-                .await
-                .map_err(err)?;
-                // A sqlx transaction, so that a read cut off half-way (a cancelled relay) is
-                // rolled back instead of returning an open snapshot to the pool, where it
-                // would hold the horizon back.
-                let mut tx = sqlx::Connection::begin_with(
-                    &mut *conn,
-                    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-                )
-                .await
-                .map_err(err)?;
-                let (now_us,): (i64,) =
-                    sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(err)?;
-                let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
-                tx.commit().await.map_err(err)?;
-                let raws = rows
-                    .iter()
-                    .map(raw_from)
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(err)?;
-                let oracle = match oldest {
-                    Some(o) => GapOracle::Horizon {
-                        marker: now_us,
-                        oldest_running: o,
-                    },
-                    None => GapOracle::Unknown,
-                };
-                Ok(self.split(raws, micros_to_time(now_us), oracle))
-            }
-            #[cfg(feature = "sqlite")]
-            AnyPool::Sqlite(p) => {
-                let rows = sqlx::query(sql(q)).fetch_all(p).await.map_err(err)?;
-                let raws = rows
-                    .iter()
-                    .map(raw_from)
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(err)?;
-                Ok(self.split(raws, Utc::now(), GapOracle::Serialized))
-            }
-        }
+        by_database!(&self.pool, read(self, q))
     }
 
     async fn save(&self, owner: &str, lease_for: Duration, checkpoint: &Checkpoint) -> Result<()> {
-        let t = self.checkpoint_table.quoted(self.pool.dialect());
+        let hold = self.hold(owner, lease_for);
         let state = encode_state(checkpoint)?;
-        let lease = micros(lease_for);
-        let err = |e| map_sqlx("saving the checkpoint", e);
-        let rows = match &self.pool {
-            #[cfg(feature = "postgres")]
-            AnyPool::Postgres(p) => {
-                let q = format!(
-                    "UPDATE {t} SET state = $1, high = $2, lease_until = now() + make_interval(secs => $3::bigint / 1000000.0), \
-                     updated_at = now() WHERE name = $4 AND owner = $5"
-                );
-                sqlx::query(sql(q))
-                    .bind(&state)
-                    .bind(checkpoint.high)
-                    .bind(lease)
-                    .bind(&self.name)
-                    .bind(owner)
-                    .execute(p)
-                    .await
-                    .map_err(err)?
-                    .rows_affected()
-            }
-            #[cfg(feature = "mysql")]
-            AnyPool::MySql(p) => {
-                let q = format!(
-                    "UPDATE {t} SET state = ?, high = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-                     updated_at = UTC_TIMESTAMP(6) WHERE name = ? AND owner = ?"
-                );
-                sqlx::query(sql(q))
-                    .bind(&state)
-                    .bind(checkpoint.high)
-                    .bind(lease)
-                    .bind(&self.name)
-                    .bind(owner)
-                    .execute(p)
-                    .await
-                    .map_err(err)?
-                    .rows_affected()
-            }
-            #[cfg(feature = "sqlite")]
-            AnyPool::Sqlite(p) => {
-                let now = Utc::now().timestamp_micros();
-                let q = format!(
-                    "UPDATE {t} SET state = ?, high = ?, lease_until = ?, updated_at = ? WHERE name = ? AND owner = ?"
-                );
-                sqlx::query(sql(q))
-                    .bind(&state)
-                    .bind(checkpoint.high)
-                    .bind(now.saturating_add(lease))
-                    .bind(now)
-                    .bind(&self.name)
-                    .bind(owner)
-                    .execute(p)
-                    .await
-                    .map_err(err)?
-                    .rows_affected()
-            }
-        };
+        let rows = by_database!(&self.pool, save(&hold, &state, checkpoint.high))
+            .map_err(|e| map_sqlx("saving the checkpoint", e))?;
         if rows == 0 {
             return Err(Error::new(
                 ErrorKind::LeaseLost,
