@@ -204,9 +204,7 @@ impl Column {
 
 const fn col(
     name: &'static str,
-    postgres: &'static str,
-    mysql: &'static str,
-    sqlite: &'static str,
+    [postgres, mysql, sqlite]: [&'static str; 3],
     nullable: bool,
     default: Option<&'static str>,
 ) -> Column {
@@ -220,78 +218,44 @@ const fn col(
     }
 }
 
+/// A time: `TIMESTAMPTZ`, `DATETIME(6)` in UTC, Unix microseconds on SQLite.
+const TIME: [&str; 3] = ["TIMESTAMPTZ", "DATETIME(6)", "INTEGER"];
+/// A short name (an aggregate or event type, a key).
+const NAME: [&str; 3] = ["TEXT", "VARCHAR(255)", "TEXT"];
+
 /// The columns, in table order. `seq` is the identity primary key; its definition differs
 /// per dialect and is written by `outbox_sql::create_table_sql`.
 pub const COLUMNS: &[Column] = &[
-    col("seq", "BIGINT", "BIGINT", "INTEGER", false, None),
-    col("id", "UUID", "CHAR(36)", "TEXT", false, None),
-    col(
-        "aggregate_type",
-        "TEXT",
-        "VARCHAR(255)",
-        "TEXT",
-        false,
-        None,
-    ),
-    col("aggregate_id", "TEXT", "VARCHAR(255)", "TEXT", false, None),
-    col("event_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
-    col("destination", "TEXT", "VARCHAR(512)", "TEXT", false, None),
-    col("ordering_key", "TEXT", "VARCHAR(255)", "TEXT", false, None),
-    col("payload", "BYTEA", "LONGBLOB", "BLOB", false, None),
-    col("content_type", "TEXT", "VARCHAR(255)", "TEXT", false, None),
-    col("headers", "TEXT", "TEXT", "TEXT", false, None),
-    col("traceparent", "TEXT", "VARCHAR(64)", "TEXT", true, None),
-    col("tracestate", "TEXT", "VARCHAR(512)", "TEXT", true, None),
-    col(
-        "created_at",
-        "TIMESTAMPTZ",
-        "DATETIME(6)",
-        "INTEGER",
-        false,
-        None,
-    ),
-    col(
-        "available_at",
-        "TIMESTAMPTZ",
-        "DATETIME(6)",
-        "INTEGER",
-        false,
-        None,
-    ),
+    col("seq", ["BIGINT", "BIGINT", "INTEGER"], false, None),
+    col("id", ["UUID", "CHAR(36)", "TEXT"], false, None),
+    col("aggregate_type", NAME, false, None),
+    col("aggregate_id", NAME, false, None),
+    col("event_type", NAME, false, None),
+    col("destination", ["TEXT", "VARCHAR(512)", "TEXT"], false, None),
+    col("ordering_key", NAME, false, None),
+    col("payload", ["BYTEA", "LONGBLOB", "BLOB"], false, None),
+    col("content_type", NAME, false, None),
+    col("headers", ["TEXT", "TEXT", "TEXT"], false, None),
+    col("traceparent", ["TEXT", "VARCHAR(64)", "TEXT"], true, None),
+    col("tracestate", ["TEXT", "VARCHAR(512)", "TEXT"], true, None),
+    col("created_at", TIME, false, None),
+    col("available_at", TIME, false, None),
     col(
         "status",
-        "SMALLINT",
-        "SMALLINT",
-        "INTEGER",
+        ["SMALLINT", "SMALLINT", "INTEGER"],
         false,
         Some("0"),
     ),
     col(
         "attempts",
-        "INTEGER",
-        "INTEGER",
-        "INTEGER",
+        ["INTEGER", "INTEGER", "INTEGER"],
         false,
         Some("0"),
     ),
-    col("lease_token", "BIGINT", "BIGINT", "INTEGER", true, None),
-    col(
-        "lease_until",
-        "TIMESTAMPTZ",
-        "DATETIME(6)",
-        "INTEGER",
-        true,
-        None,
-    ),
-    col("last_error", "TEXT", "TEXT", "TEXT", true, None),
-    col(
-        "processed_at",
-        "TIMESTAMPTZ",
-        "DATETIME(6)",
-        "INTEGER",
-        true,
-        None,
-    ),
+    col("lease_token", ["BIGINT", "BIGINT", "INTEGER"], true, None),
+    col("lease_until", TIME, true, None),
+    col("last_error", ["TEXT", "TEXT", "TEXT"], true, None),
+    col("processed_at", TIME, true, None),
 ];
 
 /// One index of the canonical table.

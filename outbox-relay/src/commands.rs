@@ -190,13 +190,9 @@ pub async fn run(path: &Path) -> CmdResult {
             )));
         }
         let relay = source_relay(name, s, store, Arc::clone(&router), metrics).await?;
-        let mut stop = stop_rx.clone();
+        let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            relay.run_until(stop).await;
         }));
     }
     for (name, t) in &config.event_tables {
@@ -234,13 +230,9 @@ pub async fn run(path: &Path) -> CmdResult {
             .map_err(|e| format!("event table {name}: {e}"))?
             .with_owner(owner)
             .with_metrics(metrics);
-        let mut stop = stop_rx.clone();
+        let stop = stopped(stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+            relay.run_until(stop).await;
         }));
     }
     if let Some(http) = &config.http {
@@ -521,4 +513,9 @@ pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> C
         }
     }
     Ok(())
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

@@ -37,19 +37,9 @@ pub trait Backend: sealed::Sealed + Clone + std::fmt::Debug + Send + Sync + 'sta
     /// The sqlx driver.
     type Db: Database<Arguments: IntoArguments<Self::Db>>;
     /// How an event id is stored: `uuid` on PostgreSQL, its text elsewhere.
-    type Id: StoredId
-        + for<'e> Encode<'e, Self::Db>
-        + for<'r> Decode<'r, Self::Db>
-        + Type<Self::Db>
-        + Send
-        + 'static;
+    type Id: StoredId + Column<Self::Db>;
     /// How a time is stored: a time type, or Unix microseconds on SQLite.
-    type Time: StoredTime
-        + for<'e> Encode<'e, Self::Db>
-        + for<'r> Decode<'r, Self::Db>
-        + Type<Self::Db>
-        + Send
-        + 'static;
+    type Time: StoredTime + Column<Self::Db>;
     /// The backend's own statements (claim, marks), built once per store.
     type Statements: Send + Sync + 'static;
     /// The SQL dialect.
@@ -82,6 +72,17 @@ pub trait Backend: sealed::Sealed + Clone + std::fmt::Debug + Send + Sync + 'sta
         outbox: &SqlxOutbox<Self>,
         envelopes: &[Envelope],
     ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A value the database `DB` stores in a column: it binds, reads back, and has a type.
+pub trait Column<DB: Database>:
+    for<'e> Encode<'e, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + 'static
+{
+}
+
+impl<DB: Database, T> Column<DB> for T where
+    T: for<'e> Encode<'e, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + 'static
+{
 }
 
 /// How an event id is stored.
