@@ -37,12 +37,12 @@ use std::time::Duration;
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Text};
-use outbox_core::inbox::{InboxOutcome, default_inbox_table};
+use outbox_core::EventId;
+use outbox_core::inbox::InboxOutcome;
 use outbox_core::schema::Dialect;
-use outbox_core::{EventId, TableName};
+use outbox_sql::InboxStatements;
 #[cfg(any(feature = "mysql", feature = "sqlite", feature = "async-mysql"))]
 use outbox_sql::event_id_text;
-use outbox_sql::{InboxSpec, InboxStatements};
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -57,36 +57,9 @@ fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// One consumer's view of an inbox table. Cheap to clone; build it once.
-#[derive(Clone, Debug)]
-pub struct Inbox {
-    spec: InboxSpec,
-}
+outbox_sql::inbox_type!();
 
 impl Inbox {
-    /// The inbox of `consumer` in the default table `outbox_inbox`. The name is checked
-    /// (1 to 190 bytes, no control characters).
-    pub fn new(consumer: impl Into<String>) -> outbox_core::Result<Self> {
-        Self::with_table(consumer, default_inbox_table())
-    }
-
-    /// The inbox of `consumer` in `table`.
-    pub fn with_table(consumer: impl Into<String>, table: TableName) -> outbox_core::Result<Self> {
-        Ok(Inbox {
-            spec: InboxSpec::new(consumer, table)?,
-        })
-    }
-
-    /// The consumer name.
-    pub fn consumer(&self) -> &str {
-        self.spec.consumer()
-    }
-
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        self.spec.table()
-    }
-
     fn statements(&self, d: Dialect) -> &InboxStatements {
         self.spec.statements(d)
     }

@@ -20,10 +20,10 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::{InboxOutcome, default_inbox_table};
+use outbox_core::inbox::InboxOutcome;
 use outbox_core::schema::Dialect;
-use outbox_core::{EventId, Result, TableName};
-use outbox_sql::{InboxSpec, InboxStatements, event_id_text};
+use outbox_core::{EventId, Result};
+use outbox_sql::{InboxStatements, event_id_text};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use crate::error::map_db_err;
@@ -32,11 +32,7 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// One consumer's view of an inbox table. Cheap to clone; build it once.
-#[derive(Clone, Debug)]
-pub struct Inbox {
-    spec: InboxSpec,
-}
+outbox_sql::inbox_type!();
 
 fn dialect(backend: DbBackend) -> Dialect {
     match backend {
@@ -47,29 +43,6 @@ fn dialect(backend: DbBackend) -> Dialect {
 }
 
 impl Inbox {
-    /// The inbox of `consumer` in the default table `outbox_inbox`. The name is checked
-    /// (1 to 190 bytes, no control characters).
-    pub fn new(consumer: impl Into<String>) -> Result<Self> {
-        Self::with_table(consumer, default_inbox_table())
-    }
-
-    /// The inbox of `consumer` in `table`.
-    pub fn with_table(consumer: impl Into<String>, table: TableName) -> Result<Self> {
-        Ok(Inbox {
-            spec: InboxSpec::new(consumer, table)?,
-        })
-    }
-
-    /// The consumer name.
-    pub fn consumer(&self) -> &str {
-        self.spec.consumer()
-    }
-
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        self.spec.table()
-    }
-
     fn statements(&self, backend: DbBackend) -> &InboxStatements {
         self.spec.statements(dialect(backend))
     }

@@ -99,6 +99,11 @@ impl InboxSpec {
         })
     }
 
+    /// The inbox of `consumer` in the default table, `outbox_inbox`.
+    pub fn for_consumer(consumer: impl Into<String>) -> Result<Self, Error> {
+        InboxSpec::new(consumer, outbox_core::inbox::default_inbox_table())
+    }
+
     /// The consumer name.
     pub fn consumer(&self) -> &str {
         &self.consumer
@@ -160,6 +165,47 @@ pub fn create_inbox_table_sql(table: &TableName, dialect: Dialect) -> Vec<String
             ),
         ],
     }
+}
+
+/// Defines a database crate's `Inbox`: one consumer's view of an inbox table, wrapping an
+/// [`InboxSpec`] (its consumer name, table and statements, through `Deref`), with the
+/// constructors `new` (the default table) and `with_table`. The crate adds the methods that
+/// run the statements on its connections.
+#[macro_export]
+macro_rules! inbox_type {
+    () => {
+        /// One consumer's view of an inbox table. Cheap to clone; build it once.
+        #[derive(Clone, Debug)]
+        pub struct Inbox {
+            spec: $crate::InboxSpec,
+        }
+
+        impl ::std::ops::Deref for Inbox {
+            type Target = $crate::InboxSpec;
+
+            /// The consumer name, the table and their statements.
+            fn deref(&self) -> &$crate::InboxSpec {
+                &self.spec
+            }
+        }
+
+        impl Inbox {
+            /// The inbox of `consumer` (a stable name: the service or handler) in the
+            /// default table `outbox_inbox`. The name is checked (1 to 190 bytes, no
+            /// control characters).
+            pub fn new(consumer: impl Into<String>) -> outbox_core::Result<Self> {
+                $crate::InboxSpec::for_consumer(consumer).map(|spec| Inbox { spec })
+            }
+
+            /// The inbox of `consumer` in `table`.
+            pub fn with_table(
+                consumer: impl Into<String>,
+                table: outbox_core::TableName,
+            ) -> outbox_core::Result<Self> {
+                $crate::InboxSpec::new(consumer, table).map(|spec| Inbox { spec })
+            }
+        }
+    };
 }
 
 #[cfg(test)]

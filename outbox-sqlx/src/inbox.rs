@@ -19,10 +19,10 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::{InboxOutcome, default_inbox_table};
+use outbox_core::inbox::InboxOutcome;
 use outbox_core::schema::Dialect;
-use outbox_core::{EventId, Result, TableName};
-use outbox_sql::{InboxSpec, InboxStatements};
+use outbox_core::{EventId, Result};
+use outbox_sql::InboxStatements;
 
 use crate::common::{limit_i64, micros, sql};
 use crate::error::map_sqlx;
@@ -151,36 +151,9 @@ inbox_connection!(
     purge_first: |age| now_micros().saturating_sub(micros(age))
 );
 
-/// One consumer's view of an inbox table. Cheap to clone; build it once.
-#[derive(Clone, Debug)]
-pub struct Inbox {
-    spec: InboxSpec,
-}
+outbox_sql::inbox_type!();
 
 impl Inbox {
-    /// The inbox of `consumer` (a stable name: the service or handler) in the default table
-    /// `outbox_inbox`. The name is checked (1 to 190 bytes, no control characters).
-    pub fn new(consumer: impl Into<String>) -> Result<Self> {
-        Self::with_table(consumer, default_inbox_table())
-    }
-
-    /// The inbox of `consumer` in `table`.
-    pub fn with_table(consumer: impl Into<String>, table: TableName) -> Result<Self> {
-        Ok(Inbox {
-            spec: InboxSpec::new(consumer, table)?,
-        })
-    }
-
-    /// The consumer name.
-    pub fn consumer(&self) -> &str {
-        self.spec.consumer()
-    }
-
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        self.spec.table()
-    }
-
     fn statements<C: InboxConnection>(&self) -> &InboxStatements {
         self.spec.statements(C::dialect())
     }
