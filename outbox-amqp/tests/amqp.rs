@@ -12,7 +12,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
 use outbox_core::testkit::{
     CUT_EVENTS, PublisherHarness, Received, TcpProxy, order_event, relay_survives_connection_cut,
-    run_publisher_suite, service_url, unique_name,
+    run_publisher_suite, unique_name,
 };
 use outbox_core::{ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
@@ -156,9 +156,7 @@ fn read_error(what: &str, e: lapin::Error) -> outbox_core::Error {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_rabbitmq() {
-    let Some(url) = service_url("conformance_suite_on_rabbitmq", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_rabbitmq", ENV, DEFAULT_URL);
     run_publisher_suite(|| Rabbit::new(&url, &url)).await;
 }
 
@@ -166,10 +164,8 @@ async fn conformance_suite_on_rabbitmq() {
 /// events of the same batch are published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_message_is_a_permanent_error() {
-    let Some(url) = service_url("unroutable_message_is_a_permanent_error", ENV, DEFAULT_URL).await
-    else {
-        return;
-    };
+    let url =
+        outbox_core::service_or_skip!("unroutable_message_is_a_permanent_error", ENV, DEFAULT_URL);
     let rabbit = Rabbit::new(&url, &url).await;
     let lonely = unique_name("outbox_unbound");
     declare_exchange(&rabbit.channel, &lonely).await;
@@ -214,9 +210,7 @@ async fn unroutable_message_is_a_permanent_error() {
 /// reconnects, every event reaches the queue, in key order of first delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_survives_a_connection_cut() {
-    let Some(url) = service_url("relay_survives_a_connection_cut", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", ENV, DEFAULT_URL);
     let proxy = TcpProxy::start("127.0.0.1:5672").await.expect("proxy");
     let proxied = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let rabbit = Rabbit::new(&url, &proxied).await;

@@ -313,87 +313,75 @@ pub trait StoreStats: Send + Sync {
     fn stats(&self) -> impl Future<Output = Result<BacklogStats>> + Send;
 }
 
+/// Calls `$then!` with the four fenced marks of [`Store`]: each one's name,
+/// the name of its object-safe twin, and the item it takes a slice of. The
+/// shims below (`DynStore`, `Arc<dyn DynStore>`, `Arc<S>`) are written once
+/// over this list.
+macro_rules! with_marks {
+    ($then:ident) => {
+        $then! {
+            mark_published / mark_published_dyn: EventId,
+            schedule_retry / schedule_retry_dyn: Retry,
+            dead_letter / dead_letter_dyn: DeadLetter,
+            release / release_dyn: EventId,
+        }
+    };
+}
+
+macro_rules! dyn_mark_decls {
+    ($($name:ident / $dyn:ident: $item:ty,)*) => {$(
+        #[doc = concat!("See [`Store::", stringify!($name), "`].")]
+        fn $dyn<'a>(&'a self, lease: &'a Lease, items: &'a [$item])
+            -> BoxFuture<'a, Result<u64>>;
+    )*};
+}
+
+macro_rules! dyn_mark_impls {
+    ($($name:ident / $dyn:ident: $item:ty,)*) => {$(
+        fn $dyn<'a>(&'a self, lease: &'a Lease, items: &'a [$item])
+            -> BoxFuture<'a, Result<u64>> {
+            Box::pin(self.$name(lease, items))
+        }
+    )*};
+}
+
+macro_rules! mark_forwards {
+    ($($name:ident / $dyn:ident: $item:ty,)*) => {$(
+        async fn $name(&self, lease: &Lease, items: &[$item]) -> Result<u64> {
+            (**self).$dyn(lease, items).await
+        }
+    )*};
+}
+
+macro_rules! shared_marks {
+    ($($name:ident / $dyn:ident: $item:ty,)*) => {$(
+        fn $name(&self, lease: &Lease, items: &[$item])
+            -> impl Future<Output = Result<u64>> + Send {
+            (**self).$name(lease, items)
+        }
+    )*};
+}
+
 /// The object-safe twin of [`Store`], for choosing a store at run time
 /// (`Arc<dyn DynStore>` is itself a [`Store`]). Every `Store` is a `DynStore`.
 pub trait DynStore: Send + Sync {
     /// See [`Store::claim`].
     fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>>;
-    /// See [`Store::mark_published`].
-    fn mark_published_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<u64>>;
-    /// See [`Store::schedule_retry`].
-    fn schedule_retry_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        retries: &'a [Retry],
-    ) -> BoxFuture<'a, Result<u64>>;
-    /// See [`Store::dead_letter`].
-    fn dead_letter_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        dead: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<u64>>;
-    /// See [`Store::release`].
-    fn release_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<u64>>;
+    with_marks!(dyn_mark_decls);
 }
 
 impl<S: Store> DynStore for S {
     fn claim_dyn(&self, limit: usize, lease_for: Duration) -> BoxFuture<'_, Result<Claim>> {
         Box::pin(self.claim(limit, lease_for))
     }
-    fn mark_published_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.mark_published(lease, ids))
-    }
-    fn schedule_retry_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        retries: &'a [Retry],
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.schedule_retry(lease, retries))
-    }
-    fn dead_letter_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        dead: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.dead_letter(lease, dead))
-    }
-    fn release_dyn<'a>(
-        &'a self,
-        lease: &'a Lease,
-        ids: &'a [EventId],
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(self.release(lease, ids))
-    }
+    with_marks!(dyn_mark_impls);
 }
 
 impl Store for Arc<dyn DynStore> {
     async fn claim(&self, limit: usize, lease_for: Duration) -> Result<Claim> {
         (**self).claim_dyn(limit, lease_for).await
     }
-    async fn mark_published(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        (**self).mark_published_dyn(lease, ids).await
-    }
-    async fn schedule_retry(&self, lease: &Lease, retries: &[Retry]) -> Result<u64> {
-        (**self).schedule_retry_dyn(lease, retries).await
-    }
-    async fn dead_letter(&self, lease: &Lease, dead: &[DeadLetter]) -> Result<u64> {
-        (**self).dead_letter_dyn(lease, dead).await
-    }
-    async fn release(&self, lease: &Lease, ids: &[EventId]) -> Result<u64> {
-        (**self).release_dyn(lease, ids).await
-    }
+    with_marks!(mark_forwards);
 }
 
 /// The object-safe twin of [`WakeUp`].
@@ -417,28 +405,5 @@ impl<S: Store> Store for Arc<S> {
     ) -> impl Future<Output = Result<Claim>> + Send {
         (**self).claim(limit, lease_for)
     }
-    fn mark_published(
-        &self,
-        lease: &Lease,
-        ids: &[EventId],
-    ) -> impl Future<Output = Result<u64>> + Send {
-        (**self).mark_published(lease, ids)
-    }
-    fn schedule_retry(
-        &self,
-        lease: &Lease,
-        retries: &[Retry],
-    ) -> impl Future<Output = Result<u64>> + Send {
-        (**self).schedule_retry(lease, retries)
-    }
-    fn dead_letter(
-        &self,
-        lease: &Lease,
-        dead: &[DeadLetter],
-    ) -> impl Future<Output = Result<u64>> + Send {
-        (**self).dead_letter(lease, dead)
-    }
-    fn release(&self, lease: &Lease, ids: &[EventId]) -> impl Future<Output = Result<u64>> + Send {
-        (**self).release(lease, ids)
-    }
+    with_marks!(shared_marks);
 }

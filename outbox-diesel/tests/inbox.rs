@@ -263,9 +263,7 @@ mod asynchronous {
 
 #[cfg(feature = "async")]
 async fn async_suite(name: &str, env: &str, default: &str, pg: bool) {
-    let Some(url) = service_url(name, env, default).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!(name, env, default);
     let made = std::sync::Mutex::new(Vec::new());
     run_inbox_suite(|| async {
         let db = asynchronous::AsyncDb::new(&url, pg).await.expect("harness");

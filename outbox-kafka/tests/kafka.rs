@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_core::testkit::{
-    PublisherHarness, Received, order_event, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, order_event, run_publisher_suite, unique_name,
 };
 use outbox_core::{
     Envelope, ErrorKind, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig,
@@ -151,9 +151,7 @@ impl PublisherHarness for Topic {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_tansu() {
-    let Some(url) = service_url("conformance_suite_on_tansu", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_tansu", ENV, DEFAULT_URL);
     run_publisher_suite(|| Topic::new(&url)).await;
 }
 
@@ -161,9 +159,7 @@ async fn conformance_suite_on_tansu() {
 /// the ordering key as the message key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_sees_per_key_order() {
-    let Some(url) = service_url("consumer_sees_per_key_order", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("consumer_sees_per_key_order", ENV, DEFAULT_URL);
     let t = Topic::new(&url).await;
     let events: Vec<Envelope> = (0..60)
         .map(|i| order_event(&t.topic, &format!("key-{}", i % 4), i))
@@ -198,9 +194,7 @@ async fn consumer_sees_per_key_order() {
 /// A message over the size limit is a permanent error; the rest of the call is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_permanent() {
-    let Some(url) = service_url("oversized_message_is_permanent", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("oversized_message_is_permanent", ENV, DEFAULT_URL);
     let t = Topic::new(&url).await;
     let huge = Envelope::builder("order", "big", "order.placed", &t.topic)
         .with_limits(outbox_core::ValidationLimits {

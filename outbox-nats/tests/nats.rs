@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use outbox_core::testkit::{
     CUT_EVENTS, PublisherHarness, Received, TcpProxy, order_event, relay_survives_connection_cut,
-    run_publisher_suite, service_url, unique_name,
+    run_publisher_suite, unique_name,
 };
 use outbox_core::{PublishOutcome, Publisher, Result, transport};
 use outbox_nats::{NatsConfig, NatsPublisher};
@@ -134,9 +134,7 @@ async fn delete_streams(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_jetstream() {
-    let Some(url) = service_url("conformance_suite_on_jetstream", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_jetstream", ENV, DEFAULT_URL);
     let prefix = unique_name("outbox_conf");
     run_publisher_suite(|| Js::new(&url, &prefix)).await;
     delete_streams(&url, &prefix).await;
@@ -144,9 +142,7 @@ async fn conformance_suite_on_jetstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_event_twice_is_stored_once() {
-    let Some(url) = service_url("same_event_twice_is_stored_once", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("same_event_twice_is_stored_once", ENV, DEFAULT_URL);
     let js = Js::new(&url, "outbox_dup").await;
     let e = order_event(&js.destination(), "k", 1);
     for _ in 0..3 {
@@ -168,10 +164,8 @@ async fn same_event_twice_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_destinations_are_permanent_errors() {
-    let Some(url) = service_url("bad_destinations_are_permanent_errors", ENV, DEFAULT_URL).await
-    else {
-        return;
-    };
+    let url =
+        outbox_core::service_or_skip!("bad_destinations_are_permanent_errors", ENV, DEFAULT_URL);
     let p = publisher(&url).await;
     let events = [
         order_event("orders.*", "k", 1),
@@ -195,9 +189,7 @@ async fn bad_destinations_are_permanent_errors() {
 /// event reaches the stream exactly once (JetStream drops republished copies), in key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_survives_a_connection_cut() {
-    let Some(url) = service_url("relay_survives_a_connection_cut", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", ENV, DEFAULT_URL);
     let upstream = url.trim_start_matches("nats://").to_owned();
     let proxy = TcpProxy::start(&upstream).await.expect("proxy");
     let direct = Js::new(&url, "outbox_cut").await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::testkit::{order_event, service_url, unique_name};
+use outbox_core::testkit::{order_event, unique_name};
 use outbox_core::{Envelope, EventId, TableName};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -148,42 +148,26 @@ async fn nats_ids(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Even
 /// once (its dedupe window drops the re-sends), and SIGTERM ends the process cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_relays_mixed_sources_and_survives_sigkill() {
-    let Some(pg_url) = service_url(
+    let pg_url = outbox_core::service_or_skip!(
         "outbox run (pg)",
         "OUTBOX_TEST_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432/test",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(my_url) = service_url(
+    );
+    let my_url = outbox_core::service_or_skip!(
         "outbox run (mariadb)",
         "OUTBOX_TEST_MYSQL_URL",
         "mysql://root@127.0.0.1:3306/test",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(nats_url) = service_url(
+    );
+    let nats_url = outbox_core::service_or_skip!(
         "outbox run (nats)",
         "OUTBOX_TEST_NATS_URL",
         "nats://127.0.0.1:4222",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(amqp_url) = service_url(
+    );
+    let amqp_url = outbox_core::service_or_skip!(
         "outbox run (rabbitmq)",
         "OUTBOX_TEST_AMQP_URL",
         "amqp://guest:guest@127.0.0.1:5672/%2f",
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let name = unique_name("outbox_e2e");
     let sqlite = temp("outbox_e2e").with_extension("db");
     let sink = temp("outbox_e2e_sink").with_extension("jsonl");

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::testkit::unique_name;
 use outbox_core::{Envelope, EventId};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
@@ -37,42 +37,26 @@ fn ids(events: &[Envelope]) -> HashSet<EventId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_reach_nats_rabbitmq_kafka_and_sqs() {
-    let Some(nats_url) = service_url(
+    let nats_url = outbox_core::service_or_skip!(
         "routes (nats)",
         "OUTBOX_TEST_NATS_URL",
         "nats://127.0.0.1:4222",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(amqp_url) = service_url(
+    );
+    let amqp_url = outbox_core::service_or_skip!(
         "routes (rabbitmq)",
         "OUTBOX_TEST_AMQP_URL",
         "amqp://guest:guest@127.0.0.1:5672/%2f",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(kafka_url) = service_url(
+    );
+    let kafka_url = outbox_core::service_or_skip!(
         "routes (kafka)",
         "OUTBOX_TEST_KAFKA_URL",
         "kafka://127.0.0.1:9092",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(sqs_url) = service_url(
+    );
+    let sqs_url = outbox_core::service_or_skip!(
         "routes (sqs)",
         "OUTBOX_TEST_SQS_URL",
         "http://127.0.0.1:4566",
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let name = unique_name("outbox_route");
     let bootstrap = kafka_url.trim_start_matches("kafka://").to_owned();
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{InboxHarness, run_inbox_suite, service_url, unique_name};
+use outbox_core::testkit::{InboxHarness, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_seaorm::inbox::Inbox;
 use outbox_seaorm::map_db_err;
@@ -116,9 +116,7 @@ impl InboxHarness for Sea {
 }
 
 async fn suite(name: &str, env: &str, default: &str) {
-    let Some(url) = service_url(name, env, default).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!(name, env, default);
     let db = Database::connect(&url).await.expect("connect");
     let made = std::sync::Mutex::new(Vec::new());
     run_inbox_suite(|| async {

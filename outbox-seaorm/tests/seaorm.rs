@@ -4,9 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_core::testkit::{
-    StoreHarness, run_operations_suite, run_store_suite, service_url, unique_name,
-};
+use outbox_core::testkit::{StoreHarness, run_operations_suite, run_store_suite, unique_name};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_seaorm::{OutboxMigrator, SeaOrmStore, enqueue, enqueue_all, map_db_err};
 use sea_orm::{
@@ -230,15 +228,11 @@ async fn committed_appear_rolled_back_do_not(sea: Sea) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_commit_and_rollback() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "seaorm postgres_commit_and_rollback",
         "OUTBOX_TEST_POSTGRES_URL",
         PG_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let prefix = unique_name("outbox_sea_pg");
     committed_appear_rolled_back_do_not(Sea::postgres(&url, &prefix).await).await;
     drop_all(&url, &prefix).await;
@@ -246,15 +240,11 @@ async fn postgres_commit_and_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_commit_and_rollback() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "seaorm mariadb_commit_and_rollback",
         "OUTBOX_TEST_MYSQL_URL",
         MY_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let prefix = unique_name("outbox_sea_my");
     committed_appear_rolled_back_do_not(Sea::mariadb(&url, &prefix).await).await;
     drop_all(&url, &prefix).await;
@@ -267,15 +257,11 @@ async fn sqlite_commit_and_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "seaorm conformance_suite_on_postgres",
         "OUTBOX_TEST_POSTGRES_URL",
         PG_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let prefix = unique_name("outbox_sea_conf");
     run_store_suite(|| Sea::postgres(&url, &prefix)).await;
     run_operations_suite(|| Sea::postgres(&url, &prefix)).await;
@@ -286,15 +272,11 @@ async fn conformance_suite_on_postgres() {
 /// read back identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_stack_seaorm_writes_sqlx_relays() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "seaorm mixed_stack_seaorm_writes_sqlx_relays",
         "OUTBOX_TEST_POSTGRES_URL",
         PG_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let prefix = unique_name("outbox_sea_mix");
     let sea = Sea::postgres(&url, &prefix).await;
     let schema: String = {
@@ -338,15 +320,11 @@ async fn mixed_stack_seaorm_writes_sqlx_relays() {
 /// indexes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_parity_with_outbox_sqlx() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "seaorm schema_parity_with_outbox_sqlx",
         "OUTBOX_TEST_POSTGRES_URL",
         PG_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let a = unique_name("outbox_par_sea");
     let b = unique_name("outbox_par_sqlx");
     let admin = connect(&url, None).await;

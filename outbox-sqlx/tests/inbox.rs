@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{InboxHarness, run_inbox_suite, service_url, unique_name};
+use outbox_core::testkit::{InboxHarness, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_sqlx::inbox::Inbox;
 use outbox_sqlx::map_sqlx;
@@ -168,15 +168,11 @@ impl InboxHarness for Harness {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_postgres() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "inbox_suite_on_postgres",
         "OUTBOX_TEST_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432/test",
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let pool = PgPool::connect(&url).await.expect("connect");
     let mut made = Vec::new();
     let made_ref = std::sync::Mutex::new(&mut made);
@@ -198,15 +194,11 @@ async fn inbox_suite_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_mariadb() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "inbox_suite_on_mariadb",
         "OUTBOX_TEST_MYSQL_URL",
         "mysql://root@127.0.0.1:3306/test",
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let pool = MySqlPool::connect(&url).await.expect("connect");
     let mut made = Vec::new();
     let made_ref = std::sync::Mutex::new(&mut made);

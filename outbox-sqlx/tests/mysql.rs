@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use outbox_core::store::Store;
-use outbox_core::testkit::{run_operations_suite, run_store_suite, service_url, unique_name};
+use outbox_core::testkit::{run_operations_suite, run_store_suite, unique_name};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, TableName};
 use outbox_sql::Quote;
 use outbox_sqlx::mysql::MySqlBackend;
@@ -45,9 +45,7 @@ impl My {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_mariadb() {
-    let Some(url) = service_url("conformance_suite_on_mariadb", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_mariadb", ENV, DEFAULT_URL);
     // Every check gets a database of its own under this run's prefix; drop them after.
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| My::new(&url, &prefix)).await;
@@ -72,10 +70,8 @@ async fn conformance_suite_on_mariadb() {
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
-    let Some(url) = service_url("exactly_committed_events_are_relayed", ENV, DEFAULT_URL).await
-    else {
-        return;
-    };
+    let url =
+        outbox_core::service_or_skip!("exactly_committed_events_are_relayed", ENV, DEFAULT_URL);
     let my = My::new(&url, "outbox_test").await;
     let committed = vec![ev("a", 1), ev("b", 2)];
     my.write(&committed, true).await.expect("commit");
@@ -112,9 +108,7 @@ async fn exactly_committed_events_are_relayed() {
 /// Three relays on one MariaDB table: nothing published twice, per-key order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_share_one_table() {
-    let Some(url) = service_url("several_relays_share_one_table", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("several_relays_share_one_table", ENV, DEFAULT_URL);
     let my = My::new(&url, "outbox_test").await;
     let mut written = Vec::new();
     for round in 0..20 {
@@ -154,15 +148,11 @@ async fn several_relays_share_one_table() {
 /// them to the rows after (that published the key out of order with several relays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_stops_at_rows_another_claim_holds_locked() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "a_claim_stops_at_rows_another_claim_holds_locked",
         ENV,
         DEFAULT_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let my = My::new(&url, "outbox_gap").await;
     let events: Vec<Envelope> = (0..8).map(|n| ev("k", n)).collect();
     my.write(&events, true).await.expect("commit");

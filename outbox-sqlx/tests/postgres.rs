@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::testkit::{run_operations_suite, run_store_suite, service_url, unique_name};
+use outbox_core::testkit::{run_operations_suite, run_store_suite, unique_name};
 use outbox_core::{Envelope, InMemoryPublisher, Relay, TableName};
 use outbox_sqlx::postgres::{PgBackend, PgNotifier, PgWakeUp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -55,9 +55,7 @@ async fn drop_schemas(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
-    let Some(url) = service_url("conformance_suite_on_postgres", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_postgres", ENV, DEFAULT_URL);
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| Pg::new(&url, &prefix)).await;
     run_operations_suite(|| Pg::new(&url, &prefix)).await;
@@ -67,10 +65,8 @@ async fn conformance_suite_on_postgres() {
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
-    let Some(url) = service_url("exactly_committed_events_are_relayed", ENV, DEFAULT_URL).await
-    else {
-        return;
-    };
+    let url =
+        outbox_core::service_or_skip!("exactly_committed_events_are_relayed", ENV, DEFAULT_URL);
     let prefix = unique_name("outbox_test");
     let pg = Pg::new(&url, &prefix).await;
     let committed = vec![ev("a", 1), ev("b", 2)];
@@ -110,9 +106,7 @@ async fn exactly_committed_events_are_relayed() {
 /// Four relays on one table: nothing published twice, nothing lost, per-key order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_share_one_table() {
-    let Some(url) = service_url("several_relays_share_one_table", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("several_relays_share_one_table", ENV, DEFAULT_URL);
     let prefix = unique_name("outbox_test");
     let pg = Pg::new(&url, &prefix).await;
     let publisher = InMemoryPublisher::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use outbox_core::testkit::{
-    PublisherHarness, Received, order_event, run_publisher_suite, service_url, unique_name,
+    PublisherHarness, Received, order_event, run_publisher_suite, unique_name,
 };
 use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result};
 use outbox_sqs::{SqsConfig, SqsCredentials, SqsPublisher, decode_attributes};
@@ -163,18 +163,14 @@ impl PublisherHarness for Queue {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_standard_queue() {
-    let Some(url) = service_url("conformance_suite_on_a_standard_queue", ENV, DEFAULT_URL).await
-    else {
-        return;
-    };
+    let url =
+        outbox_core::service_or_skip!("conformance_suite_on_a_standard_queue", ENV, DEFAULT_URL);
     run_publisher_suite(|| Queue::new(&url, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_fifo_queue() {
-    let Some(url) = service_url("conformance_suite_on_a_fifo_queue", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("conformance_suite_on_a_fifo_queue", ENV, DEFAULT_URL);
     run_publisher_suite(|| Queue::new(&url, true)).await;
 }
 
@@ -182,15 +178,11 @@ async fn conformance_suite_on_a_fifo_queue() {
 /// FIFO queue delivers it once, with the event id as the dedupe id and the key as the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_queue_receives_a_republished_event_once() {
-    let Some(url) = service_url(
+    let url = outbox_core::service_or_skip!(
         "fifo_queue_receives_a_republished_event_once",
         ENV,
         DEFAULT_URL,
-    )
-    .await
-    else {
-        return;
-    };
+    );
     let q = Queue::new(&url, true).await;
     let events: Vec<Envelope> = (0..25)
         .map(|i| order_event(&q.name, &format!("k{}", i % 3), i))
@@ -224,9 +216,7 @@ async fn fifo_queue_receives_a_republished_event_once() {
 /// limits; a 300 KiB event is a permanent error and the rest of its batch is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_respect_sqs_limits() {
-    let Some(url) = service_url("batches_respect_sqs_limits", ENV, DEFAULT_URL).await else {
-        return;
-    };
+    let url = outbox_core::service_or_skip!("batches_respect_sqs_limits", ENV, DEFAULT_URL);
     let q = Queue::new(&url, false).await;
     let big = "x".repeat(30 * 1024);
     let mut events: Vec<Envelope> = (0..25)

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::testkit::unique_name;
 use outbox_core::{Envelope, EventId, Relay, RelayConfig, TableName};
 use sqlx::AssertSqlSafe;
 
@@ -51,24 +51,15 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
-    let Some(nats_url) = service_url(
+    let nats_url = outbox_core::service_or_skip!(
         "redelivery (nats)",
         "OUTBOX_TEST_NATS_URL",
         "nats://127.0.0.1:4222",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(my_url) = service_url("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL).await
-    else {
-        return;
-    };
-    let Some(pg_url) =
-        service_url("redelivery (postgres)", "OUTBOX_TEST_POSTGRES_URL", PG_URL).await
-    else {
-        return;
-    };
+    );
+    let my_url =
+        outbox_core::service_or_skip!("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL);
+    let pg_url =
+        outbox_core::service_or_skip!("redelivery (postgres)", "OUTBOX_TEST_POSTGRES_URL", PG_URL);
 
     // Producer: the outbox in a MariaDB database of its own.
     let my = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
@@ -209,19 +200,13 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
-    let Some(sqs_url) = service_url(
+    let sqs_url = outbox_core::service_or_skip!(
         "redelivery (sqs)",
         "OUTBOX_TEST_SQS_URL",
         "http://127.0.0.1:4566",
-    )
-    .await
-    else {
-        return;
-    };
-    let Some(my_url) = service_url("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL).await
-    else {
-        return;
-    };
+    );
+    let my_url =
+        outbox_core::service_or_skip!("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL);
 
     // Producer: the outbox in a SQLite file.
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("redeliv")));

@@ -34,6 +34,21 @@ pub fn services_required() -> bool {
     std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// The URL of a service an integration test needs, or an early `return` from that test.
+///
+/// `let url = outbox_core::service_or_skip!("test name", "ENV_VAR", "default://url");`
+/// is [`service_url`] with its `None` turned into `return` (after it printed the skip, or
+/// panicked under `OUTBOX_REQUIRE_SERVICES=1`). For tests whose body returns `()`.
+#[macro_export]
+macro_rules! service_or_skip {
+    ($name:expr, $env_var:expr, $default_url:expr $(,)?) => {
+        match $crate::testkit::service_url($name, $env_var, $default_url).await {
+            ::core::option::Option::Some(url) => url,
+            ::core::option::Option::None => return,
+        }
+    };
+}
+
 /// Finds a service for an integration test.
 ///
 /// Reads the URL from `env_var` (falling back to `default_url`), and checks that its host
