@@ -17,9 +17,6 @@ use outbox_core::testkit::{
 use outbox_core::{ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
 
-const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const ENV: &str = "OUTBOX_TEST_AMQP_URL";
-
 /// A topic exchange bound (`#`) to a queue of the same name, a publisher, and a reader.
 struct Rabbit {
     publisher: AmqpPublisher,
@@ -156,7 +153,7 @@ fn read_error(what: &str, e: lapin::Error) -> outbox_core::Error {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_rabbitmq() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_rabbitmq", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_rabbitmq", Amqp);
     run_publisher_suite(|| Rabbit::new(&url, &url)).await;
 }
 
@@ -164,8 +161,7 @@ async fn conformance_suite_on_rabbitmq() {
 /// events of the same batch are published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_message_is_a_permanent_error() {
-    let url =
-        outbox_core::service_or_skip!("unroutable_message_is_a_permanent_error", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("unroutable_message_is_a_permanent_error", Amqp);
     let rabbit = Rabbit::new(&url, &url).await;
     let lonely = unique_name("outbox_unbound");
     declare_exchange(&rabbit.channel, &lonely).await;
@@ -210,7 +206,7 @@ async fn unroutable_message_is_a_permanent_error() {
 /// reconnects, every event reaches the queue, in key order of first delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_survives_a_connection_cut() {
-    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", Amqp);
     let proxy = TcpProxy::start("127.0.0.1:5672").await.expect("proxy");
     let proxied = format!("amqp://guest:guest@{}/%2f", proxy.addr());
     let rabbit = Rabbit::new(&url, &proxied).await;

@@ -16,9 +16,6 @@ use outbox_core::testkit::unique_name;
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, TableName};
 use outbox_diesel::{mysql as dmy, pg as dpg, sqlite as dlite};
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
-
 /// An event with whole-microsecond times, a header and a trace, so read-backs compare equal.
 fn ev(key: &str, n: usize) -> Envelope {
     outbox_core::testkit::round_trip_event(key, n, "orders")
@@ -118,11 +115,8 @@ async fn pg_store(url: &str, schema: &str) -> outbox_sqlx::postgres::PgStore {
 /// committed events, read back field for field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_commit_rollback_and_mixed_stack() {
-    let url = outbox_core::service_or_skip!(
-        "diesel postgres_commit_rollback_and_mixed_stack",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url =
+        outbox_core::service_or_skip!("diesel postgres_commit_rollback_and_mixed_stack", Postgres);
     let schema = unique_name("outbox_diesel");
     let committed = {
         let mut conn = pg_conn(&url, &schema);
@@ -208,11 +202,7 @@ async fn drop_my_db(url: &str, db: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_commit_and_rollback() {
-    let url = outbox_core::service_or_skip!(
-        "diesel mariadb_commit_and_rollback",
-        "OUTBOX_TEST_MYSQL_URL",
-        MY_URL,
-    );
+    let url = outbox_core::service_or_skip!("diesel mariadb_commit_and_rollback", MySql);
     let db = unique_name("outbox_diesel");
     let committed = {
         let mut conn = my_conn(&url, &db);
@@ -251,16 +241,8 @@ async fn mariadb_commit_and_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_commit_and_rollback() {
     use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
-    let pg_url = outbox_core::service_or_skip!(
-        "diesel async_commit_and_rollback (pg)",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
-    let my_url = outbox_core::service_or_skip!(
-        "diesel async_commit_and_rollback (mysql)",
-        "OUTBOX_TEST_MYSQL_URL",
-        MY_URL,
-    );
+    let pg_url = outbox_core::service_or_skip!("diesel async_commit_and_rollback (pg)", Postgres);
+    let my_url = outbox_core::service_or_skip!("diesel async_commit_and_rollback (mysql)", MySql);
     // PostgreSQL.
     let schema = unique_name("outbox_diesel_async");
     dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("migrate");
@@ -339,16 +321,8 @@ async fn async_commit_and_rollback() {
 /// and indexes, on PostgreSQL and on MariaDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_parity_with_outbox_sqlx() {
-    let pg_url = outbox_core::service_or_skip!(
-        "diesel schema_parity (pg)",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
-    let my_url = outbox_core::service_or_skip!(
-        "diesel schema_parity (mysql)",
-        "OUTBOX_TEST_MYSQL_URL",
-        MY_URL,
-    );
+    let pg_url = outbox_core::service_or_skip!("diesel schema_parity (pg)", Postgres);
+    let my_url = outbox_core::service_or_skip!("diesel schema_parity (mysql)", MySql);
     // PostgreSQL: schema a by diesel, schema b by sqlx.
     let (a, b) = (
         unique_name("outbox_par_diesel"),
@@ -495,11 +469,7 @@ async fn drop_pg_schemas(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diesel_store_passes_the_conformance_suite_on_postgres() {
-    let url = outbox_core::service_or_skip!(
-        "diesel store conformance",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url = outbox_core::service_or_skip!("diesel store conformance", Postgres);
     let prefix = unique_name("outbox_dconf");
     outbox_core::testkit::run_store_suite(|| DieselPg::new(&url, &prefix)).await;
     drop_pg_schemas(&url, &prefix).await;
@@ -509,11 +479,8 @@ async fn diesel_store_passes_the_conformance_suite_on_postgres() {
 /// store and read back field for field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_stack_sqlx_writes_diesel_relays() {
-    let url = outbox_core::service_or_skip!(
-        "diesel mixed_stack_sqlx_writes_diesel_relays",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url =
+        outbox_core::service_or_skip!("diesel mixed_stack_sqlx_writes_diesel_relays", Postgres);
     let prefix = unique_name("outbox_dmix");
     let d = DieselPg::new(&url, &prefix).await;
     let events: Vec<Envelope> = (0..40).map(|i| ev(&format!("k{}", i % 6), i)).collect();

@@ -21,9 +21,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message as _};
 use tokio::sync::Mutex;
 
-const DEFAULT_URL: &str = "kafka://127.0.0.1:9092";
-const ENV: &str = "OUTBOX_TEST_KAFKA_URL";
-
 fn bootstrap(url: &str) -> String {
     url.trim_start_matches("kafka://").to_owned()
 }
@@ -151,7 +148,7 @@ impl PublisherHarness for Topic {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_tansu() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_tansu", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_tansu", Kafka);
     run_publisher_suite(|| Topic::new(&url)).await;
 }
 
@@ -159,7 +156,7 @@ async fn conformance_suite_on_tansu() {
 /// the ordering key as the message key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_sees_per_key_order() {
-    let url = outbox_core::service_or_skip!("consumer_sees_per_key_order", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("consumer_sees_per_key_order", Kafka);
     let t = Topic::new(&url).await;
     let events: Vec<Envelope> = (0..60)
         .map(|i| order_event(&t.topic, &format!("key-{}", i % 4), i))
@@ -194,7 +191,7 @@ async fn consumer_sees_per_key_order() {
 /// A message over the size limit is a permanent error; the rest of the call is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_permanent() {
-    let url = outbox_core::service_or_skip!("oversized_message_is_permanent", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("oversized_message_is_permanent", Kafka);
     let t = Topic::new(&url).await;
     let huge = Envelope::builder("order", "big", "order.placed", &t.topic)
         .with_limits(outbox_core::ValidationLimits {

@@ -11,9 +11,6 @@ use outbox_core::testkit::{
 use outbox_core::{PublishOutcome, Publisher, Result, transport};
 use outbox_nats::{NatsConfig, NatsPublisher};
 
-const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-const ENV: &str = "OUTBOX_TEST_NATS_URL";
-
 /// A stream capturing `{name}.>`, and a publisher.
 struct Js {
     publisher: NatsPublisher,
@@ -134,7 +131,7 @@ async fn delete_streams(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_jetstream() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_jetstream", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_jetstream", Nats);
     let prefix = unique_name("outbox_conf");
     run_publisher_suite(|| Js::new(&url, &prefix)).await;
     delete_streams(&url, &prefix).await;
@@ -142,7 +139,7 @@ async fn conformance_suite_on_jetstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_event_twice_is_stored_once() {
-    let url = outbox_core::service_or_skip!("same_event_twice_is_stored_once", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("same_event_twice_is_stored_once", Nats);
     let js = Js::new(&url, "outbox_dup").await;
     let e = order_event(&js.destination(), "k", 1);
     for _ in 0..3 {
@@ -164,8 +161,7 @@ async fn same_event_twice_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_destinations_are_permanent_errors() {
-    let url =
-        outbox_core::service_or_skip!("bad_destinations_are_permanent_errors", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("bad_destinations_are_permanent_errors", Nats);
     let p = publisher(&url).await;
     let events = [
         order_event("orders.*", "k", 1),
@@ -189,7 +185,7 @@ async fn bad_destinations_are_permanent_errors() {
 /// event reaches the stream exactly once (JetStream drops republished copies), in key order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_survives_a_connection_cut() {
-    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("relay_survives_a_connection_cut", Nats);
     let upstream = url.trim_start_matches("nats://").to_owned();
     let proxy = TcpProxy::start(&upstream).await.expect("proxy");
     let direct = Js::new(&url, "outbox_cut").await;

@@ -4,11 +4,12 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outbox_core::testkit::{order_event, unique_name};
 use outbox_core::{Envelope, EventId, TableName};
+use outbox_tests::{self as fixtures, RelayProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
 
@@ -86,61 +87,6 @@ fn http_get(port: u16, path: &str) -> String {
     panic!("the relay's HTTP port {port} never answered");
 }
 
-struct Relay(Child);
-
-impl Drop for Relay {
-    /// A failing test must not leave the process behind.
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Relay {
-    fn start(config: &Path) -> Relay {
-        Relay(
-            Command::new(BIN)
-                .args(["run", "--config"])
-                .arg(config)
-                .env("OUTBOX_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start outbox run"),
-        )
-    }
-
-    fn kill9(self) {
-        // Drop sends SIGKILL and reaps the process.
-        drop(self);
-    }
-
-    fn sigterm(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        self.0.wait().expect("wait")
-    }
-}
-
-async fn nats_ids(js: &async_nats::jetstream::Context, stream: &str) -> Vec<EventId> {
-    let mut s = js.get_stream(stream).await.expect("stream");
-    let info = s.info().await.expect("info").state.clone();
-    let mut ids = Vec::new();
-    if info.messages == 0 {
-        return ids;
-    }
-    for seq in info.first_sequence..=info.last_sequence {
-        if let Ok(m) = s.get_raw_message(seq).await
-            && let Some(v) = m.headers.get("outbox-event-id")
-            && let Ok(id) = v.as_str().parse()
-        {
-            ids.push(id);
-        }
-    }
-    ids
-}
-
 /// Three sources (PostgreSQL and SQLite written through sqlx, MariaDB through SeaORM), three
 /// routed publishers (RabbitMQ for the MariaDB events, NATS for the PostgreSQL ones, a
 /// JSON-lines file for the rest). The relay is
@@ -148,26 +94,10 @@ async fn nats_ids(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Even
 /// once (its dedupe window drops the re-sends), and SIGTERM ends the process cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_relays_mixed_sources_and_survives_sigkill() {
-    let pg_url = outbox_core::service_or_skip!(
-        "outbox run (pg)",
-        "OUTBOX_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    );
-    let my_url = outbox_core::service_or_skip!(
-        "outbox run (mariadb)",
-        "OUTBOX_TEST_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
-    );
-    let nats_url = outbox_core::service_or_skip!(
-        "outbox run (nats)",
-        "OUTBOX_TEST_NATS_URL",
-        "nats://127.0.0.1:4222",
-    );
-    let amqp_url = outbox_core::service_or_skip!(
-        "outbox run (rabbitmq)",
-        "OUTBOX_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    );
+    let pg_url = outbox_core::service_or_skip!("outbox run (pg)", Postgres);
+    let my_url = outbox_core::service_or_skip!("outbox run (mariadb)", MySql);
+    let nats_url = outbox_core::service_or_skip!("outbox run (nats)", Nats);
+    let amqp_url = outbox_core::service_or_skip!("outbox run (rabbitmq)", Amqp);
     let name = unique_name("outbox_e2e");
     let sqlite = temp("outbox_e2e").with_extension("db");
     let sink = temp("outbox_e2e_sink").with_extension("jsonl");
@@ -238,64 +168,16 @@ publisher = "bus"
     .expect("config");
 
     // The NATS stream, the MariaDB database; then `outbox migrate` creates the three tables.
-    let nats = async_nats::connect(&nats_url).await.expect("nats");
-    let js = async_nats::jetstream::new(nats);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: stream.clone(),
-        subjects: vec![format!("{name}.orders.>")],
-        storage: async_nats::jetstream::stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
-    use lapin::options::{
-        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    };
-    let amqp = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let ch = amqp.create_channel().await.expect("channel");
-    let exchange = format!("{name}.rabbit");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("exchange");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("queue");
-    ch.queue_bind(
-        name.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("bind");
+    let js = fixtures::nats::jetstream(&nats_url).await;
+    fixtures::nats::memory_stream(&js, &stream, &format!("{name}.orders.>")).await;
+    let (_amqp, ch) = fixtures::amqp::admin(&amqp_url).await;
+    fixtures::amqp::topic_queue(&ch, &format!("{name}.rabbit"), &name).await;
     let my_admin = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`")))
         .execute(&my_admin)
         .await
         .expect("database");
-    let out = Command::new(BIN)
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .output()
-        .expect("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fixtures::migrate(BIN, &config);
 
     // Writers: sqlx on PostgreSQL and SQLite, SeaORM on MariaDB.
     let orders = |n: usize, key: &str| -> Vec<Envelope> {
@@ -365,9 +247,9 @@ publisher = "bus"
     write_all(0, 30).await;
 
     // First run: SIGKILL once some events are through.
-    let relay = Relay::start(&config);
+    let relay = RelayProcess::start(BIN, &config);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while nats_ids(&js, &stream).await.len() < 10 {
+    while fixtures::nats::stored_ids(&js, &stream).await.len() < 10 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "nothing relayed to NATS"
@@ -378,29 +260,19 @@ publisher = "bus"
     write_all(30, 60).await;
 
     // Restart; everything arrives.
-    let relay = Relay::start(&config);
+    let relay = RelayProcess::start(BIN, &config);
     let want_nats: HashSet<EventId> = pg_events.iter().map(Envelope::id).collect();
     let want_rabbit: HashSet<EventId> = my_events.iter().map(Envelope::id).collect();
     let mut got_rabbit: HashSet<EventId> = HashSet::new();
     let want_sink: HashSet<EventId> = audit_events.iter().map(Envelope::id).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let got: HashSet<EventId> = nats_ids(&js, &stream).await.into_iter().collect();
-        let (sunk, _) = sink_ids(&sink);
-        while let Ok(Some(m)) = ch
-            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        let got: HashSet<EventId> = fixtures::nats::stored_ids(&js, &stream)
             .await
-        {
-            if let Some(id) = m
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .and_then(|s| s.as_str().parse().ok())
-            {
-                got_rabbit.insert(id);
-            }
-        }
+            .into_iter()
+            .collect();
+        let (sunk, _) = sink_ids(&sink);
+        got_rabbit.extend(fixtures::amqp::take_ids(&ch, &name).await);
         if got == want_nats && sunk == want_sink && got_rabbit == want_rabbit {
             break;
         }
@@ -446,7 +318,7 @@ publisher = "bus"
         status.success(),
         "SIGTERM ends the relay cleanly: {status:?}"
     );
-    let stored = nats_ids(&js, &stream).await;
+    let stored = fixtures::nats::stored_ids(&js, &stream).await;
     assert_eq!(
         stored.len(),
         want_nats.len(),
@@ -456,10 +328,7 @@ publisher = "bus"
     // Clean up.
     let _ = js.delete_stream(&stream).await;
     let _ = ch
-        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = ch
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .queue_delete(name.as_str().into(), Default::default())
         .await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE `{name}`")))
         .execute(&my_admin)
@@ -538,7 +407,7 @@ async fn run_relays_an_event_table_across_a_sigkill() {
     for n in 0..30 {
         insert(n).await;
     }
-    let relay = Relay::start(&cfg);
+    let relay = RelayProcess::start(BIN, &cfg);
     let wait_for = |want: usize| {
         let sink = sink.clone();
         async move {
@@ -557,7 +426,7 @@ async fn run_relays_an_event_table_across_a_sigkill() {
     for n in 30..50 {
         insert(n).await;
     }
-    let relay = Relay::start(&cfg);
+    let relay = RelayProcess::start(BIN, &cfg);
     assert_eq!(
         wait_for(50).await,
         50,
@@ -648,7 +517,7 @@ async fn dead_letter_admin_survives_an_undecodable_row() {
         .expect("corrupt the bad row");
 
     // The relay claims the bad row, cannot decode it, and dead-letters it.
-    let relay = Relay::start(&config);
+    let relay = RelayProcess::start(BIN, &config);
     let listed = {
         let mut lines = Vec::new();
         for _ in 0..100 {
@@ -701,7 +570,7 @@ async fn dead_letter_admin_survives_an_undecodable_row() {
     );
 
     // The requeued event is published.
-    let relay = Relay::start(&config);
+    let relay = RelayProcess::start(BIN, &config);
     let mut published = HashSet::new();
     for _ in 0..100 {
         published = sink_ids(&sink).0;
@@ -766,7 +635,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
     }
     tx.commit().await.expect("commit");
 
-    let relay = Relay::start(&config);
+    let relay = RelayProcess::start(BIN, &config);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while sink_ids(&sink).0.len() < 19 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

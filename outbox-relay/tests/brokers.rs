@@ -3,22 +3,13 @@
 //! broker its route names, and only that one.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use outbox_core::Envelope;
 use outbox_core::testkit::unique_name;
-use outbox_core::{Envelope, EventId};
+use outbox_tests::{self as fixtures, event_ids as ids};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox");
-
-struct Relay(Child);
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn ev(dest: &str, n: usize) -> Envelope {
     typed(dest, "order.placed", n)
@@ -31,116 +22,24 @@ fn typed(dest: &str, event_type: &str, n: usize) -> Envelope {
         .expect("valid")
 }
 
-fn ids(events: &[Envelope]) -> HashSet<EventId> {
-    events.iter().map(Envelope::id).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_reach_nats_rabbitmq_kafka_and_sqs() {
-    let nats_url = outbox_core::service_or_skip!(
-        "routes (nats)",
-        "OUTBOX_TEST_NATS_URL",
-        "nats://127.0.0.1:4222",
-    );
-    let amqp_url = outbox_core::service_or_skip!(
-        "routes (rabbitmq)",
-        "OUTBOX_TEST_AMQP_URL",
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-    );
-    let kafka_url = outbox_core::service_or_skip!(
-        "routes (kafka)",
-        "OUTBOX_TEST_KAFKA_URL",
-        "kafka://127.0.0.1:9092",
-    );
-    let sqs_url = outbox_core::service_or_skip!(
-        "routes (sqs)",
-        "OUTBOX_TEST_SQS_URL",
-        "http://127.0.0.1:4566",
-    );
+    let nats_url = outbox_core::service_or_skip!("routes (nats)", Nats);
+    let amqp_url = outbox_core::service_or_skip!("routes (rabbitmq)", Amqp);
+    let kafka_url = outbox_core::service_or_skip!("routes (kafka)", Kafka);
+    let sqs_url = outbox_core::service_or_skip!("routes (sqs)", Sqs);
     let name = unique_name("outbox_route");
     let bootstrap = kafka_url.trim_start_matches("kafka://").to_owned();
 
-    // NATS stream for `{name}.n.>`.
-    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.expect("nats"));
-    let mut stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: name.to_uppercase(),
-            subjects: vec![format!("{name}.n.>")],
-            storage: async_nats::jetstream::stream::StorageType::Memory,
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    // RabbitMQ exchange `{name}` bound to queue `{name}`.
-    use lapin::options::{
-        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    };
-    let amqp = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let ch = amqp.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        name.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("exchange");
-    ch.queue_declare(
-        name.as_str().into(),
-        QueueDeclareOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("queue");
-    ch.queue_bind(
-        name.as_str().into(),
-        name.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        Default::default(),
-    )
-    .await
-    .expect("bind");
-    // Kafka topic `{name}`.
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::consumer::Consumer as _;
-    use rdkafka::message::{Headers as _, Message as _};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin");
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&name, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("topics")
-    {
-        r.expect("topic");
-    }
-    // SQS queue `{name}`.
-    let sqs_conf = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .endpoint_url(&sqs_url)
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .build();
-    let sqs = aws_sdk_sqs::Client::from_conf(sqs_conf);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(&name)
-        .send()
-        .await
-        .expect("queue")
-        .queue_url()
-        .expect("url")
-        .to_owned();
+    // A NATS stream for `{name}.n.>`, a RabbitMQ exchange and queue `{name}`, a Kafka
+    // topic `{name}`, an SQS queue `{name}`.
+    let js = fixtures::nats::jetstream(&nats_url).await;
+    fixtures::nats::memory_stream(&js, &name.to_uppercase(), &format!("{name}.n.>")).await;
+    let (_amqp, ch) = fixtures::amqp::admin(&amqp_url).await;
+    fixtures::amqp::topic_queue(&ch, &name, &name).await;
+    fixtures::kafka::create_topic(&bootstrap, &name, 1).await;
+    let sqs = fixtures::sqs::client(&sqs_url);
+    let queue_url = fixtures::sqs::create_queue(&sqs, &name).await;
 
     // One SQLite source with events for each route.
     let db = std::env::temp_dir().join(format!("{name}.db"));
@@ -184,16 +83,7 @@ publisher = "kafka"
         ) + "[[routes]]\nevent_type = \"order.sqs\"\npublisher = \"sqs\"\n",
     )
     .expect("config");
-    let out = Command::new(BIN)
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .output()
-        .expect("migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fixtures::migrate(BIN, &config);
     let to_nats: Vec<Envelope> = (0..10)
         .map(|i| ev(&format!("{name}.n.orders"), i))
         .collect();
@@ -210,26 +100,10 @@ publisher = "kafka"
     }
     tx.commit().await.expect("commit");
 
-    let _relay = Relay(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run"),
-    );
+    let _relay = fixtures::RelayProcess::start(BIN, &config);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let kafka_consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", unique_name("g"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    kafka_consumer
-        .subscribe(&[name.as_str()])
-        .expect("subscribe");
+    let kafka_consumer = fixtures::kafka::consumer(&bootstrap, &name);
     let (mut got_nats, mut got_rabbit, mut got_kafka, mut got_sqs) = (
         HashSet::new(),
         HashSet::new(),
@@ -242,68 +116,12 @@ publisher = "kafka"
         || got_sqs != ids(&to_sqs))
         && tokio::time::Instant::now() < deadline
     {
-        let received = sqs
-            .receive_message()
-            .queue_url(&queue_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .expect("receive");
-        for m in received.messages() {
-            if let Some(id) = m
-                .message_attributes()
-                .and_then(|a| a.get("outbox-event-id"))
-                .and_then(|v| v.string_value())
-                .and_then(|s| s.parse().ok())
-            {
-                got_sqs.insert(id);
-            }
-        }
-        let info = stream.info().await.expect("info").state.clone();
-        for seq in info.first_sequence..=info.last_sequence {
-            if info.messages > 0
-                && let Ok(m) = stream.get_raw_message(seq).await
-                && let Some(id) = m
-                    .headers
-                    .get("outbox-event-id")
-                    .and_then(|v| v.as_str().parse().ok())
-            {
-                got_nats.insert(id);
-            }
-        }
-        while let Ok(Some(m)) = ch
-            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-        {
-            if let Some(id) = m
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .and_then(|s| s.as_str().parse().ok())
-            {
-                got_rabbit.insert(id);
-            }
-        }
-        let poll_until = std::time::Instant::now() + Duration::from_millis(300);
-        while std::time::Instant::now() < poll_until {
-            if let Some(Ok(m)) =
-                tokio::task::block_in_place(|| kafka_consumer.poll(Duration::from_millis(50)))
-                && let Some(h) = m.headers()
-            {
-                for header in h.iter() {
-                    if header.key == "outbox-event-id"
-                        && let Some(id) = header
-                            .value
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|s| s.parse().ok())
-                    {
-                        got_kafka.insert(id);
-                    }
-                }
-            }
-        }
+        got_sqs.extend(fixtures::sqs::receive_ids(&sqs, &queue_url).await);
+        got_nats.extend(fixtures::nats::stored_ids(&js, &name.to_uppercase()).await);
+        got_rabbit.extend(fixtures::amqp::take_ids(&ch, &name).await);
+        got_kafka.extend(tokio::task::block_in_place(|| {
+            fixtures::kafka::poll_ids(&kafka_consumer, Duration::from_millis(300))
+        }));
     }
     assert_eq!(got_nats, ids(&to_nats), "NATS received its route's events");
     assert_eq!(
@@ -319,12 +137,6 @@ publisher = "kafka"
     assert_eq!(got_sqs, ids(&to_sqs), "SQS received its route's events");
 
     let _ = js.delete_stream(name.to_uppercase()).await;
-    let _ = ch
-        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    let _ = ch
-        .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
     let _ = sqs.delete_queue().queue_url(&queue_url).send().await;
     for p in [&db, &config] {
         let _ = std::fs::remove_file(p);

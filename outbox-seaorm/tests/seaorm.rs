@@ -12,9 +12,6 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
-
 /// A database of its own: a PostgreSQL schema (through the search path), a MariaDB
 /// database, or a SQLite file; migrated, with an `orders` business table.
 struct Sea {
@@ -228,11 +225,7 @@ async fn committed_appear_rolled_back_do_not(sea: Sea) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_commit_and_rollback() {
-    let url = outbox_core::service_or_skip!(
-        "seaorm postgres_commit_and_rollback",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url = outbox_core::service_or_skip!("seaorm postgres_commit_and_rollback", Postgres);
     let prefix = unique_name("outbox_sea_pg");
     committed_appear_rolled_back_do_not(Sea::postgres(&url, &prefix).await).await;
     drop_all(&url, &prefix).await;
@@ -240,11 +233,7 @@ async fn postgres_commit_and_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_commit_and_rollback() {
-    let url = outbox_core::service_or_skip!(
-        "seaorm mariadb_commit_and_rollback",
-        "OUTBOX_TEST_MYSQL_URL",
-        MY_URL,
-    );
+    let url = outbox_core::service_or_skip!("seaorm mariadb_commit_and_rollback", MySql);
     let prefix = unique_name("outbox_sea_my");
     committed_appear_rolled_back_do_not(Sea::mariadb(&url, &prefix).await).await;
     drop_all(&url, &prefix).await;
@@ -257,11 +246,7 @@ async fn sqlite_commit_and_rollback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
-    let url = outbox_core::service_or_skip!(
-        "seaorm conformance_suite_on_postgres",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url = outbox_core::service_or_skip!("seaorm conformance_suite_on_postgres", Postgres);
     let prefix = unique_name("outbox_sea_conf");
     run_store_suite(|| Sea::postgres(&url, &prefix)).await;
     run_operations_suite(|| Sea::postgres(&url, &prefix)).await;
@@ -272,11 +257,8 @@ async fn conformance_suite_on_postgres() {
 /// read back identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_stack_seaorm_writes_sqlx_relays() {
-    let url = outbox_core::service_or_skip!(
-        "seaorm mixed_stack_seaorm_writes_sqlx_relays",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url =
+        outbox_core::service_or_skip!("seaorm mixed_stack_seaorm_writes_sqlx_relays", Postgres);
     let prefix = unique_name("outbox_sea_mix");
     let sea = Sea::postgres(&url, &prefix).await;
     let schema: String = {
@@ -320,11 +302,7 @@ async fn mixed_stack_seaorm_writes_sqlx_relays() {
 /// indexes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_parity_with_outbox_sqlx() {
-    let url = outbox_core::service_or_skip!(
-        "seaorm schema_parity_with_outbox_sqlx",
-        "OUTBOX_TEST_POSTGRES_URL",
-        PG_URL,
-    );
+    let url = outbox_core::service_or_skip!("seaorm schema_parity_with_outbox_sqlx", Postgres);
     let a = unique_name("outbox_par_sea");
     let b = unique_name("outbox_par_sqlx");
     let admin = connect(&url, None).await;

@@ -168,11 +168,7 @@ impl InboxHarness for Harness {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_postgres() {
-    let url = outbox_core::service_or_skip!(
-        "inbox_suite_on_postgres",
-        "OUTBOX_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    );
+    let url = outbox_core::service_or_skip!("inbox_suite_on_postgres", Postgres);
     let pool = PgPool::connect(&url).await.expect("connect");
     let mut made = Vec::new();
     let made_ref = std::sync::Mutex::new(&mut made);
@@ -194,11 +190,7 @@ async fn inbox_suite_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_mariadb() {
-    let url = outbox_core::service_or_skip!(
-        "inbox_suite_on_mariadb",
-        "OUTBOX_TEST_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
-    );
+    let url = outbox_core::service_or_skip!("inbox_suite_on_mariadb", MySql);
     let pool = MySqlPool::connect(&url).await.expect("connect");
     let mut made = Vec::new();
     let made_ref = std::sync::Mutex::new(&mut made);

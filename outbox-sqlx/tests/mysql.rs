@@ -14,9 +14,6 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 mod common;
 use common::{assert_once_in_key_order, assert_relays_exactly, ev};
 
-const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
-const ENV: &str = "OUTBOX_TEST_MYSQL_URL";
-
 common::harness!(My, MySqlBackend, MySqlPool);
 
 impl My {
@@ -45,7 +42,7 @@ impl My {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_mariadb() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_mariadb", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_mariadb", MySql);
     // Every check gets a database of its own under this run's prefix; drop them after.
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| My::new(&url, &prefix)).await;
@@ -70,8 +67,7 @@ async fn conformance_suite_on_mariadb() {
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
-    let url =
-        outbox_core::service_or_skip!("exactly_committed_events_are_relayed", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("exactly_committed_events_are_relayed", MySql);
     let my = My::new(&url, "outbox_test").await;
     let committed = vec![ev("a", 1), ev("b", 2)];
     my.write(&committed, true).await.expect("commit");
@@ -108,7 +104,7 @@ async fn exactly_committed_events_are_relayed() {
 /// Three relays on one MariaDB table: nothing published twice, per-key order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_share_one_table() {
-    let url = outbox_core::service_or_skip!("several_relays_share_one_table", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("several_relays_share_one_table", MySql);
     let my = My::new(&url, "outbox_test").await;
     let mut written = Vec::new();
     for round in 0..20 {
@@ -148,11 +144,8 @@ async fn several_relays_share_one_table() {
 /// them to the rows after (that published the key out of order with several relays).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_stops_at_rows_another_claim_holds_locked() {
-    let url = outbox_core::service_or_skip!(
-        "a_claim_stops_at_rows_another_claim_holds_locked",
-        ENV,
-        DEFAULT_URL,
-    );
+    let url =
+        outbox_core::service_or_skip!("a_claim_stops_at_rows_another_claim_holds_locked", MySql);
     let my = My::new(&url, "outbox_gap").await;
     let events: Vec<Envelope> = (0..8).map(|n| ev("k", n)).collect();
     my.write(&events, true).await.expect("commit");

@@ -12,9 +12,6 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 mod common;
 use common::{assert_once_in_key_order, assert_relays_exactly, ev};
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const ENV: &str = "OUTBOX_TEST_POSTGRES_URL";
-
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
         .max_connections(12)
@@ -55,7 +52,7 @@ async fn drop_schemas(url: &str, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_postgres() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_postgres", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_postgres", Postgres);
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| Pg::new(&url, &prefix)).await;
     run_operations_suite(|| Pg::new(&url, &prefix)).await;
@@ -65,8 +62,7 @@ async fn conformance_suite_on_postgres() {
 /// Commit, rollback and a crash before commit: exactly the committed events are relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
-    let url =
-        outbox_core::service_or_skip!("exactly_committed_events_are_relayed", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("exactly_committed_events_are_relayed", Postgres);
     let prefix = unique_name("outbox_test");
     let pg = Pg::new(&url, &prefix).await;
     let committed = vec![ev("a", 1), ev("b", 2)];
@@ -106,7 +102,7 @@ async fn exactly_committed_events_are_relayed() {
 /// Four relays on one table: nothing published twice, nothing lost, per-key order kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_relays_share_one_table() {
-    let url = outbox_core::service_or_skip!("several_relays_share_one_table", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("several_relays_share_one_table", Postgres);
     let prefix = unique_name("outbox_test");
     let pg = Pg::new(&url, &prefix).await;
     let publisher = InMemoryPublisher::new();

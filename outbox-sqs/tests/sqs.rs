@@ -12,9 +12,6 @@ use outbox_core::{Envelope, ErrorKind, PublishOutcome, Publisher, Result};
 use outbox_sqs::{SqsConfig, SqsCredentials, SqsPublisher, decode_attributes};
 use tokio::sync::Mutex;
 
-const DEFAULT_URL: &str = "http://127.0.0.1:4566";
-const ENV: &str = "OUTBOX_TEST_SQS_URL";
-
 async fn publisher(endpoint: &str) -> SqsPublisher {
     SqsPublisher::connect(&SqsConfig {
         region: Some("us-east-1".to_owned()),
@@ -163,14 +160,13 @@ impl PublisherHarness for Queue {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_standard_queue() {
-    let url =
-        outbox_core::service_or_skip!("conformance_suite_on_a_standard_queue", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_a_standard_queue", Sqs);
     run_publisher_suite(|| Queue::new(&url, false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_on_a_fifo_queue() {
-    let url = outbox_core::service_or_skip!("conformance_suite_on_a_fifo_queue", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("conformance_suite_on_a_fifo_queue", Sqs);
     run_publisher_suite(|| Queue::new(&url, true)).await;
 }
 
@@ -178,11 +174,7 @@ async fn conformance_suite_on_a_fifo_queue() {
 /// FIFO queue delivers it once, with the event id as the dedupe id and the key as the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_queue_receives_a_republished_event_once() {
-    let url = outbox_core::service_or_skip!(
-        "fifo_queue_receives_a_republished_event_once",
-        ENV,
-        DEFAULT_URL,
-    );
+    let url = outbox_core::service_or_skip!("fifo_queue_receives_a_republished_event_once", Sqs);
     let q = Queue::new(&url, true).await;
     let events: Vec<Envelope> = (0..25)
         .map(|i| order_event(&q.name, &format!("k{}", i % 3), i))
@@ -216,7 +208,7 @@ async fn fifo_queue_receives_a_republished_event_once() {
 /// limits; a 300 KiB event is a permanent error and the rest of its batch is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_respect_sqs_limits() {
-    let url = outbox_core::service_or_skip!("batches_respect_sqs_limits", ENV, DEFAULT_URL);
+    let url = outbox_core::service_or_skip!("batches_respect_sqs_limits", Sqs);
     let q = Queue::new(&url, false).await;
     let big = "x".repeat(30 * 1024);
     let mut events: Vec<Envelope> = (0..25)

@@ -1,1 +1,305 @@
-//! Cross-crate tests live in `tests/`; this library is empty.
+//! Broker fixtures shared by the workspace's integration tests: what a test sets up on a
+//! real broker before a relay publishes (a stream, an exchange and queue, a topic, an SQS
+//! queue), and how it reads back which events arrived. Every reader returns the
+//! `outbox-event-id` each message carries, so a test compares sets of [`EventId`]s.
+//!
+//! The fixtures use the raw clients only, never the adapter crates, so an adapter's own
+//! tests can use them without a second copy of the adapter in the build.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use outbox_core::{Envelope, EventId};
+
+/// The ids of `events`, as a set.
+pub fn event_ids(events: &[Envelope]) -> HashSet<EventId> {
+    events.iter().map(Envelope::id).collect()
+}
+
+/// RabbitMQ: a topic exchange bound (`#`) to a queue, both cleaned up by the broker.
+pub mod amqp {
+    use super::EventId;
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+    /// A connection and a channel on it, for declaring and reading.
+    pub async fn admin(url: &str) -> (Connection, Channel) {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = conn.create_channel().await.expect("channel");
+        (conn, channel)
+    }
+
+    /// Declares the topic exchange `exchange` (deleted with its last binding) and binds
+    /// `#` to the queue `queue` (which expires a minute after its last use).
+    pub async fn topic_queue(ch: &Channel, exchange: &str, queue: &str) {
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+        ch.queue_declare(queue.into(), QueueDeclareOptions::default(), args)
+            .await
+            .expect("declare queue");
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind queue");
+    }
+
+    /// Takes every message waiting in `queue` and returns their event ids (the AMQP
+    /// `message_id` the publisher sets).
+    pub async fn take_ids(ch: &Channel, queue: &str) -> Vec<EventId> {
+        let mut ids = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            if let Some(id) = m
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|s| s.as_str().parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
+/// NATS JetStream: an in-memory stream, and the ids it stores.
+pub mod nats {
+    use super::EventId;
+    use async_nats::jetstream::{self, stream};
+
+    /// A JetStream context on a new connection to `url`.
+    pub async fn jetstream(url: &str) -> jetstream::Context {
+        jetstream::new(async_nats::connect(url).await.expect("connect to NATS"))
+    }
+
+    /// Creates the in-memory stream `name` over `subjects` (for example `"{name}.>"`).
+    pub async fn memory_stream(
+        js: &jetstream::Context,
+        name: &str,
+        subjects: &str,
+    ) -> stream::Stream {
+        js.create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            storage: stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream")
+    }
+
+    /// The event ids of every message the stream `name` holds, in stream order.
+    pub async fn stored_ids(js: &jetstream::Context, name: &str) -> Vec<EventId> {
+        let mut s = js.get_stream(name).await.expect("stream");
+        let state = s.info().await.expect("stream info").state.clone();
+        let mut ids = Vec::new();
+        if state.messages == 0 {
+            return ids;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await
+                && let Some(v) = m.headers.get("outbox-event-id")
+                && let Ok(id) = v.as_str().parse()
+            {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
+/// Kafka: a topic, and a consumer group reading it from the start.
+pub mod kafka {
+    use std::time::{Duration, Instant};
+
+    use super::EventId;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::{Headers as _, Message as _};
+
+    /// Creates `topic` with `partitions` partitions.
+    pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("kafka admin client");
+        for r in admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await
+            .expect("create topics")
+        {
+            r.expect("topic created");
+        }
+    }
+
+    /// A consumer in a group of its own, subscribed to `topic` from the earliest offset.
+    pub fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", outbox_core::testkit::unique_name("g"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("kafka consumer");
+        c.subscribe(&[topic]).expect("subscribe");
+        c
+    }
+
+    /// Polls `consumer` for `window` and returns the event ids (the `outbox-event-id`
+    /// header) of what arrived. Blocks the thread: call it from `block_in_place`.
+    pub fn poll_ids(consumer: &BaseConsumer, window: Duration) -> Vec<EventId> {
+        let until = Instant::now() + window;
+        let mut ids = Vec::new();
+        while Instant::now() < until {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50))
+                && let Some(h) = m.headers()
+            {
+                ids.extend(
+                    h.iter()
+                        .filter(|h| h.key == "outbox-event-id")
+                        .filter_map(|h| {
+                            h.value
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .and_then(|s| s.parse::<EventId>().ok())
+                        }),
+                );
+            }
+        }
+        ids
+    }
+}
+
+/// SQS on moto: a client with test credentials, a queue, and its messages' ids.
+pub mod sqs {
+    use super::EventId;
+    use aws_sdk_sqs::Client;
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+    /// A client for the SQS endpoint `endpoint` (region `us-east-1`, test credentials).
+    pub fn client(endpoint: &str) -> Client {
+        let conf = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .build();
+        Client::from_conf(conf)
+    }
+
+    /// Creates the standard queue `name`; returns its URL.
+    pub async fn create_queue(client: &Client, name: &str) -> String {
+        client
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url()
+            .expect("queue url")
+            .to_owned()
+    }
+
+    /// Receives (without deleting) up to ten messages; returns their event ids (the
+    /// `outbox-event-id` message attribute).
+    pub async fn receive_ids(client: &Client, queue_url: &str) -> Vec<EventId> {
+        let got = client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive");
+        got.messages()
+            .iter()
+            .filter_map(|m| {
+                m.message_attributes()
+                    .and_then(|a| a.get("outbox-event-id"))
+                    .and_then(|v| v.string_value())
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    }
+}
+
+/// The `outbox` binary as a child process that a failing test cannot leave behind.
+pub struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl RelayProcess {
+    /// Starts `bin run --config config`, its output discarded.
+    pub fn start(bin: &str, config: &Path) -> RelayProcess {
+        RelayProcess(
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(config)
+                .env("OUTBOX_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start outbox run"),
+        )
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(self) {
+        drop(self);
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn sigterm(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().expect("wait for outbox run")
+    }
+}
+
+/// Runs `bin migrate --config config` and fails the test with its stderr if it fails.
+pub fn migrate(bin: &str, config: &Path) {
+    let out = Command::new(bin)
+        .args(["migrate", "--config"])
+        .arg(config)
+        .output()
+        .expect("run outbox migrate");
+    assert!(
+        out.status.success(),
+        "outbox migrate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,8 +19,6 @@ use outbox_core::testkit::unique_name;
 use outbox_core::{Envelope, EventId, Relay, RelayConfig, TableName};
 use sqlx::AssertSqlSafe;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
 const EVENTS: usize = 20;
 
 fn relay_config() -> RelayConfig {
@@ -51,15 +49,9 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
-    let nats_url = outbox_core::service_or_skip!(
-        "redelivery (nats)",
-        "OUTBOX_TEST_NATS_URL",
-        "nats://127.0.0.1:4222",
-    );
-    let my_url =
-        outbox_core::service_or_skip!("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL);
-    let pg_url =
-        outbox_core::service_or_skip!("redelivery (postgres)", "OUTBOX_TEST_POSTGRES_URL", PG_URL);
+    let nats_url = outbox_core::service_or_skip!("redelivery (nats)", Nats);
+    let my_url = outbox_core::service_or_skip!("redelivery (mariadb)", MySql);
+    let pg_url = outbox_core::service_or_skip!("redelivery (postgres)", Postgres);
 
     // Producer: the outbox in a MariaDB database of its own.
     let my = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
@@ -200,13 +192,8 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
-    let sqs_url = outbox_core::service_or_skip!(
-        "redelivery (sqs)",
-        "OUTBOX_TEST_SQS_URL",
-        "http://127.0.0.1:4566",
-    );
-    let my_url =
-        outbox_core::service_or_skip!("redelivery (mariadb)", "OUTBOX_TEST_MYSQL_URL", MY_URL);
+    let sqs_url = outbox_core::service_or_skip!("redelivery (sqs)", Sqs);
+    let my_url = outbox_core::service_or_skip!("redelivery (mariadb)", MySql);
 
     // Producer: the outbox in a SQLite file.
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("redeliv")));

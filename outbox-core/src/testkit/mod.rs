@@ -34,13 +34,66 @@ pub fn services_required() -> bool {
     std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// A service of the machine the integration tests use: its environment variable, and the
+/// URL of the local service when that variable is unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Service {
+    /// PostgreSQL (`OUTBOX_TEST_POSTGRES_URL`).
+    Postgres,
+    /// MySQL or MariaDB (`OUTBOX_TEST_MYSQL_URL`).
+    MySql,
+    /// NATS with JetStream (`OUTBOX_TEST_NATS_URL`).
+    Nats,
+    /// RabbitMQ (`OUTBOX_TEST_AMQP_URL`).
+    Amqp,
+    /// A Kafka-protocol broker (`OUTBOX_TEST_KAFKA_URL`).
+    Kafka,
+    /// An SQS endpoint (`OUTBOX_TEST_SQS_URL`).
+    Sqs,
+}
+
+impl Service {
+    /// The environment variable that overrides [`Service::default_url`].
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Service::Postgres => "OUTBOX_TEST_POSTGRES_URL",
+            Service::MySql => "OUTBOX_TEST_MYSQL_URL",
+            Service::Nats => "OUTBOX_TEST_NATS_URL",
+            Service::Amqp => "OUTBOX_TEST_AMQP_URL",
+            Service::Kafka => "OUTBOX_TEST_KAFKA_URL",
+            Service::Sqs => "OUTBOX_TEST_SQS_URL",
+        }
+    }
+
+    /// The local service's URL (what `scripts/services.sh` starts).
+    pub fn default_url(self) -> &'static str {
+        match self {
+            Service::Postgres => "postgres://postgres@127.0.0.1:5432/test",
+            Service::MySql => "mysql://root@127.0.0.1:3306/test",
+            Service::Nats => "nats://127.0.0.1:4222",
+            Service::Amqp => "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Service::Kafka => "kafka://127.0.0.1:9092",
+            Service::Sqs => "http://127.0.0.1:4566",
+        }
+    }
+}
+
 /// The URL of a service an integration test needs, or an early `return` from that test.
 ///
-/// `let url = outbox_core::service_or_skip!("test name", "ENV_VAR", "default://url");`
-/// is [`service_url`] with its `None` turned into `return` (after it printed the skip, or
-/// panicked under `OUTBOX_REQUIRE_SERVICES=1`). For tests whose body returns `()`.
+/// `let url = outbox_core::service_or_skip!("test name", Postgres);` (a [`Service`]) or
+/// `service_or_skip!("test name", "ENV_VAR", "default://url")` is [`service_url`] with its
+/// `None` turned into `return` (after it printed the skip, or panicked under
+/// `OUTBOX_REQUIRE_SERVICES=1`). For tests whose body returns `()`.
 #[macro_export]
 macro_rules! service_or_skip {
+    ($name:expr, $service:ident $(,)?) => {
+        $crate::service_or_skip!(
+            $name,
+            $crate::testkit::Service::$service.env_var(),
+            $crate::testkit::Service::$service.default_url(),
+        )
+    };
     ($name:expr, $env_var:expr, $default_url:expr $(,)?) => {
         match $crate::testkit::service_url($name, $env_var, $default_url).await {
             ::core::option::Option::Some(url) => url,
