@@ -3,18 +3,16 @@
 
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Connection};
 use outbox_amqp::{AmqpConfig, AmqpPublisher};
 use outbox_core::testkit::{
     CUT_EVENTS, PublisherHarness, Received, TcpProxy, order_event, relay_survives_connection_cut,
     run_publisher_suite, unique_name,
 };
 use outbox_core::{ErrorKind, PublishOutcome, Publisher, Result, transport};
+use outbox_tests as fixtures;
 use tokio::sync::Mutex;
 
 /// A topic exchange bound (`#`) to a queue of the same name, a publisher, and a reader.
@@ -26,49 +24,11 @@ struct Rabbit {
     received: Mutex<Vec<Received>>,
 }
 
-async fn admin(url: &str) -> (Connection, Channel) {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connect to RabbitMQ");
-    let channel = conn.create_channel().await.expect("channel");
-    (conn, channel)
-}
-
-async fn declare_exchange(ch: &Channel, name: &str) {
-    ch.exchange_declare(
-        name.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            auto_delete: true,
-            ..ExchangeDeclareOptions::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare exchange");
-}
-
 impl Rabbit {
     async fn new(url: &str, publisher_url: &str) -> Rabbit {
-        let (admin, channel) = admin(url).await;
+        let (admin, channel) = fixtures::amqp::admin(url).await;
         let name = unique_name("outbox_t");
-        declare_exchange(&channel, &name).await;
-        let mut args = FieldTable::default();
-        args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-        channel
-            .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
-            .await
-            .expect("declare queue");
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                name.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+        fixtures::amqp::topic_queue(&channel, &name, &name).await;
         let mut config = AmqpConfig::new(publisher_url);
         config.confirm_timeout = Duration::from_secs(3);
         config.reconnect_delay = Duration::from_millis(100);
@@ -164,7 +124,7 @@ async fn unroutable_message_is_a_permanent_error() {
     let url = outbox_core::service_or_skip!("unroutable_message_is_a_permanent_error", Amqp);
     let rabbit = Rabbit::new(&url, &url).await;
     let lonely = unique_name("outbox_unbound");
-    declare_exchange(&rabbit.channel, &lonely).await;
+    fixtures::amqp::topic_exchange(&rabbit.channel, &lonely).await;
     let events = [
         order_event(&format!("{lonely}/nobody.listens"), "a", 1),
         order_event(&rabbit.destination(), "b", 2),
@@ -221,7 +181,7 @@ async fn relay_survives_a_connection_cut() {
 impl Rabbit {
     /// A reader over the queue behind `destination` (`{name}/events`), already declared.
     async fn new_reader(url: &str, destination: &str) -> Rabbit {
-        let (admin, channel) = admin(url).await;
+        let (admin, channel) = fixtures::amqp::admin(url).await;
         let name = destination.split('/').next().unwrap_or_default().to_owned();
         Rabbit {
             publisher: AmqpPublisher::connect(AmqpConfig::new(url))

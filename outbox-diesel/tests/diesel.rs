@@ -241,8 +241,8 @@ async fn mariadb_commit_and_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_commit_and_rollback() {
     use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
-    let pg_url = outbox_core::service_or_skip!("diesel async_commit_and_rollback (pg)", Postgres);
-    let my_url = outbox_core::service_or_skip!("diesel async_commit_and_rollback (mysql)", MySql);
+    let [pg_url, my_url] =
+        outbox_core::service_or_skip!("diesel async_commit_and_rollback", [Postgres, MySql]);
     // PostgreSQL.
     let schema = unique_name("outbox_diesel_async");
     dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("migrate");
@@ -321,8 +321,7 @@ async fn async_commit_and_rollback() {
 /// and indexes, on PostgreSQL and on MariaDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_parity_with_outbox_sqlx() {
-    let pg_url = outbox_core::service_or_skip!("diesel schema_parity (pg)", Postgres);
-    let my_url = outbox_core::service_or_skip!("diesel schema_parity (mysql)", MySql);
+    let [pg_url, my_url] = outbox_core::service_or_skip!("diesel schema_parity", [Postgres, MySql]);
     // PostgreSQL: schema a by diesel, schema b by sqlx.
     let (a, b) = (
         unique_name("outbox_par_diesel"),

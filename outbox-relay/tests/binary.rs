@@ -94,10 +94,8 @@ fn http_get(port: u16, path: &str) -> String {
 /// once (its dedupe window drops the re-sends), and SIGTERM ends the process cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_relays_mixed_sources_and_survives_sigkill() {
-    let pg_url = outbox_core::service_or_skip!("outbox run (pg)", Postgres);
-    let my_url = outbox_core::service_or_skip!("outbox run (mariadb)", MySql);
-    let nats_url = outbox_core::service_or_skip!("outbox run (nats)", Nats);
-    let amqp_url = outbox_core::service_or_skip!("outbox run (rabbitmq)", Amqp);
+    let [pg_url, my_url, nats_url, amqp_url] =
+        outbox_core::service_or_skip!("outbox run", [Postgres, MySql, Nats, Amqp]);
     let name = unique_name("outbox_e2e");
     let sqlite = temp("outbox_e2e").with_extension("db");
     let sink = temp("outbox_e2e_sink").with_extension("jsonl");
@@ -108,6 +106,8 @@ async fn run_relays_mixed_sources_and_survives_sigkill() {
         .to_owned();
     let config = temp("outbox_e2e").with_extension("toml");
     let http_port = free_port();
+    // Every source: short leases and polls, so a SIGKILL's claims come back within seconds.
+    let fast = "lease = \"2s\"\npublish_timeout = \"1500ms\"\npoll_interval = \"20ms\"\nmax_poll_interval = \"200ms\"";
     std::fs::write(
         &config,
         format!(
@@ -120,26 +120,17 @@ listen = "127.0.0.1:{http_port}"
 url = "{pg_url}"
 table = "{name}.outbox_events"
 [sources.pg.relay]
-lease = "2s"
-publish_timeout = "1500ms"
-poll_interval = "20ms"
-max_poll_interval = "200ms"
+{fast}
 
 [sources.maria]
 url = "{my_base}/{name}"
 [sources.maria.relay]
-lease = "2s"
-publish_timeout = "1500ms"
-poll_interval = "20ms"
-max_poll_interval = "200ms"
+{fast}
 
 [sources.lite]
 url = "sqlite://{}"
 [sources.lite.relay]
-lease = "2s"
-publish_timeout = "1500ms"
-poll_interval = "20ms"
-max_poll_interval = "200ms"
+{fast}
 
 [publishers.bus]
 kind = "nats"
@@ -453,17 +444,7 @@ async fn run_relays_an_event_table_across_a_sigkill() {
 
 /// Runs the binary with `args` and returns its stdout; fails the test on a non-zero exit.
 fn outbox(args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("OUTBOX_LOG", "warn")
-        .output()
-        .expect("run outbox");
-    assert!(
-        out.status.success(),
-        "outbox {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    fixtures::run_outbox(BIN, args)
 }
 
 /// One table holds a row another tool wrote with `headers` that are not a JSON object and

@@ -24,10 +24,8 @@ fn typed(dest: &str, event_type: &str, n: usize) -> Envelope {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_reach_nats_rabbitmq_kafka_and_sqs() {
-    let nats_url = outbox_core::service_or_skip!("routes (nats)", Nats);
-    let amqp_url = outbox_core::service_or_skip!("routes (rabbitmq)", Amqp);
-    let kafka_url = outbox_core::service_or_skip!("routes (kafka)", Kafka);
-    let sqs_url = outbox_core::service_or_skip!("routes (sqs)", Sqs);
+    let [nats_url, amqp_url, kafka_url, sqs_url] =
+        outbox_core::service_or_skip!("routes", [Nats, Amqp, Kafka, Sqs]);
     let name = unique_name("outbox_route");
     let bootstrap = kafka_url.trim_start_matches("kafka://").to_owned();
 

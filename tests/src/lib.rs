@@ -38,17 +38,7 @@ pub mod amqp {
     /// Declares the topic exchange `exchange` (deleted with its last binding) and binds
     /// `#` to the queue `queue` (which expires a minute after its last use).
     pub async fn topic_queue(ch: &Channel, exchange: &str, queue: &str) {
-        ch.exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                auto_delete: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare exchange");
+        topic_exchange(ch, exchange).await;
         let mut args = FieldTable::default();
         args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
         ch.queue_declare(queue.into(), QueueDeclareOptions::default(), args)
@@ -63,6 +53,22 @@ pub mod amqp {
         )
         .await
         .expect("bind queue");
+    }
+
+    /// Declares the topic exchange `exchange`, deleted by the broker once its last
+    /// binding goes (one never bound stays until deleted).
+    pub async fn topic_exchange(ch: &Channel, exchange: &str) {
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
     }
 
     /// Takes every message waiting in `queue` and returns their event ids (the AMQP
@@ -290,16 +296,24 @@ impl RelayProcess {
     }
 }
 
-/// Runs `bin migrate --config config` and fails the test with its stderr if it fails.
-pub fn migrate(bin: &str, config: &Path) {
+/// Runs the binary `bin` with `args` and returns its stdout; fails the test with its
+/// stderr on a non-zero exit.
+pub fn run_outbox(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin)
-        .args(["migrate", "--config"])
-        .arg(config)
+        .args(args)
+        .env("OUTBOX_LOG", "warn")
         .output()
-        .expect("run outbox migrate");
+        .expect("run outbox");
     assert!(
         out.status.success(),
-        "outbox migrate failed: {}",
+        "outbox {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `bin migrate --config config`; fails the test if it fails.
+pub fn migrate(bin: &str, config: &Path) {
+    let config = config.to_str().expect("a UTF-8 config path");
+    run_outbox(bin, &["migrate", "--config", config]);
 }

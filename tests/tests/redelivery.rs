@@ -40,18 +40,77 @@ fn events(destination: &str) -> Vec<Envelope> {
         .collect()
 }
 
-/// Per-event effect counts, and deliveries seen.
-#[derive(Default)]
+/// Drains the producer's outbox into the broker: all [`EVENTS`] are published.
+async fn relay_all(
+    store: impl outbox_core::Store + 'static,
+    publisher: impl outbox_core::Publisher + 'static,
+) {
+    let report = Relay::new(store, publisher, relay_config())
+        .expect("relay")
+        .drain()
+        .await
+        .expect("drain");
+    assert_eq!(report.published, EVENTS);
+}
+
+/// The deliveries a consumer saw, and how many of them its inbox recognised as repeats.
 struct Tally {
     deliveries: usize,
     duplicates: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl Tally {
+    /// A tally that gives the broker a minute to deliver everything twice.
+    fn new() -> Tally {
+        Tally {
+            deliveries: 0,
+            duplicates: 0,
+            deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    /// Whether to fetch again: not every message came twice yet, and time is left.
+    fn waiting(&self) -> bool {
+        self.deliveries < 2 * EVENTS && tokio::time::Instant::now() < self.deadline
+    }
+
+    /// One delivery, whose inbox record was new or a repeat.
+    fn delivered(&mut self, new: bool) {
+        self.deliveries += 1;
+        if !new {
+            self.duplicates += 1;
+        }
+    }
+
+    /// Every message came twice, every second copy was recognised, and the effect of
+    /// each sent event stands exactly once in `effects` (the event ids, as text).
+    fn assert_each_effect_once(
+        &self,
+        sent: &[Envelope],
+        effects: impl IntoIterator<Item = String>,
+    ) {
+        let mut per_event: HashMap<String, usize> = HashMap::new();
+        for e in effects {
+            *per_event.entry(e).or_default() += 1;
+        }
+        assert_eq!(self.deliveries, 2 * EVENTS, "every message delivered twice");
+        assert_eq!(self.duplicates, EVENTS, "every redelivery recognised");
+        for e in sent {
+            assert_eq!(
+                per_event.get(&e.id().to_string()),
+                Some(&1),
+                "effect of {} applied once",
+                e.id()
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
-    let nats_url = outbox_core::service_or_skip!("redelivery (nats)", Nats);
-    let my_url = outbox_core::service_or_skip!("redelivery (mariadb)", MySql);
-    let pg_url = outbox_core::service_or_skip!("redelivery (postgres)", Postgres);
+    let [nats_url, my_url, pg_url] =
+        outbox_core::service_or_skip!("redelivery", [Nats, MySql, Postgres]);
 
     // Producer: the outbox in a MariaDB database of its own.
     let my = sqlx::MySqlPool::connect(&my_url).await.expect("mariadb");
@@ -72,22 +131,10 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
         .await
         .expect("nats");
     let js = publisher.jetstream();
-    let stream = js
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: stream_name.clone(),
-            subjects: vec![format!("{stream_name}.>")],
-            storage: async_nats::jetstream::stream::StorageType::Memory,
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
+    let stream =
+        outbox_tests::nats::memory_stream(&js, &stream_name, &format!("{stream_name}.>")).await;
     let store = outbox_sqlx::mysql::MySqlStore::new(my.clone(), outbox_table);
-    let report = Relay::new(store, publisher, relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, EVENTS);
+    relay_all(store, publisher).await;
 
     // Consumer: the inbox and an effects table on PostgreSQL.
     let pg = sqlx::PgPool::connect(&pg_url).await.expect("postgres");
@@ -115,9 +162,8 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
         })
         .await
         .expect("consumer");
-    let mut tally = Tally::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tally.deliveries < 2 * EVENTS && tokio::time::Instant::now() < deadline {
+    let mut tally = Tally::new();
+    while tally.waiting() {
         let mut batch = consumer
             .fetch()
             .max_messages(10)
@@ -129,7 +175,8 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
             let m = m.expect("message");
             let id = outbox_nats::consumer::event_id(&m).expect("event id");
             let mut tx = pg.begin().await.expect("begin");
-            if inbox.record(&mut *tx, id).await.expect("record").is_new() {
+            let new = inbox.record(&mut *tx, id).await.expect("record").is_new();
+            if new {
                 sqlx::query(AssertSqlSafe(format!(
                     "INSERT INTO {effects} (event_id) VALUES ($1)"
                 )))
@@ -137,11 +184,9 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
                 .execute(&mut *tx)
                 .await
                 .expect("effect");
-            } else {
-                tally.duplicates += 1;
             }
             tx.commit().await.expect("commit");
-            tally.deliveries += 1;
+            tally.delivered(new);
             let first = m.info().expect("info").delivered == 1;
             if first {
                 m.ack_with(async_nats::jetstream::AckKind::Nak(None))
@@ -157,24 +202,11 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
             .fetch_all(&pg)
             .await
             .expect("effects");
-    let mut per_event: HashMap<EventId, usize> = HashMap::new();
-    for (u,) in rows {
-        *per_event.entry(EventId::from_uuid(u)).or_default() += 1;
-    }
-    assert_eq!(
-        tally.deliveries,
-        2 * EVENTS,
-        "every message delivered twice"
+    tally.assert_each_effect_once(
+        &sent,
+        rows.into_iter()
+            .map(|(u,)| EventId::from_uuid(u).to_string()),
     );
-    assert_eq!(tally.duplicates, EVENTS, "every redelivery recognised");
-    for e in &sent {
-        assert_eq!(
-            per_event.get(&e.id()),
-            Some(&1),
-            "effect of {} applied once",
-            e.id()
-        );
-    }
 
     let _ = js.delete_stream(&stream_name).await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE `{db}`")))
@@ -192,8 +224,7 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     use aws_sdk_sqs::types::MessageSystemAttributeName;
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 
-    let sqs_url = outbox_core::service_or_skip!("redelivery (sqs)", Sqs);
-    let my_url = outbox_core::service_or_skip!("redelivery (mariadb)", MySql);
+    let [sqs_url, my_url] = outbox_core::service_or_skip!("redelivery", [Sqs, MySql]);
 
     // Producer: the outbox in a SQLite file.
     let path = std::env::temp_dir().join(format!("{}.db", unique_name("redeliv")));
@@ -224,22 +255,9 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     .await
     .expect("sqs");
     let client = publisher.client().clone();
-    let queue_url = client
-        .create_queue()
-        .queue_name(&queue)
-        .send()
-        .await
-        .expect("queue")
-        .queue_url()
-        .expect("url")
-        .to_owned();
+    let queue_url = outbox_tests::sqs::create_queue(&client, &queue).await;
     let store = outbox_sqlx::sqlite::SqliteStore::new(lite.clone(), TableName::default());
-    let report = Relay::new(store, publisher, relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, EVENTS);
+    relay_all(store, publisher).await;
 
     // Consumer: SeaORM on MariaDB, the inbox and an effects table.
     let db = sea_orm::Database::connect(&my_url).await.expect("mariadb");
@@ -256,9 +274,8 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     .await
     .expect("effects");
 
-    let mut tally = Tally::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tally.deliveries < 2 * EVENTS && tokio::time::Instant::now() < deadline {
+    let mut tally = Tally::new();
+    while tally.waiting() {
         let got = client
             .receive_message()
             .queue_url(&queue_url)
@@ -272,18 +289,17 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
         for m in got.messages() {
             let id = outbox_sqs::consumer::event_id(m).expect("event id");
             let txn = db.begin().await.expect("begin");
-            if inbox.record(&txn, id).await.expect("record").is_new() {
+            let new = inbox.record(&txn, id).await.expect("record").is_new();
+            if new {
                 txn.execute_raw(Statement::from_string(
                     backend,
                     format!("INSERT INTO {effects} (event_id) VALUES ('{id}')"),
                 ))
                 .await
                 .expect("effect");
-            } else {
-                tally.duplicates += 1;
             }
             txn.commit().await.expect("commit");
-            tally.deliveries += 1;
+            tally.delivered(new);
             let receipt = m.receipt_handle().expect("receipt handle");
             let count: u32 = m
                 .attributes()
@@ -317,25 +333,11 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
         ))
         .await
         .expect("effects");
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for r in rows {
-        let e: String = r.try_get("", "e").expect("event id");
-        *per_event.entry(e).or_default() += 1;
-    }
-    assert_eq!(
-        tally.deliveries,
-        2 * EVENTS,
-        "every message delivered twice"
+    tally.assert_each_effect_once(
+        &sent,
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "e").expect("event id")),
     );
-    assert_eq!(tally.duplicates, EVENTS, "every redelivery recognised");
-    for e in &sent {
-        assert_eq!(
-            per_event.get(&e.id().to_string()),
-            Some(&1),
-            "effect of {} applied once",
-            e.id()
-        );
-    }
 
     let _ = client.delete_queue().queue_url(&queue_url).send().await;
     let _ = db

@@ -84,9 +84,13 @@ impl Service {
 /// `let url = outbox_core::service_or_skip!("test name", Postgres);` (a [`Service`]) or
 /// `service_or_skip!("test name", "ENV_VAR", "default://url")` is [`service_url`] with its
 /// `None` turned into `return` (after it printed the skip, or panicked under
-/// `OUTBOX_REQUIRE_SERVICES=1`). For tests whose body returns `()`.
+/// `OUTBOX_REQUIRE_SERVICES=1`). For tests whose body returns `()`. Several services at
+/// once: `let [pg, nats] = service_or_skip!("test name", [Postgres, Nats]);`.
 #[macro_export]
 macro_rules! service_or_skip {
+    ($name:expr, [$($service:ident),+ $(,)?]) => {
+        [$($crate::service_or_skip!($name, $service)),+]
+    };
     ($name:expr, $service:ident $(,)?) => {
         $crate::service_or_skip!(
             $name,
