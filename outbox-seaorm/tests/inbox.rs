@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{InboxHarness, run_inbox_suite, unique_name};
+use outbox_core::testkit::{Delivery, InboxHarness, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_seaorm::inbox::Inbox;
 use outbox_seaorm::map_db_err;
@@ -45,11 +45,6 @@ impl Sea {
             file: None,
         }
     }
-
-    async fn drop_tables(&self) {
-        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.table)).await;
-        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.effects)).await;
-    }
 }
 
 async fn exec<C: ConnectionTrait>(c: &C, sql: String) {
@@ -59,14 +54,8 @@ async fn exec<C: ConnectionTrait>(c: &C, sql: String) {
 }
 
 impl InboxHarness for Sea {
-    async fn process(
-        &self,
-        consumer: &str,
-        id: EventId,
-        hold: Duration,
-        commit: bool,
-    ) -> Result<InboxOutcome> {
-        let inbox = Inbox::with_table(consumer, self.table.clone())?;
+    async fn process(&self, d: Delivery<'_>) -> Result<InboxOutcome> {
+        let (id, inbox) = (d.id, Inbox::with_table(d.consumer, self.table.clone())?);
         let txn = self.db.begin().await.map_err(|e| map_db_err("begin", e))?;
         let outcome = inbox.record(&txn, id).await?;
         if outcome.is_new() {
@@ -77,8 +66,8 @@ impl InboxHarness for Sea {
             .await
             .map_err(|e| map_db_err("effect", e))?;
         }
-        tokio::time::sleep(hold).await;
-        if commit {
+        tokio::time::sleep(d.hold).await;
+        if d.commit {
             txn.commit().await.map_err(|e| map_db_err("commit", e))?;
         } else {
             txn.rollback()
@@ -113,50 +102,25 @@ impl InboxHarness for Sea {
             .purge(&self.db, older_than, 3)
             .await
     }
-}
 
-async fn suite(name: &str, env: &str, default: &str) {
-    let url = outbox_core::service_or_skip!(name, env, default);
-    let db = Database::connect(&url).await.expect("connect");
-    let made = std::sync::Mutex::new(Vec::new());
-    run_inbox_suite(|| async {
-        let s = Sea::new(db.clone()).await;
-        made.lock()
-            .expect("lock")
-            .push((s.table.clone(), s.effects.clone()));
-        s
-    })
-    .await;
-    for (table, effects) in made.into_inner().expect("lock") {
-        Sea {
-            db: db.clone(),
-            table,
-            effects,
-            file: None,
-        }
-        .drop_tables()
-        .await;
+    async fn tear_down(self) {
+        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.table)).await;
+        exec(&self.db, format!("DROP TABLE IF EXISTS {}", self.effects)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_postgres() {
-    suite(
-        "seaorm inbox (pg)",
-        "OUTBOX_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    )
-    .await;
+    let url = outbox_core::service_or_skip!("seaorm inbox (pg)", Postgres);
+    let db = Database::connect(&url).await.expect("connect");
+    run_inbox_suite(|| Sea::new(db.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_mariadb() {
-    suite(
-        "seaorm inbox (mariadb)",
-        "OUTBOX_TEST_MYSQL_URL",
-        "mysql://root@127.0.0.1:3306/test",
-    )
-    .await;
+    let url = outbox_core::service_or_skip!("seaorm inbox (mariadb)", MySql);
+    let db = Database::connect(&url).await.expect("connect");
+    run_inbox_suite(|| Sea::new(db.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

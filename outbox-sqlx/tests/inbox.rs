@@ -4,210 +4,131 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{InboxHarness, run_inbox_suite, unique_name};
+use outbox_core::testkit::{Delivery, InboxHarness, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_sqlx::inbox::Inbox;
 use outbox_sqlx::map_sqlx;
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
 
-enum Db {
-    Pg(PgPool),
-    My(MySqlPool),
-    Lite(
-        SqlitePool,
-        #[allow(dead_code, reason = "held for its Drop, which removes the file")]
-        tempfile_path::TempPath,
-    ),
-}
+/// A SQLite file, removed on drop.
+struct TempFile(std::path::PathBuf);
 
-mod tempfile_path {
-    /// A SQLite file removed on drop.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = self.0.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
         }
     }
 }
 
-struct Harness {
-    db: Db,
+/// An inbox table and an effects table of its own on one pool.
+struct Harness<P> {
+    pool: P,
     table: TableName,
     effects: String,
+    _file: Option<TempFile>,
 }
 
-impl Harness {
-    async fn new(db: Db) -> Harness {
-        let table = TableName::parse(&unique_name("inbox")).expect("name");
-        let effects = unique_name("effects");
-        let inbox = Inbox::with_table("setup", table.clone()).expect("inbox");
-        let ddl = format!("CREATE TABLE {effects} (event_id VARCHAR(36) NOT NULL)");
-        match &db {
-            Db::Pg(p) => {
-                let mut c = p.acquire().await.expect("conn");
+/// The harness on one sqlx pool type: its body is the same for the three databases, the
+/// macro only names the pool.
+macro_rules! harness_on {
+    ($pool:ty) => {
+        impl Harness<$pool> {
+            async fn new(pool: $pool) -> Self {
+                let table = TableName::parse(&unique_name("inbox")).expect("name");
+                let effects = unique_name("effects");
+                let inbox = Inbox::with_table("setup", table.clone()).expect("inbox");
+                let mut c = pool.acquire().await.expect("conn");
                 inbox.migrate(&mut *c).await.expect("migrate");
                 inbox.migrate(&mut *c).await.expect("migrate is idempotent");
-                sqlx::query(AssertSqlSafe(ddl))
-                    .execute(&mut *c)
-                    .await
-                    .expect("effects");
-            }
-            Db::My(p) => {
-                let mut c = p.acquire().await.expect("conn");
-                inbox.migrate(&mut *c).await.expect("migrate");
-                inbox.migrate(&mut *c).await.expect("migrate is idempotent");
-                sqlx::query(AssertSqlSafe(ddl))
-                    .execute(&mut *c)
-                    .await
-                    .expect("effects");
-            }
-            Db::Lite(p, _) => {
-                let mut c = p.acquire().await.expect("conn");
-                inbox.migrate(&mut *c).await.expect("migrate");
-                inbox.migrate(&mut *c).await.expect("migrate is idempotent");
-                sqlx::query(AssertSqlSafe(ddl))
-                    .execute(&mut *c)
-                    .await
-                    .expect("effects");
+                sqlx::query(AssertSqlSafe(format!(
+                    "CREATE TABLE {effects} (event_id VARCHAR(36) NOT NULL)"
+                )))
+                .execute(&mut *c)
+                .await
+                .expect("effects");
+                drop(c);
+                Harness {
+                    pool,
+                    table,
+                    effects,
+                    _file: None,
+                }
             }
         }
-        Harness { db, table, effects }
-    }
+
+        impl InboxHarness for Harness<$pool> {
+            async fn process(&self, d: Delivery<'_>) -> Result<InboxOutcome> {
+                let inbox = Inbox::with_table(d.consumer, self.table.clone())?;
+                let mut tx = self.pool.begin().await.map_err(|e| map_sqlx("begin", e))?;
+                let outcome = inbox.record(&mut *tx, d.id).await?;
+                if outcome.is_new() {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {} (event_id) VALUES ('{}')",
+                        self.effects, d.id
+                    )))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_sqlx("effect", e))?;
+                }
+                tokio::time::sleep(d.hold).await;
+                if d.commit {
+                    tx.commit().await.map_err(|e| map_sqlx("commit", e))?;
+                } else {
+                    tx.rollback().await.map_err(|e| map_sqlx("rollback", e))?;
+                }
+                Ok(outcome)
+            }
+
+            async fn effects(&self, id: EventId) -> Result<u64> {
+                let q = format!(
+                    "SELECT COUNT(*) FROM {} WHERE event_id = '{id}'",
+                    self.effects
+                );
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(q))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| map_sqlx("count", e))?;
+                Ok(n.unsigned_abs())
+            }
+
+            async fn purge(&self, older_than: Duration) -> Result<u64> {
+                let mut c = self.pool.acquire().await.map_err(|e| map_sqlx("conn", e))?;
+                Inbox::with_table("any", self.table.clone())?
+                    .purge(&mut *c, older_than, 3)
+                    .await
+            }
+
+            async fn tear_down(self) {
+                for t in [self.table.to_string(), self.effects.clone()] {
+                    sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+                        .execute(&self.pool)
+                        .await
+                        .expect("drop table");
+                }
+            }
+        }
+    };
 }
 
-macro_rules! process_on {
-    ($pool:expr, $h:expr, $inbox:expr, $id:expr, $hold:expr, $commit:expr) => {{
-        let mut tx = $pool.begin().await.map_err(|e| map_sqlx("begin", e))?;
-        let outcome = $inbox.record(&mut *tx, $id).await?;
-        if outcome.is_new() {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO {} (event_id) VALUES ('{}')",
-                $h.effects, $id
-            )))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx("effect", e))?;
-        }
-        tokio::time::sleep($hold).await;
-        if $commit {
-            tx.commit().await.map_err(|e| map_sqlx("commit", e))?;
-        } else {
-            tx.rollback().await.map_err(|e| map_sqlx("rollback", e))?;
-        }
-        Ok(outcome)
-    }};
-}
-
-impl InboxHarness for Harness {
-    async fn process(
-        &self,
-        consumer: &str,
-        id: EventId,
-        hold: Duration,
-        commit: bool,
-    ) -> Result<InboxOutcome> {
-        let inbox = Inbox::with_table(consumer, self.table.clone())?;
-        match &self.db {
-            Db::Pg(p) => process_on!(p, self, inbox, id, hold, commit),
-            Db::My(p) => process_on!(p, self, inbox, id, hold, commit),
-            Db::Lite(p, _) => process_on!(p, self, inbox, id, hold, commit),
-        }
-    }
-
-    async fn effects(&self, id: EventId) -> Result<u64> {
-        let q = format!(
-            "SELECT COUNT(*) FROM {} WHERE event_id = '{id}'",
-            self.effects
-        );
-        let n: i64 = match &self.db {
-            Db::Pg(p) => sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(p).await,
-            Db::My(p) => sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(p).await,
-            Db::Lite(p, _) => sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(p).await,
-        }
-        .map_err(|e| map_sqlx("count", e))?;
-        Ok(n.unsigned_abs())
-    }
-
-    async fn purge(&self, older_than: Duration) -> Result<u64> {
-        let inbox = Inbox::with_table("any", self.table.clone())?;
-        match &self.db {
-            Db::Pg(p) => {
-                inbox
-                    .purge(
-                        &mut *p.acquire().await.map_err(|e| map_sqlx("conn", e))?,
-                        older_than,
-                        3,
-                    )
-                    .await
-            }
-            Db::My(p) => {
-                inbox
-                    .purge(
-                        &mut *p.acquire().await.map_err(|e| map_sqlx("conn", e))?,
-                        older_than,
-                        3,
-                    )
-                    .await
-            }
-            Db::Lite(p, _) => {
-                inbox
-                    .purge(
-                        &mut *p.acquire().await.map_err(|e| map_sqlx("conn", e))?,
-                        older_than,
-                        3,
-                    )
-                    .await
-            }
-        }
-    }
-}
+harness_on!(PgPool);
+harness_on!(MySqlPool);
+harness_on!(SqlitePool);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_postgres() {
     let url = outbox_core::service_or_skip!("inbox_suite_on_postgres", Postgres);
     let pool = PgPool::connect(&url).await.expect("connect");
-    let mut made = Vec::new();
-    let made_ref = std::sync::Mutex::new(&mut made);
-    run_inbox_suite(|| async {
-        let h = Harness::new(Db::Pg(pool.clone())).await;
-        made_ref
-            .lock()
-            .expect("lock")
-            .push((h.table.clone(), h.effects.clone()));
-        h
-    })
-    .await;
-    for (t, e) in made {
-        let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}, {e}")))
-            .execute(&pool)
-            .await;
-    }
+    run_inbox_suite(|| Harness::<PgPool>::new(pool.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_mariadb() {
     let url = outbox_core::service_or_skip!("inbox_suite_on_mariadb", MySql);
     let pool = MySqlPool::connect(&url).await.expect("connect");
-    let mut made = Vec::new();
-    let made_ref = std::sync::Mutex::new(&mut made);
-    run_inbox_suite(|| async {
-        let h = Harness::new(Db::My(pool.clone())).await;
-        made_ref
-            .lock()
-            .expect("lock")
-            .push((h.table.clone(), h.effects.clone()));
-        h
-    })
-    .await;
-    for (t, e) in made {
-        let _ = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}, {e}")))
-            .execute(&pool)
-            .await;
-    }
+    run_inbox_suite(|| Harness::<MySqlPool>::new(pool.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +137,10 @@ async fn inbox_suite_on_sqlite() {
         let path = std::env::temp_dir().join(format!("{}.db", unique_name("inbox")));
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
-        Harness::new(Db::Lite(pool, tempfile_path::TempPath(path))).await
+        Harness {
+            _file: Some(TempFile(path)),
+            ..Harness::<SqlitePool>::new(pool).await
+        }
     })
     .await;
 }

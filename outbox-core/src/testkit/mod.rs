@@ -15,7 +15,7 @@ mod proxy;
 mod publisher_suite;
 mod store_suite;
 
-pub use inbox_suite::{InboxHarness, run_inbox_suite};
+pub use inbox_suite::{Delivery, InboxHarness, run_inbox_suite};
 pub use proxy::TcpProxy;
 
 pub use publisher_suite::{
