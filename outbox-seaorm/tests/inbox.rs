@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{Delivery, InboxHarness, run_inbox_suite, unique_name};
+use outbox_core::testkit::{Delivery, InboxHarness, TempDb, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_seaorm::inbox::Inbox;
 use outbox_seaorm::map_db_err;
@@ -13,17 +13,7 @@ struct Sea {
     db: DatabaseConnection,
     table: TableName,
     effects: String,
-    file: Option<std::path::PathBuf>,
-}
-
-impl Drop for Sea {
-    fn drop(&mut self) {
-        if let Some(path) = &self.file {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-        }
-    }
+    _file: Option<TempDb>,
 }
 
 impl Sea {
@@ -42,7 +32,7 @@ impl Sea {
             db,
             table,
             effects,
-            file: None,
+            _file: None,
         }
     }
 }
@@ -126,13 +116,12 @@ async fn inbox_suite_on_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_sqlite() {
     run_inbox_suite(|| async {
-        let path = std::env::temp_dir().join(format!("{}.db", unique_name("sinbox")));
-        let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .expect("open");
-        let mut sea = Sea::new(db).await;
-        sea.file = Some(path);
-        sea
+        let file = TempDb::new("sinbox");
+        let db = Database::connect(file.url()).await.expect("open");
+        Sea {
+            _file: Some(file),
+            ..Sea::new(db).await
+        }
     })
     .await;
 }

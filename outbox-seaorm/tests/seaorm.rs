@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox_core::testkit::{StoreHarness, run_operations_suite, run_store_suite, unique_name};
+use outbox_core::testkit::{
+    StoreHarness, TempDb, run_operations_suite, run_store_suite, unique_name,
+};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_seaorm::{OutboxMigrator, SeaOrmStore, enqueue, enqueue_all, map_db_err};
 use sea_orm::{
@@ -17,17 +19,7 @@ use sea_orm_migration::MigratorTrait;
 struct Sea {
     db: DatabaseConnection,
     store: SeaOrmStore,
-    file: Option<std::path::PathBuf>,
-}
-
-impl Drop for Sea {
-    fn drop(&mut self) {
-        if let Some(path) = &self.file {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-        }
-    }
+    _file: Option<TempDb>,
 }
 
 /// Drops the PostgreSQL schemas or MariaDB databases whose names start with `prefix`.
@@ -92,12 +84,12 @@ impl Sea {
     }
 
     async fn sqlite() -> Sea {
-        let path = std::env::temp_dir().join(format!("{}.db", unique_name("outbox_sea")));
-        let mut sea =
-            Sea::migrated(connect(&format!("sqlite://{}?mode=rwc", path.display()), None).await)
-                .await;
-        sea.file = Some(path);
-        sea
+        let file = TempDb::new("outbox_sea");
+        let sea = Sea::migrated(connect(&file.url(), None).await).await;
+        Sea {
+            _file: Some(file),
+            ..sea
+        }
     }
 
     async fn migrated(db: DatabaseConnection) -> Sea {
@@ -112,7 +104,7 @@ impl Sea {
         Sea {
             store: outbox_seaorm::store(&db).expect("store"),
             db,
-            file: None,
+            _file: None,
         }
     }
 

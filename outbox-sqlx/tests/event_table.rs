@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::event_table::{LogSource, derived_event_id};
-use outbox_core::testkit::{service_url, unique_name};
+use outbox_core::testkit::{TempDb, service_url, unique_name};
 use outbox_core::{EventId, InMemoryPublisher, LogRelay, LogRelayConfig, RetryPolicy};
 use outbox_sqlx::AnyPool;
 use outbox_sqlx::event_table::{EventTableMapping, EventTableSource};
@@ -23,18 +23,7 @@ struct Ledger {
     pool: AnyPool,
     table: String,
     name: String,
-    _file: Option<TempFile>,
-}
-
-struct TempFile(std::path::PathBuf);
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = self.0.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    _file: Option<TempDb>,
 }
 
 /// An open writer transaction holding one inserted row.
@@ -74,15 +63,14 @@ impl Ledger {
                 )
             }
             _ => {
-                let path = std::env::temp_dir().join(format!("{table}.db"));
-                let url = format!("sqlite://{}?mode=rwc", path.display());
+                let file = TempDb::new(&table);
                 (
-                    AnyPool::connect(&url, 8).await.expect("open"),
+                    AnyPool::connect(&file.url(), 8).await.expect("open"),
                     format!(
                         "CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT, account_id TEXT NOT NULL, \
                          kind TEXT NOT NULL, body TEXT NOT NULL, booked_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
                     ),
-                    Some(TempFile(path)),
+                    Some(file),
                 )
             }
         };
@@ -520,11 +508,8 @@ async fn a_second_relay_waits_for_the_lease() {
 
 #[tokio::test]
 async fn bad_mappings_name_the_field() {
-    let path = std::env::temp_dir().join(format!("{}.db", unique_name("map")));
-    let _f = TempFile(path.clone());
-    let pool = AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display()), 1)
-        .await
-        .expect("open");
+    let file = TempDb::new("map");
+    let pool = AnyPool::connect(&file.url(), 1).await.expect("open");
     let bad = EventTableMapping {
         table: "ledger".into(),
         payload: "body; DROP TABLE x".into(),

@@ -4,31 +4,18 @@
 
 use std::time::Duration;
 
-use outbox_core::testkit::{Delivery, InboxHarness, run_inbox_suite, unique_name};
+use outbox_core::testkit::{Delivery, InboxHarness, TempDb, run_inbox_suite, unique_name};
 use outbox_core::{EventId, InboxOutcome, Result, TableName};
 use outbox_sqlx::inbox::Inbox;
 use outbox_sqlx::map_sqlx;
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
-
-/// A SQLite file, removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = self.0.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 /// An inbox table and an effects table of its own on one pool.
 struct Harness<P> {
     pool: P,
     table: TableName,
     effects: String,
-    _file: Option<TempFile>,
+    _file: Option<TempDb>,
 }
 
 /// The harness on one sqlx pool type: its body is the same for the three databases, the
@@ -134,11 +121,12 @@ async fn inbox_suite_on_mariadb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_suite_on_sqlite() {
     run_inbox_suite(|| async {
-        let path = std::env::temp_dir().join(format!("{}.db", unique_name("inbox")));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let pool = outbox_sqlx::sqlite::connect(&url).await.expect("open");
+        let file = TempDb::new("inbox");
+        let pool = outbox_sqlx::sqlite::connect(&file.url())
+            .await
+            .expect("open");
         Harness {
-            _file: Some(TempFile(path)),
+            _file: Some(file),
             ..Harness::<SqlitePool>::new(pool).await
         }
     })

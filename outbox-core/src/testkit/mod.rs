@@ -34,6 +34,38 @@ pub fn services_required() -> bool {
     std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// A SQLite database file of a test's own: a fresh path in the temporary directory,
+/// removed with its `-wal` and `-shm` companions when the value drops.
+#[derive(Debug)]
+pub struct TempDb(std::path::PathBuf);
+
+impl TempDb {
+    /// A new path `{tmp}/{prefix}_{random}.db` (the file is created by whoever opens it).
+    pub fn new(prefix: &str) -> TempDb {
+        TempDb(std::env::temp_dir().join(format!("{}.db", unique_name(prefix))))
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// A `sqlite://` URL that creates the file when it opens it.
+    pub fn url(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.0.display())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// A service of the machine the integration tests use: its environment variable, and the
 /// URL of the local service when that variable is unset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
