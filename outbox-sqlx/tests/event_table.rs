@@ -18,6 +18,27 @@ use tokio::sync::Mutex;
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
+/// MariaDB's and SQLite's `begin_insert`: the row gets no event id column, the relay
+/// derives the id from the position the insert reports.
+macro_rules! begin_insert_without_id {
+    ($ledger:expr, $pool:expr, $account:expr, $begin:literal, $writer:path, |$r:ident| $pos:expr) => {{
+        let mut c = $pool.acquire().await.expect("conn").detach();
+        sqlx::Executor::execute(&mut c, $begin)
+            .await
+            .expect("begin");
+        let $r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (account_id, kind, body) VALUES (?, 'posted', '{{\"amount\": 5}}')",
+            $ledger.table
+        )))
+        .bind($account)
+        .execute(&mut c)
+        .await
+        .expect("insert");
+        let pos = $pos;
+        ($writer(c), pos, derived_event_id(&$ledger.name, pos))
+    }};
+}
+
 /// A user's ledger table on one database.
 struct Ledger {
     pool: AnyPool,
@@ -132,34 +153,14 @@ impl Ledger {
                 (Writer::Pg(c), pos, id)
             }
             AnyPool::MySql(p) => {
-                let mut c = p.acquire().await.expect("conn").detach();
-                sqlx::Executor::execute(&mut c, "BEGIN")
-                    .await
-                    .expect("begin");
-                let r = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {t} (account_id, kind, body) VALUES (?, 'posted', '{{\"amount\": 5}}')"
-                )))
-                .bind(account)
-                .execute(&mut c)
-                .await
-                .expect("insert");
-                let pos = i64::try_from(r.last_insert_id()).expect("id");
-                (Writer::My(c), pos, derived_event_id(&self.name, pos))
+                begin_insert_without_id!(self, p, account, "BEGIN", Writer::My, |r| {
+                    i64::try_from(r.last_insert_id()).expect("id")
+                })
             }
             AnyPool::Sqlite(p) => {
-                let mut c = p.acquire().await.expect("conn").detach();
-                sqlx::Executor::execute(&mut c, "BEGIN IMMEDIATE")
-                    .await
-                    .expect("begin");
-                let r = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {t} (account_id, kind, body) VALUES (?, 'posted', '{{\"amount\": 5}}')"
-                )))
-                .bind(account)
-                .execute(&mut c)
-                .await
-                .expect("insert");
-                let pos = r.last_insert_rowid();
-                (Writer::Lite(c), pos, derived_event_id(&self.name, pos))
+                begin_insert_without_id!(self, p, account, "BEGIN IMMEDIATE", Writer::Lite, |r| {
+                    r.last_insert_rowid()
+                })
             }
         }
     }

@@ -110,7 +110,8 @@ pub async fn redelivery_applies_once<H: InboxHarness>(h: &H) {
 pub async fn concurrent_duplicates_apply_once<H: InboxHarness>(h: Arc<H>) {
     for _ in 0..5 {
         let id = EventId::new();
-        let a = {
+        // A delivery that holds its transaction open long enough to overlap the other.
+        let deliver = || {
             let h = Arc::clone(&h);
             tokio::spawn(async move {
                 h.process(Delivery {
@@ -120,16 +121,7 @@ pub async fn concurrent_duplicates_apply_once<H: InboxHarness>(h: Arc<H>) {
                 .await
             })
         };
-        let b = {
-            let h = Arc::clone(&h);
-            tokio::spawn(async move {
-                h.process(Delivery {
-                    hold: Duration::from_millis(150),
-                    ..Delivery::to("billing", id)
-                })
-                .await
-            })
-        };
+        let (a, b) = (deliver(), deliver());
         let ra = a.await.expect("task").expect("process a");
         let rb = b.await.expect("task").expect("process b");
         let news = [ra, rb].iter().filter(|o| o.is_new()).count();
