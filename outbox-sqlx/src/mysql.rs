@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use outbox_core::schema::Dialect;
 use outbox_core::store::{Claim, Lease};
-use outbox_core::{Envelope, EventId, Result, TableName};
+use outbox_core::{Envelope, Result, TableName};
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlQueryResult};
 use sqlx::{Executor, Row};
 
@@ -27,7 +27,7 @@ use crate::common::{
 };
 use crate::error::map_sqlx;
 use crate::store::{Backend, Mark, SqlxOutbox, SqlxStore, StoredTime};
-use outbox_sql::{KeyWalk, walk_keys};
+use outbox_sql::{KeyWalk, Value, walk_keys};
 
 /// Rows per multi-row statement: well under the protocol's 65,535 placeholders.
 const CHUNK: usize = 1000;
@@ -266,12 +266,30 @@ impl Backend for MySqlBackend {
             Mark::Retry(retries) => {
                 let rows = retries
                     .iter()
-                    .map(|r| (r.id, r.error.as_str(), Some(micros(r.delay))));
-                return per_row(store, &store.stmts.retry, token, rows, what).await;
+                    .map(|r| {
+                        let delay = Value::Int(micros(r.delay));
+                        vec![
+                            Value::Text(r.error.clone()),
+                            delay,
+                            Value::Id(r.id),
+                            Value::Int(token),
+                        ]
+                    })
+                    .collect();
+                return store.per_row(&store.stmts.retry, rows, what).await;
             }
             Mark::Dead(dead) => {
-                let rows = dead.iter().map(|d| (d.id, d.error.as_str(), None));
-                return per_row(store, &store.stmts.dead, token, rows, what).await;
+                let rows = dead
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            Value::Text(d.error.clone()),
+                            Value::Id(d.id),
+                            Value::Int(token),
+                        ]
+                    })
+                    .collect();
+                return store.per_row(&store.stmts.dead, rows, what).await;
             }
         };
         let mut changed = 0;
@@ -326,32 +344,4 @@ impl Backend for MySqlBackend {
         }
         Ok(())
     }
-}
-
-/// Runs one fenced per-row statement (`?` error, [`?` delay], `?` id, `?` token) for
-/// each row, in one transaction.
-async fn per_row<'a>(
-    store: &MySqlStore,
-    stmt: &Sql,
-    token: i64,
-    rows: impl Iterator<Item = (EventId, &'a str, Option<i64>)>,
-    what: &str,
-) -> Result<u64> {
-    let mut tx = store.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
-    let mut changed = 0;
-    for (id, error, delay_us) in rows {
-        let mut q = sqlx::query(sql(Arc::clone(stmt))).bind(error);
-        if let Some(d) = delay_us {
-            q = q.bind(d);
-        }
-        let done = q
-            .bind(id.to_string())
-            .bind(token)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(what, e))?;
-        changed += done.rows_affected();
-    }
-    tx.commit().await.map_err(|e| map_sqlx(what, e))?;
-    Ok(changed)
 }

@@ -27,7 +27,7 @@ use crate::common::{
 };
 use crate::error::map_sqlx;
 use crate::store::{Backend, Mark, SqlxOutbox, SqlxStore};
-use outbox_sql::{KeyWalk, walk_keys};
+use outbox_sql::{KeyWalk, Value, walk_keys};
 
 /// SQLite, as a [`Backend`] of the generic store: ids are text, times integer
 /// microseconds since the Unix epoch.
@@ -175,45 +175,6 @@ impl Marks {
     }
 }
 
-/// A value a mark binds before the row's id.
-enum Bind<'a> {
-    Int(i64),
-    Text(&'a str),
-}
-
-/// Runs the fenced update `stmt` (its own binds, then the row's id, the token and now)
-/// on each held row, in one transaction.
-async fn per_row<'a>(
-    store: &SqliteStore,
-    lease: &Lease,
-    rows: impl Iterator<Item = (EventId, Vec<Bind<'a>>)>,
-    stmt: &Sql,
-    what: &str,
-) -> Result<u64> {
-    let now = to_micros(Utc::now());
-    let mut tx = store.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
-    let mut changed = 0;
-    for (id, binds) in rows {
-        let mut q = sqlx::query(sql(Arc::clone(stmt)));
-        for b in binds {
-            q = match b {
-                Bind::Int(v) => q.bind(v),
-                Bind::Text(v) => q.bind(v),
-            };
-        }
-        let done = q
-            .bind(id.to_string())
-            .bind(lease.token.as_i64())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| map_sqlx(what, e))?;
-        changed += done.rows_affected();
-    }
-    tx.commit().await.map_err(|e| map_sqlx(what, e))?;
-    Ok(changed)
-}
-
 impl crate::store::sealed::Sealed for SqliteBackend {}
 
 impl Backend for SqliteBackend {
@@ -260,33 +221,45 @@ impl Backend for SqliteBackend {
             .finish(&start, lease, raw, walked_to.as_deref(), &store.limits))
     }
 
+    /// One fenced statement per row, in one transaction: its own values, then the row's
+    /// id, the token and now.
     async fn mark(store: &SqliteStore, lease: &Lease, mark: Mark<'_>) -> Result<u64> {
-        let now = to_micros(Utc::now());
+        let now = Utc::now();
         let m = &store.stmts.marks;
         let what = mark.what();
-        match mark {
-            Mark::Published(ids) => {
-                let rows = ids.iter().map(|id| (*id, vec![Bind::Int(now)]));
-                per_row(store, lease, rows, &m.published, what).await
-            }
-            Mark::Retry(retries) => {
-                let rows = retries.iter().map(|r| {
-                    let at = now.saturating_add(micros(r.delay));
-                    (r.id, vec![Bind::Text(r.error.as_str()), Bind::Int(at)])
-                });
-                per_row(store, lease, rows, &m.retry, what).await
-            }
-            Mark::Dead(dead) => {
-                let rows = dead
+        let text = |e: &str| Value::Text(e.to_owned());
+        let (stmt, own): (&Sql, Vec<(EventId, Vec<Value>)>) = match mark {
+            Mark::Published(ids) => (
+                &m.published,
+                ids.iter().map(|id| (*id, vec![Value::Time(now)])).collect(),
+            ),
+            Mark::Retry(retries) => (&m.retry, {
+                // Stored as microseconds: the delay adds to those, saturating.
+                let at = |r: &outbox_core::store::Retry| {
+                    Value::Int(to_micros(now).saturating_add(micros(r.delay)))
+                };
+                retries
                     .iter()
-                    .map(|d| (d.id, vec![Bind::Text(d.error.as_str()), Bind::Int(now)]));
-                per_row(store, lease, rows, &m.dead, what).await
-            }
-            Mark::Release(ids) => {
-                let rows = ids.iter().map(|id| (*id, Vec::new()));
-                per_row(store, lease, rows, &m.release, what).await
-            }
-        }
+                    .map(|r| (r.id, vec![text(&r.error), at(r)]))
+                    .collect()
+            }),
+            Mark::Dead(dead) => (&m.dead, {
+                let row = |d: &outbox_core::store::DeadLetter| {
+                    (d.id, vec![text(&d.error), Value::Time(now)])
+                };
+                dead.iter().map(row).collect()
+            }),
+            Mark::Release(ids) => (&m.release, ids.iter().map(|id| (*id, Vec::new())).collect()),
+        };
+        let token = lease.token.as_i64();
+        let rows = own
+            .into_iter()
+            .map(|(id, mut values)| {
+                values.extend([Value::Id(id), Value::Int(token), Value::Time(now)]);
+                values
+            })
+            .collect();
+        store.per_row(stmt, rows, what).await
     }
 
     fn insert_sql(quoted: &str) -> String {

@@ -321,8 +321,15 @@ over_any_driver!(=> {
 
     /// `bound`'s text with its values bound.
     fn query(bound: Bound) -> sqlx::query::Query<'static, B::Db, <B::Db as Database>::Arguments> {
-        let mut q = sqlx::query(sql(bound.text));
-        for v in bound.values {
+        Self::bind(sqlx::query(sql(bound.text)), bound.values)
+    }
+
+    /// Binds `values`, in order, the way this store encodes ids and times.
+    fn bind(
+        mut q: sqlx::query::Query<'static, B::Db, <B::Db as Database>::Arguments>,
+        values: Vec<Value>,
+    ) -> sqlx::query::Query<'static, B::Db, <B::Db as Database>::Arguments> {
+        for v in values {
             q = match v {
                 Value::Text(t) => q.bind(t),
                 Value::Int(i) => q.bind(i),
@@ -331,6 +338,24 @@ over_any_driver!(=> {
             };
         }
         q
+    }
+
+    /// Runs the statement `text` once for each row of values (bound in order), all in one
+    /// transaction; returns the rows changed in all. The fenced marks of the stores whose
+    /// driver has no array binds (MySQL/MariaDB, SQLite) go through here.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    pub(crate) async fn per_row(&self, text: &Sql, rows: Vec<Vec<Value>>, what: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_sqlx(what, e))?;
+        let mut changed = 0;
+        for values in rows {
+            let done = Self::bind(sqlx::query(sql(Arc::clone(text))), values)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_sqlx(what, e))?;
+            changed += B::rows_affected(&done);
+        }
+        tx.commit().await.map_err(|e| map_sqlx(what, e))?;
+        Ok(changed)
     }
 
     /// Runs `bound`, returning the rows it changed.
