@@ -159,51 +159,26 @@ impl Backend for PgBackend {
         outbox: &PgOutbox,
         envelopes: &[Envelope],
     ) -> Result<()> {
-        let column = |f: fn(&Envelope) -> &str| envelopes.iter().map(f).collect::<Vec<_>>();
+        // One array per column, in the events' order.
+        fn column<'e, T>(envelopes: &'e [Envelope], f: impl Fn(&'e Envelope) -> T) -> Vec<T> {
+            envelopes.iter().map(f).collect()
+        }
         sqlx::query(sql(Arc::clone(&outbox.insert)))
             .bind(uuids(envelopes.iter().map(Envelope::id)))
-            .bind(column(Envelope::aggregate_type))
-            .bind(column(Envelope::aggregate_id))
-            .bind(column(Envelope::event_type))
-            .bind(column(Envelope::destination))
-            .bind(column(Envelope::ordering_key))
-            .bind(
-                envelopes
-                    .iter()
-                    .map(|e| e.payload().as_ref())
-                    .collect::<Vec<&[u8]>>(),
-            )
-            .bind(column(Envelope::content_type))
-            .bind(
-                envelopes
-                    .iter()
-                    .map(Envelope::headers_json)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                envelopes
-                    .iter()
-                    .map(|e| e.trace().map(|t| t.traceparent()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                envelopes
-                    .iter()
-                    .map(|e| e.trace().and_then(|t| t.tracestate()))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                envelopes
-                    .iter()
-                    .map(Envelope::created_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                envelopes
-                    .iter()
-                    .map(Envelope::available_at)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(envelopes, Envelope::aggregate_type))
+            .bind(column(envelopes, Envelope::aggregate_id))
+            .bind(column(envelopes, Envelope::event_type))
+            .bind(column(envelopes, Envelope::destination))
+            .bind(column(envelopes, Envelope::ordering_key))
+            .bind(column(envelopes, |e| e.payload().as_ref()))
+            .bind(column(envelopes, Envelope::content_type))
+            .bind(column(envelopes, Envelope::headers_json))
+            .bind(column(envelopes, |e| e.trace().map(|t| t.traceparent())))
+            .bind(column(envelopes, |e| {
+                e.trace().and_then(|t| t.tracestate())
+            }))
+            .bind(column(envelopes, Envelope::created_at))
+            .bind(column(envelopes, Envelope::available_at))
             .execute(conn)
             .await
             .map_err(|e| map_sqlx("enqueueing outbox events", e))?;
