@@ -32,6 +32,20 @@ ensure() {
 
 ensure PostgreSQL 127.0.0.1 5432 60 \
   bash -c 'pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start'
+# Logical replication (the CDC relay, its tests) needs wal_level = logical, which only a
+# restart applies: set it with enough slots and senders, and restart only while the running
+# server still has another level.
+pg_show() { psql -h 127.0.0.1 -U postgres -d postgres -Atc "SHOW $1"; }
+if [ "$(pg_show wal_level)" != logical ]; then
+  log "PostgreSQL runs with wal_level = $(pg_show wal_level); setting logical and restarting"
+  for setting in "wal_level = logical" "max_replication_slots = 32" "max_wal_senders = 32"; do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET $setting"
+  done
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart
+  wait_up PostgreSQL 127.0.0.1 5432 60
+  [ "$(pg_show wal_level)" = logical ] || { log "wal_level is still $(pg_show wal_level)"; exit 1; }
+fi
+log "PostgreSQL wal_level = $(pg_show wal_level)"
 ensure MariaDB 127.0.0.1 3306 60 \
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
 ensure RabbitMQ 127.0.0.1 5672 120 rabbitmq-server -detached

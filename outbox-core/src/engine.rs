@@ -322,15 +322,24 @@ mod tests {
         }
     }
 
+    /// One publish of `evs` with the default retry policy, a 1 s call timeout and a 5 s
+    /// deadline.
+    async fn publish_once<P: Publisher>(
+        publisher: &P,
+        evs: &[Candidate],
+        metrics: &CountingMetrics,
+    ) -> Vec<Fate> {
+        let retry = RetryPolicy::default();
+        PublishEngine::new(publisher, Duration::from_secs(1), &retry, metrics)
+            .publish(evs, Instant::now() + Duration::from_secs(5), None)
+            .await
+    }
+
     #[tokio::test]
     async fn a_missing_outcome_is_retried_not_dead() {
         let evs = candidates(&["a", "b"]);
-        let retry = RetryPolicy::default();
         let metrics = CountingMetrics::default();
-        let engine = PublishEngine::new(&Short, Duration::from_secs(1), &retry, &metrics);
-        let fates = engine
-            .publish(&evs, Instant::now() + Duration::from_secs(5), None)
-            .await;
+        let fates = publish_once(&Short, &evs, &metrics).await;
         assert!(matches!(fates[0], Fate::Published { .. }), "{fates:?}");
         assert!(
             matches!(&fates[1], Fate::Retry { attempt: 1, error, .. } if error.contains("no outcome")),
@@ -344,12 +353,8 @@ mod tests {
         let evs = candidates(&["a", "a", "b"]);
         let publisher = InMemoryPublisher::new();
         publisher.fail_event(evs[0].envelope.id(), 1, ErrorKind::Unavailable);
-        let retry = RetryPolicy::default();
         let metrics = CountingMetrics::default();
-        let engine = PublishEngine::new(&publisher, Duration::from_secs(1), &retry, &metrics);
-        let fates = engine
-            .publish(&evs, Instant::now() + Duration::from_secs(5), None)
-            .await;
+        let fates = publish_once(&publisher, &evs, &metrics).await;
         assert!(matches!(fates[0], Fate::Retry { .. }), "{fates:?}");
         assert_eq!(fates[1], Fate::Released);
         assert_eq!(

@@ -66,6 +66,41 @@ impl InboxOutcome {
     }
 }
 
+/// The count of a purge run in batches: each statement deletes at most
+/// [`size`](Self::size) rows, and the purge ends with the first batch that deletes fewer.
+///
+/// ```
+/// let mut purge = outbox_core::inbox::PurgeBatches::new(100);
+/// assert_eq!(purge.add(100), None); // a full batch: go on
+/// assert_eq!(purge.add(7), Some(107)); // done, 107 deleted in all
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct PurgeBatches {
+    size: usize,
+    total: u64,
+}
+
+impl PurgeBatches {
+    /// Batches of `size` rows (at least 1).
+    pub fn new(size: usize) -> Self {
+        PurgeBatches {
+            size: size.max(1),
+            total: 0,
+        }
+    }
+
+    /// Rows per statement.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Counts a batch that deleted `rows`; the total once the purge is done.
+    pub fn add(&mut self, rows: u64) -> Option<u64> {
+        self.total += rows;
+        (rows < self.size as u64).then_some(self.total)
+    }
+}
+
 /// Checks a consumer name: 1 to [`MAX_CONSUMER_BYTES`] bytes, no control characters.
 pub fn validate_consumer(consumer: &str) -> Result<(), Error> {
     if consumer.is_empty() || consumer.len() > MAX_CONSUMER_BYTES {

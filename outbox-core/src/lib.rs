@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod codec;
 pub mod duration_serde;
 pub mod engine;
 pub mod envelope;

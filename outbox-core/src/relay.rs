@@ -72,46 +72,89 @@ use crate::publisher::Publisher;
 use crate::retry::RetryPolicy;
 use crate::store::{BacklogStats, Claim, DeadLetter, DynWakeUp, Retry, Store, StoreStats};
 
-/// Relay settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RelayConfig {
-    /// Most rows per claim (default 500).
-    pub batch_size: usize,
-    /// Most batches in flight at once (default 4).
-    pub concurrency: usize,
-    /// How long a claim is held before another relay may take its rows (default 30 s).
-    #[serde(with = "crate::duration_serde")]
-    pub lease: Duration,
-    /// Longest wait for one publish call; must be shorter than `lease` (default 10 s).
-    #[serde(with = "crate::duration_serde")]
-    pub publish_timeout: Duration,
-    /// Wait after an empty claim; doubles while idle (default 100 ms).
-    #[serde(with = "crate::duration_serde")]
-    pub poll_interval: Duration,
-    /// Longest wait between polls while idle (default 2 s).
-    #[serde(with = "crate::duration_serde")]
-    pub max_poll_interval: Duration,
-    /// On shutdown, how long in-flight batches may take to finish before their rows are
-    /// released (default 10 s).
-    #[serde(with = "crate::duration_serde")]
-    pub shutdown_timeout: Duration,
-    /// Retry and dead-letter policy.
-    pub retry: RetryPolicy,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        RelayConfig {
-            batch_size: 500,
-            concurrency: 4,
-            lease: Duration::from_secs(30),
-            publish_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(2),
-            shutdown_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
+/// Declares a relay's settings: the pacing every relay shares (batch size, lease, publish
+/// timeout, polling, retry), written here once with its defaults and checks, and the fields
+/// of that relay's own. `check_pacing(section)` validates the shared part.
+macro_rules! relay_settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            unit: $unit:literal,
+            held: $held:literal,
+            max_idle: ($max_idle_doc:literal, $max_idle:expr),
+            $( $(#[$fmeta:meta])* pub $field:ident: $ty:ty = $default:expr, )*
         }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            #[doc = concat!("Most rows per ", $unit, " (default 500).")]
+            pub batch_size: usize,
+            #[doc = concat!("How long ", $held, " is held before another relay may take it \
+                             over (default 30 s).")]
+            #[serde(with = "crate::duration_serde")]
+            pub lease: Duration,
+            /// Longest wait for one publish call; must be shorter than `lease` (default 10 s).
+            #[serde(with = "crate::duration_serde")]
+            pub publish_timeout: Duration,
+            #[doc = concat!("Wait after an empty ", $unit, "; doubles while idle (default \
+                             100 ms).")]
+            #[serde(with = "crate::duration_serde")]
+            pub poll_interval: Duration,
+            #[doc = concat!("Longest wait between polls while idle (default ", $max_idle_doc,
+                            ").")]
+            #[serde(with = "crate::duration_serde")]
+            pub max_poll_interval: Duration,
+            $( $(#[$fmeta])* pub $field: $ty, )*
+            /// Retry and dead-letter policy.
+            pub retry: RetryPolicy,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    batch_size: 500,
+                    lease: Duration::from_secs(30),
+                    publish_timeout: Duration::from_secs(10),
+                    poll_interval: Duration::from_millis(100),
+                    max_poll_interval: $max_idle,
+                    $( $field: $default, )*
+                    retry: RetryPolicy::default(),
+                }
+            }
+        }
+
+        impl $name {
+            /// The checks of the shared pacing and retry policy.
+            fn check_pacing(&self, section: &str) -> Result<()> {
+                $crate::relay::check_relay_timing(
+                    section,
+                    self.batch_size,
+                    self.lease,
+                    self.publish_timeout,
+                    self.poll_interval,
+                    self.max_poll_interval,
+                )?;
+                self.retry.validate()
+            }
+        }
+    };
+}
+pub(crate) use relay_settings;
+
+relay_settings! {
+    /// Relay settings.
+    pub struct RelayConfig {
+        unit: "claim",
+        held: "a claim",
+        max_idle: ("2 s", Duration::from_secs(2)),
+        /// Most batches in flight at once (default 4).
+        pub concurrency: usize = 4,
+        /// On shutdown, how long in-flight batches may take to finish before their rows are
+        /// released (default 10 s).
+        #[serde(with = "crate::duration_serde")]
+        pub shutdown_timeout: Duration = Duration::from_secs(10),
     }
 }
 
@@ -125,15 +168,7 @@ impl RelayConfig {
                 "must be at least 1",
             ));
         }
-        check_relay_timing(
-            "relay setting",
-            self.batch_size,
-            self.lease,
-            self.publish_timeout,
-            self.poll_interval,
-            self.max_poll_interval,
-        )?;
-        self.retry.validate()
+        self.check_pacing("relay setting")
     }
 }
 
@@ -411,25 +446,13 @@ impl<S: Store + 'static, P: Publisher + 'static> Relay<S, P> {
                 in_flight = tasks.len(),
                 "shutdown requested; finishing in-flight batches"
             );
-            let finished = timeout(cfg.shutdown_timeout, async {
-                while let Some(done) = tasks.join_next().await {
-                    collect(&mut total, done);
-                }
-            })
-            .await;
-            if finished.is_err() {
+            if !join_within(&mut tasks, &mut total, cfg.shutdown_timeout).await {
                 warn!(
                     in_flight = tasks.len(),
                     "shutdown deadline passed; releasing unfinished batches"
                 );
                 let _ = stop_tx.send(true);
-                let released = timeout(Duration::from_secs(5), async {
-                    while let Some(done) = tasks.join_next().await {
-                        collect(&mut total, done);
-                    }
-                })
-                .await;
-                if released.is_err() {
+                if !join_within(&mut tasks, &mut total, Duration::from_secs(5)).await {
                     error!(
                         in_flight = tasks.len(),
                         "batches did not release in time; their leases will expire"
@@ -458,6 +481,21 @@ async fn wait_for(wakeup: &Option<Arc<dyn DynWakeUp>>) -> Result<()> {
         Some(w) => w.wait_dyn().await,
         None => std::future::pending().await,
     }
+}
+
+/// Adds up the batch tasks as they finish; `false` if some were still running at `limit`.
+async fn join_within(
+    tasks: &mut JoinSet<BatchReport>,
+    total: &mut BatchReport,
+    limit: Duration,
+) -> bool {
+    timeout(limit, async {
+        while let Some(done) = tasks.join_next().await {
+            collect(total, done);
+        }
+    })
+    .await
+    .is_ok()
 }
 
 fn collect(

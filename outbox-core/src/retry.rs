@@ -40,6 +40,28 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Delays growing from `initial` to at most `max` (default multiplier and jitter), and
+    /// dead-lettering after `max_attempts` failures.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = outbox_core::RetryPolicy::backoff(
+    ///     Duration::from_millis(100),
+    ///     Duration::from_secs(30),
+    ///     20,
+    /// );
+    /// assert!(policy.validate().is_ok());
+    /// assert_eq!(policy.multiplier, 2.0);
+    /// ```
+    pub fn backoff(initial: Duration, max: Duration, max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: initial,
+            max_backoff: max,
+            max_attempts,
+            ..RetryPolicy::default()
+        }
+    }
+
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &str, why: &str| Err(crate::relay::invalid("retry policy", field, why));
@@ -113,19 +135,17 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let err = RetryPolicy {
+        let bad_jitter = RetryPolicy {
             jitter: 1.5,
             ..RetryPolicy::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(err.to_string().contains("`jitter`"), "{err}");
-        let err = RetryPolicy {
+        };
+        let no_attempts = RetryPolicy {
             max_attempts: 0,
             ..RetryPolicy::default()
+        };
+        for (policy, field) in [(bad_jitter, "`jitter`"), (no_attempts, "`max_attempts`")] {
+            let err = policy.validate().unwrap_err();
+            assert!(err.to_string().contains(field), "{err}");
         }
-        .validate()
-        .unwrap_err();
-        assert!(err.to_string().contains("`max_attempts`"), "{err}");
     }
 }

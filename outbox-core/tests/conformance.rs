@@ -16,20 +16,17 @@ impl StoreHarness for MemStore {
     fn store(&self) -> InMemoryStore {
         self.0.clone()
     }
-    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
+    async fn transact(&self, events: Vec<Envelope>, commit: bool) -> Result<()> {
         let mut tx = self.0.begin();
         for e in events {
             tx.enqueue(e);
         }
-        tx.commit()
-    }
-    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
-        let mut tx = self.0.begin();
-        for e in events {
-            tx.enqueue(e);
+        if commit {
+            tx.commit()
+        } else {
+            tx.rollback();
+            Ok(())
         }
-        tx.rollback();
-        Ok(())
     }
 }
 

@@ -11,10 +11,7 @@ use outbox_core::{
 use proptest::prelude::*;
 
 fn event(account: &str, n: usize) -> Envelope {
-    Envelope::builder("account", account, "posted", "ledger")
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid envelope")
+    outbox_core::testkit::order_event("ledger", account, n)
 }
 
 fn config() -> LogRelayConfig {
@@ -22,12 +19,7 @@ fn config() -> LogRelayConfig {
         batch_size: 10,
         gap_grace: Duration::ZERO,
         gap_timeout: Duration::from_secs(3600),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        },
+        retry: RetryPolicy::backoff(Duration::from_millis(1), Duration::from_millis(5), 3),
         ..LogRelayConfig::default()
     }
 }
@@ -42,6 +34,11 @@ fn relay(
         .with_owner(owner)
 }
 
+/// The `ledger` log in `mode`, and a publisher to relay it to.
+fn ledger(mode: OracleMode) -> (InMemoryLog, InMemoryPublisher) {
+    (InMemoryLog::new("ledger", mode), InMemoryPublisher::new())
+}
+
 fn counts(publisher: &InMemoryPublisher) -> HashMap<EventId, usize> {
     let mut m = HashMap::new();
     for id in publisher.delivered_ids() {
@@ -52,8 +49,7 @@ fn counts(publisher: &InMemoryPublisher) -> HashMap<EventId, usize> {
 
 #[tokio::test]
 async fn a_row_committed_late_into_a_gap_is_published() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     let r = relay(&log, &publisher, "a");
 
     let mut slow = log.begin();
@@ -82,8 +78,7 @@ async fn a_row_committed_late_into_a_gap_is_published() {
 
 #[tokio::test]
 async fn a_rolled_back_position_closes_once_its_writer_ended() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     let r = relay(&log, &publisher, "a");
     let mut tx = log.begin();
     tx.append(event("acc-1", 0));
@@ -100,8 +95,7 @@ async fn a_rolled_back_position_closes_once_its_writer_ended() {
 
 #[tokio::test]
 async fn without_an_oracle_gaps_close_only_by_timeout() {
-    let log = InMemoryLog::new("ledger", OracleMode::Unknown);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Unknown);
     let cfg = LogRelayConfig {
         gap_timeout: Duration::from_millis(200),
         ..config()
@@ -121,8 +115,7 @@ async fn without_an_oracle_gaps_close_only_by_timeout() {
 
 #[tokio::test]
 async fn a_restarted_relay_continues_from_the_checkpoint() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     for n in 0..25 {
         log.append_committed(event(&format!("acc-{}", n % 3), n));
     }
@@ -143,8 +136,7 @@ async fn a_restarted_relay_continues_from_the_checkpoint() {
 
 #[tokio::test]
 async fn a_crash_between_publish_and_checkpoint_republishes_only_that_round() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     for n in 0..20 {
         log.append_committed(event("acc", n));
     }
@@ -168,8 +160,7 @@ async fn a_crash_between_publish_and_checkpoint_republishes_only_that_round() {
 
 #[tokio::test]
 async fn a_retryable_failure_holds_its_key_back_and_keeps_order() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     let mut ids = Vec::new();
     for n in 0..4 {
         let e = event("acc-x", n);
@@ -193,8 +184,7 @@ async fn a_retryable_failure_holds_its_key_back_and_keeps_order() {
 
 #[tokio::test]
 async fn a_refused_row_is_skipped_listed_and_can_be_requeued() {
-    let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-    let publisher = InMemoryPublisher::new();
+    let (log, publisher) = ledger(OracleMode::Horizon);
     let bad = event("acc", 0);
     let bad_id = bad.id();
     let p = log.append_committed(bad);
@@ -259,8 +249,7 @@ proptest! {
     fn every_committed_row_is_published_once(ops in proptest::collection::vec(op(), 1..80)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            let log = InMemoryLog::new("ledger", OracleMode::Horizon);
-            let publisher = InMemoryPublisher::new();
+            let (log, publisher) = ledger(OracleMode::Horizon);
             let mut r = relay(&log, &publisher, "host");
             let mut open = Vec::new();
             let mut committed: Vec<EventId> = Vec::new();

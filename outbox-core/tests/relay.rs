@@ -9,10 +9,7 @@ use outbox_core::{
 };
 
 fn ev(key: &str, n: u32) -> Envelope {
-    Envelope::builder("order", key, "order.updated", "orders")
-        .json(&serde_json::json!({ "n": n }))
-        .build()
-        .expect("valid")
+    outbox_core::testkit::order_event("orders", key, n as usize)
 }
 
 fn ids(events: &[Envelope]) -> Vec<EventId> {

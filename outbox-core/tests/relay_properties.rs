@@ -43,37 +43,33 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    (
-        prop::collection::vec(
-            (
-                prop::collection::vec(0u8..5, 1..5),
-                prop::bool::weighted(0.8),
-            ),
-            1..14,
+    let transactions = prop::collection::vec(
+        (
+            prop::collection::vec(0u8..5, 1..5),
+            prop::bool::weighted(0.8),
         ),
+        1..14,
+    );
+    // The relays: one to three, each crashing at up to three instants, and their batch
+    // size and concurrency.
+    let relays = (
         1usize..=3,
         prop::collection::vec(prop::collection::vec(0u64..4000, 0..4), 3),
         1usize..8,
         1usize..3,
+    );
+    // How the broker behaves.
+    let broker = (
         0.0f64..0.5,
         prop::collection::vec(prop::bool::weighted(0.07), 60),
         0u64..40,
         any::<u64>(),
         any::<bool>(),
-    )
-        .prop_map(
-            |(
-                txs,
-                relays,
-                crash_at_ms,
-                batch_size,
-                concurrency,
-                fail_rate,
-                permanent,
-                latency_ms,
-                seed,
-                ordered_runs,
-            )| Scenario {
+    );
+    (transactions, relays, broker).prop_map(
+        |(txs, (relays, crash_at_ms, batch_size, concurrency), broker)| {
+            let (fail_rate, permanent, latency_ms, seed, ordered_runs) = broker;
+            Scenario {
                 txs: txs
                     .into_iter()
                     .map(|(keys, commit)| Tx { keys, commit })
@@ -87,8 +83,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 latency_ms,
                 seed,
                 ordered_runs,
-            },
-        )
+            }
+        },
+    )
 }
 
 fn config(s: &Scenario) -> RelayConfig {

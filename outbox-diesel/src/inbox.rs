@@ -38,7 +38,7 @@ use std::time::Duration;
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Text};
 use outbox_core::EventId;
-use outbox_core::inbox::InboxOutcome;
+use outbox_core::inbox::{InboxOutcome, PurgeBatches};
 use outbox_core::schema::Dialect;
 use outbox_sql::InboxStatements;
 #[cfg(any(feature = "mysql", feature = "sqlite", feature = "async-mysql"))]
@@ -63,140 +63,142 @@ impl Inbox {
     fn statements(&self, d: Dialect) -> &InboxStatements {
         self.spec.statements(d)
     }
+}
 
-    /// Creates the inbox table and its index, idempotently.
-    pub fn migrate<C: InboxConnection>(&self, conn: &mut C) -> QueryResult<()> {
-        for stmt in self.spec.create_table_sql(C::DIALECT) {
-            conn.run(&stmt)?;
-        }
-        Ok(())
-    }
+/// The inbox's methods on one kind of connection: `[]` and the sync trait, or `[async]`,
+/// `[.await]` and the diesel-async trait.
+macro_rules! inbox_methods {
+    ($cfg:meta, [$($asyncness:ident)?], [$($dot_await:tt)*], $conn:ident,
+     $migrate:ident, $record:ident, $purge:ident, $docs:literal) => {
+        #[$cfg]
+        #[doc = $docs]
+        impl Inbox {
+            /// Creates the inbox table and its index, idempotently.
+            pub $($asyncness)? fn $migrate<C: $conn>(&self, conn: &mut C) -> QueryResult<()> {
+                for stmt in self.spec.create_table_sql(C::DIALECT) {
+                    conn.run(&stmt)$($dot_await)*?;
+                }
+                Ok(())
+            }
 
-    /// Records `id` for this consumer on `conn` (inside your `transaction`) and says whether
-    /// it is new. Apply the business change only when it is, on the same connection.
-    pub fn record<C: InboxConnection>(
-        &self,
-        conn: &mut C,
-        id: EventId,
-    ) -> QueryResult<InboxOutcome> {
-        let rows = conn.insert_record(
-            &self.statements(C::DIALECT).record,
-            self.spec.consumer(),
-            id,
-        )?;
-        Ok(InboxOutcome::from_rows_affected(rows as u64))
-    }
+            /// Records `id` for this consumer on `conn` (inside your `transaction`) and says
+            /// whether it is new. Apply the business change only when it is, on the same
+            /// connection.
+            pub $($asyncness)? fn $record<C: $conn>(
+                &self,
+                conn: &mut C,
+                id: EventId,
+            ) -> QueryResult<InboxOutcome> {
+                let stmt = &self.statements(C::DIALECT).record;
+                let rows = conn.insert_record(id, self.spec.consumer(), stmt)$($dot_await)*?;
+                Ok(InboxOutcome::from_rows_affected(rows as u64))
+            }
 
-    /// Deletes records processed more than `older_than` ago, `batch` rows per statement.
-    /// Returns how many.
-    pub fn purge<C: InboxConnection>(
-        &self,
-        conn: &mut C,
-        older_than: Duration,
-        batch: usize,
-    ) -> QueryResult<u64> {
-        let batch = batch.max(1);
-        let mut total = 0u64;
-        loop {
-            let n = conn.purge_batch(&self.statements(C::DIALECT).purge, older_than, batch)?;
-            total += n as u64;
-            if n < batch {
-                return Ok(total);
+            /// Deletes records processed more than `older_than` ago, `batch` rows per
+            /// statement. Returns how many.
+            pub $($asyncness)? fn $purge<C: $conn>(
+                &self,
+                conn: &mut C,
+                older_than: Duration,
+                batch: usize,
+            ) -> QueryResult<u64> {
+                let stmt = &self.statements(C::DIALECT).purge;
+                let mut purge = PurgeBatches::new(batch);
+                loop {
+                    let n = conn.purge_batch(older_than, purge.size(), stmt)$($dot_await)*?;
+                    if let Some(total) = purge.add(n as u64) {
+                        return Ok(total);
+                    }
+                }
             }
         }
-    }
+    };
 }
+
+inbox_methods!(
+    cfg(all()),
+    [],
+    [],
+    InboxConnection,
+    migrate,
+    record,
+    purge,
+    "On a synchronous diesel connection."
+);
+inbox_methods!(
+    cfg(any(feature = "async-postgres", feature = "async-mysql")),
+    [async],
+    [.await],
+    AsyncInboxConnection,
+    migrate_async,
+    record_async,
+    purge_async,
+    "On a diesel-async connection, inside `conn.transaction(async |conn| ..)`."
+);
 
 /// A synchronous diesel connection the inbox can work on. Sealed.
 pub trait InboxConnection: private::Sealed {
     #[doc(hidden)]
     const DIALECT: Dialect;
     #[doc(hidden)]
-    fn insert_record(&mut self, stmt: &str, consumer: &str, id: EventId) -> QueryResult<usize>;
+    fn insert_record(&mut self, id: EventId, consumer: &str, stmt: &str) -> QueryResult<usize>;
     #[doc(hidden)]
-    fn purge_batch(&mut self, stmt: &str, older_than: Duration, batch: usize)
+    fn purge_batch(&mut self, older_than: Duration, batch: usize, stmt: &str)
     -> QueryResult<usize>;
     #[doc(hidden)]
     fn run(&mut self, stmt: &str) -> QueryResult<()>;
 }
 
 mod private {
+    /// Implemented by `inbox_connection!` for each supported connection.
     pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for diesel::PgConnection {}
-    #[cfg(feature = "mysql")]
-    impl Sealed for diesel::MysqlConnection {}
-    #[cfg(feature = "sqlite")]
-    impl Sealed for diesel::SqliteConnection {}
-    #[cfg(feature = "async-postgres")]
-    impl Sealed for diesel_async::AsyncPgConnection {}
-    #[cfg(feature = "async-mysql")]
-    impl Sealed for diesel_async::AsyncMysqlConnection {}
 }
 
-/// Implements [`InboxConnection`] for one synchronous connection type.
-macro_rules! sync_inbox {
-    ($feature:literal, $conn:ty, $dialect:expr, |$q:ident, $consumer:ident, $id:ident| $bind_record:expr, |$p:ident, $age:ident, $n:ident| $bind_purge:expr) => {
+/// Implements the sync or async connection trait for one connection type: `$id` bound as
+/// the event id, `$extra` after it in the record statement (SQLite's clock), `$age` the
+/// purge statement's first value.
+macro_rules! inbox_connection {
+    ($feature:literal, $trait:ident, $dsl:path, [$($asyncness:ident)?], [$($dot_await:tt)*],
+     $conn:ty, $dialect:expr, id: $idty:ty = |$i:ident| $id:expr, record_extra: [$($extra:expr),*],
+     purge_first: |$a:ident| $age:expr) => {
         #[cfg(feature = $feature)]
-        impl InboxConnection for $conn {
+        impl private::Sealed for $conn {}
+
+        #[cfg(feature = $feature)]
+        impl $trait for $conn {
             const DIALECT: Dialect = $dialect;
-            fn insert_record(
+            $($asyncness)? fn insert_record(
                 &mut self,
+                $i: EventId,
+                consumer: &str,
                 stmt: &str,
-                $consumer: &str,
-                $id: EventId,
             ) -> QueryResult<usize> {
-                use diesel::RunQueryDsl as _;
-                let $q = diesel::sql_query(stmt);
-                $bind_record.execute(self)
+                use $dsl as _;
+                let q = diesel::sql_query(stmt)
+                    .bind::<Text, _>(consumer.to_owned())
+                    .bind::<$idty, _>($id);
+                $(let q = q.bind::<BigInt, _>($extra);)*
+                q.execute(self)$($dot_await)*
             }
-            fn purge_batch(&mut self, stmt: &str, $age: Duration, $n: usize) -> QueryResult<usize> {
-                use diesel::RunQueryDsl as _;
-                let $p = diesel::sql_query(stmt);
-                $bind_purge.execute(self)
+            $($asyncness)? fn purge_batch(
+                &mut self,
+                $a: Duration,
+                batch: usize,
+                stmt: &str,
+            ) -> QueryResult<usize> {
+                use $dsl as _;
+                diesel::sql_query(stmt)
+                    .bind::<BigInt, _>($age)
+                    .bind::<BigInt, _>(batch_i64(batch))
+                    .execute(self)$($dot_await)*
             }
-            fn run(&mut self, stmt: &str) -> QueryResult<()> {
-                use diesel::RunQueryDsl as _;
-                diesel::sql_query(stmt).execute(self).map(|_| ())
+            $($asyncness)? fn run(&mut self, stmt: &str) -> QueryResult<()> {
+                use $dsl as _;
+                diesel::sql_query(stmt).execute(self)$($dot_await)*.map(|_| ())
             }
         }
     };
 }
-
-sync_inbox!(
-    "postgres",
-    diesel::PgConnection,
-    Dialect::Postgres,
-    |q, consumer, id| q
-        .bind::<Text, _>(consumer)
-        .bind::<diesel::sql_types::Uuid, _>(id.as_uuid()),
-    |p, age, n| p
-        .bind::<BigInt, _>(micros(age))
-        .bind::<BigInt, _>(batch_i64(n))
-);
-sync_inbox!(
-    "mysql",
-    diesel::MysqlConnection,
-    Dialect::MySql,
-    |q, consumer, id| q
-        .bind::<Text, _>(consumer)
-        .bind::<Text, _>(event_id_text(id)),
-    |p, age, n| p
-        .bind::<BigInt, _>(micros(age))
-        .bind::<BigInt, _>(batch_i64(n))
-);
-sync_inbox!(
-    "sqlite",
-    diesel::SqliteConnection,
-    Dialect::Sqlite,
-    |q, consumer, id| q
-        .bind::<Text, _>(consumer)
-        .bind::<Text, _>(event_id_text(id))
-        .bind::<BigInt, _>(now_micros()),
-    |p, age, n| p
-        .bind::<BigInt, _>(now_micros().saturating_sub(micros(age)))
-        .bind::<BigInt, _>(batch_i64(n))
-);
 
 /// A diesel-async connection the inbox can work on. Sealed.
 #[cfg(any(feature = "async-postgres", feature = "async-mysql"))]
@@ -206,135 +208,33 @@ pub trait AsyncInboxConnection: private::Sealed + Send {
     #[doc(hidden)]
     fn insert_record(
         &mut self,
-        stmt: &str,
-        consumer: &str,
         id: EventId,
+        consumer: &str,
+        stmt: &str,
     ) -> impl std::future::Future<Output = QueryResult<usize>> + Send;
     #[doc(hidden)]
     fn purge_batch(
         &mut self,
-        stmt: &str,
         older_than: Duration,
         batch: usize,
+        stmt: &str,
     ) -> impl std::future::Future<Output = QueryResult<usize>> + Send;
     #[doc(hidden)]
     fn run(&mut self, stmt: &str) -> impl std::future::Future<Output = QueryResult<()>> + Send;
 }
 
-#[cfg(feature = "async-postgres")]
-impl AsyncInboxConnection for diesel_async::AsyncPgConnection {
-    const DIALECT: Dialect = Dialect::Postgres;
-    async fn insert_record(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> QueryResult<usize> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt)
-            .bind::<Text, _>(consumer.to_owned())
-            .bind::<diesel::sql_types::Uuid, _>(id.as_uuid())
-            .execute(self)
-            .await
-    }
-    async fn purge_batch(
-        &mut self,
-        stmt: &str,
-        older_than: Duration,
-        batch: usize,
-    ) -> QueryResult<usize> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt)
-            .bind::<BigInt, _>(micros(older_than))
-            .bind::<BigInt, _>(batch_i64(batch))
-            .execute(self)
-            .await
-    }
-    async fn run(&mut self, stmt: &str) -> QueryResult<()> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt).execute(self).await.map(|_| ())
-    }
-}
-
-#[cfg(feature = "async-mysql")]
-impl AsyncInboxConnection for diesel_async::AsyncMysqlConnection {
-    const DIALECT: Dialect = Dialect::MySql;
-    async fn insert_record(
-        &mut self,
-        stmt: &str,
-        consumer: &str,
-        id: EventId,
-    ) -> QueryResult<usize> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt)
-            .bind::<Text, _>(consumer.to_owned())
-            .bind::<Text, _>(event_id_text(id))
-            .execute(self)
-            .await
-    }
-    async fn purge_batch(
-        &mut self,
-        stmt: &str,
-        older_than: Duration,
-        batch: usize,
-    ) -> QueryResult<usize> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt)
-            .bind::<BigInt, _>(micros(older_than))
-            .bind::<BigInt, _>(batch_i64(batch))
-            .execute(self)
-            .await
-    }
-    async fn run(&mut self, stmt: &str) -> QueryResult<()> {
-        use diesel_async::RunQueryDsl as _;
-        diesel::sql_query(stmt).execute(self).await.map(|_| ())
-    }
-}
-
-#[cfg(any(feature = "async-postgres", feature = "async-mysql"))]
-impl Inbox {
-    /// [`migrate`](Self::migrate) on a diesel-async connection.
-    pub async fn migrate_async<C: AsyncInboxConnection>(&self, conn: &mut C) -> QueryResult<()> {
-        for stmt in self.spec.create_table_sql(C::DIALECT) {
-            conn.run(&stmt).await?;
-        }
-        Ok(())
-    }
-
-    /// [`record`](Self::record) on a diesel-async connection, inside
-    /// `conn.transaction(async |conn| ..)`.
-    pub async fn record_async<C: AsyncInboxConnection>(
-        &self,
-        conn: &mut C,
-        id: EventId,
-    ) -> QueryResult<InboxOutcome> {
-        let rows = conn
-            .insert_record(
-                &self.statements(C::DIALECT).record,
-                self.spec.consumer(),
-                id,
-            )
-            .await?;
-        Ok(InboxOutcome::from_rows_affected(rows as u64))
-    }
-
-    /// [`purge`](Self::purge) on a diesel-async connection.
-    pub async fn purge_async<C: AsyncInboxConnection>(
-        &self,
-        conn: &mut C,
-        older_than: Duration,
-        batch: usize,
-    ) -> QueryResult<u64> {
-        let batch = batch.max(1);
-        let mut total = 0u64;
-        loop {
-            let n = conn
-                .purge_batch(&self.statements(C::DIALECT).purge, older_than, batch)
-                .await?;
-            total += n as u64;
-            if n < batch {
-                return Ok(total);
-            }
-        }
-    }
-}
+inbox_connection!("postgres", InboxConnection, diesel::RunQueryDsl, [], [], diesel::PgConnection,
+    Dialect::Postgres, id: diesel::sql_types::Uuid = |id| id.as_uuid(), record_extra: [],
+    purge_first: |age| micros(age));
+inbox_connection!("async-mysql", AsyncInboxConnection, diesel_async::RunQueryDsl, [async], [.await],
+    diesel_async::AsyncMysqlConnection, Dialect::MySql, id: Text = |id| event_id_text(id),
+    record_extra: [], purge_first: |age| micros(age));
+inbox_connection!("sqlite", InboxConnection, diesel::RunQueryDsl, [], [], diesel::SqliteConnection,
+    Dialect::Sqlite, id: Text = |id| event_id_text(id), record_extra: [now_micros()],
+    purge_first: |age| now_micros().saturating_sub(micros(age)));
+inbox_connection!("async-postgres", AsyncInboxConnection, diesel_async::RunQueryDsl, [async],
+    [.await], diesel_async::AsyncPgConnection, Dialect::Postgres,
+    id: diesel::sql_types::Uuid = |id| id.as_uuid(), record_extra: [], purge_first: |age| micros(age));
+inbox_connection!("mysql", InboxConnection, diesel::RunQueryDsl, [], [], diesel::MysqlConnection,
+    Dialect::MySql, id: Text = |id| event_id_text(id), record_extra: [],
+    purge_first: |age| micros(age));

@@ -8,25 +8,14 @@
     feature = "async"
 ))]
 
-use std::collections::HashSet;
-use std::time::Duration;
-
 use diesel::prelude::*;
-use outbox_core::testkit::unique_name;
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, TableName};
+use outbox_core::testkit::{assert_relays_exactly, unique_name};
+use outbox_core::{Envelope, TableName};
 use outbox_diesel::{mysql as dmy, pg as dpg, sqlite as dlite};
 
 /// An event with whole-microsecond times, a header and a trace, so read-backs compare equal.
 fn ev(key: &str, n: usize) -> Envelope {
     outbox_core::testkit::round_trip_event(key, n, "orders")
-}
-
-fn config() -> RelayConfig {
-    RelayConfig {
-        lease: Duration::from_secs(10),
-        publish_timeout: Duration::from_secs(5),
-        ..RelayConfig::default()
-    }
 }
 
 diesel::table! {
@@ -77,10 +66,6 @@ macro_rules! write_orders {
     }};
 }
 
-fn ids(events: &[Envelope]) -> HashSet<EventId> {
-    events.iter().map(Envelope::id).collect()
-}
-
 /// PostgreSQL: a schema of its own, selected through the connection's search path.
 fn pg_conn(url: &str, schema: &str) -> PgConnection {
     let mut conn = PgConnection::establish(url).expect("connect to PostgreSQL");
@@ -127,22 +112,7 @@ async fn postgres_commit_rollback_and_mixed_stack() {
             .expect("orders");
         write_orders!(&mut conn, dpg::enqueue_all)
     };
-    let publisher = InMemoryPublisher::new();
-    let relay =
-        Relay::new(pg_store(&url, &schema).await, publisher.clone(), config()).expect("relay");
-    assert_eq!(relay.drain().await.expect("drain").published, 2);
-    let mut got: Vec<Envelope> = publisher
-        .deliveries()
-        .into_iter()
-        .map(|d| d.envelope)
-        .collect();
-    got.sort_by_key(Envelope::id);
-    let mut want = committed;
-    want.sort_by_key(Envelope::id);
-    assert_eq!(
-        got, want,
-        "exactly the committed envelopes, field for field"
-    );
+    assert_relays_exactly(pg_store(&url, &schema).await, &committed).await;
     drop_pg_schema(&url, &schema).await;
 }
 
@@ -161,21 +131,7 @@ async fn sqlite_commit_and_rollback() {
         .await
         .expect("pool");
     let store = outbox_sqlx::sqlite::SqliteStore::new(pool.clone(), TableName::default());
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(store, publisher.clone(), config()).expect("relay");
-    assert_eq!(relay.drain().await.expect("drain").published, 2);
-    let got: Vec<Envelope> = publisher
-        .deliveries()
-        .into_iter()
-        .map(|d| d.envelope)
-        .collect();
-    assert_eq!(ids(&got), ids(&committed));
-    for e in &committed {
-        assert!(
-            got.contains(e),
-            "the envelope read back equals the written one"
-        );
-    }
+    assert_relays_exactly(store, &committed).await;
     pool.close().await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -219,34 +175,14 @@ async fn mariadb_commit_and_rollback() {
         pool,
         TableName::with_schema(&db, "outbox_events").expect("name"),
     );
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(store, publisher.clone(), config()).expect("relay");
-    assert_eq!(relay.drain().await.expect("drain").published, 2);
-    let got: Vec<Envelope> = publisher
-        .deliveries()
-        .into_iter()
-        .map(|d| d.envelope)
-        .collect();
-    assert_eq!(ids(&got), ids(&committed));
-    for e in &committed {
-        assert!(
-            got.contains(e),
-            "the envelope read back equals the written one"
-        );
-    }
+    assert_relays_exactly(store, &committed).await;
     drop_my_db(&url, &db).await;
 }
 
-/// diesel-async on PostgreSQL and MySQL: commit and rollback inside `transaction`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_commit_and_rollback() {
-    use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection};
-    let [pg_url, my_url] =
-        outbox_core::service_or_skip!("diesel async_commit_and_rollback", [Postgres, MySql]);
-    // PostgreSQL.
-    let schema = unique_name("outbox_diesel_async");
-    dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("migrate");
-    let mut conn = AsyncPgConnection::establish(&pg_url)
+/// A diesel-async PostgreSQL connection whose search path is `schema`.
+async fn async_pg_conn(url: &str, schema: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(url)
         .await
         .expect("connect");
     diesel_async::RunQueryDsl::execute(
@@ -255,29 +191,46 @@ async fn async_commit_and_rollback() {
     )
     .await
     .expect("search path");
-    let kept = ev("x", 1);
-    let dropped = ev("y", 2);
-    let k = kept.clone();
-    conn.transaction::<_, diesel::result::Error, _>(async move |c| dpg::enqueue_async(c, &k).await)
-        .await
-        .expect("commit");
-    let d = dropped.clone();
-    let failed = conn
-        .transaction::<(), diesel::result::Error, _>(async move |c| {
-            dpg::enqueue_async(c, &d).await?;
-            Err(diesel::result::Error::RollbackTransaction)
-        })
-        .await;
-    assert!(failed.is_err());
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(
-        pg_store(&pg_url, &schema).await,
-        publisher.clone(),
-        config(),
-    )
-    .expect("relay");
-    relay.drain().await.expect("drain");
-    assert_eq!(publisher.delivered_ids(), vec![kept.id()]);
+    conn
+}
+
+/// Through diesel-async's `transaction`: commits one event with `enqueue_async` and one with
+/// `enqueue_all_async`, rolls a third back, and evaluates to the two committed.
+macro_rules! async_commit_and_roll_back {
+    ($conn:expr, $module:ident) => {{
+        let kept = vec![ev("x", 1), ev("z", 3)];
+        let k = kept.clone();
+        $conn
+            .transaction::<_, diesel::result::Error, _>(async move |c| {
+                $module::enqueue_async(c, &k[0]).await?;
+                $module::enqueue_all_async(c, &k[1..]).await
+            })
+            .await
+            .expect("commit");
+        let d = ev("y", 2);
+        let failed = $conn
+            .transaction::<(), diesel::result::Error, _>(async move |c| {
+                $module::enqueue_async(c, &d).await?;
+                Err(diesel::result::Error::RollbackTransaction)
+            })
+            .await;
+        assert!(failed.is_err());
+        kept
+    }};
+}
+
+/// diesel-async on PostgreSQL and MySQL: commit and rollback inside `transaction`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_commit_and_rollback() {
+    use diesel_async::{AsyncConnection, AsyncMysqlConnection};
+    let [pg_url, my_url] =
+        outbox_core::service_or_skip!("diesel async_commit_and_rollback", [Postgres, MySql]);
+    // PostgreSQL.
+    let schema = unique_name("outbox_diesel_async");
+    dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("migrate");
+    let mut conn = async_pg_conn(&pg_url, &schema).await;
+    let kept = async_commit_and_roll_back!(conn, dpg);
+    assert_relays_exactly(pg_store(&pg_url, &schema).await, &kept).await;
     drop_pg_schema(&pg_url, &schema).await;
 
     // MariaDB.
@@ -287,33 +240,10 @@ async fn async_commit_and_rollback() {
     let mut conn = AsyncMysqlConnection::establish(&format!("{base}/{db}"))
         .await
         .expect("connect");
-    let kept = ev("x", 1);
-    let k = kept.clone();
-    conn.transaction::<_, diesel::result::Error, _>(async move |c| {
-        dmy::enqueue_all_async(c, std::slice::from_ref(&k)).await
-    })
-    .await
-    .expect("commit");
-    let d = ev("y", 2);
-    let failed = conn
-        .transaction::<(), diesel::result::Error, _>(async move |c| {
-            dmy::enqueue_async(c, &d).await?;
-            Err(diesel::result::Error::RollbackTransaction)
-        })
-        .await;
-    assert!(failed.is_err());
+    let kept = async_commit_and_roll_back!(conn, dmy);
     let pool = sqlx::MySqlPool::connect(&my_url).await.expect("pool");
-    let store = outbox_sqlx::mysql::MySqlStore::new(
-        pool,
-        TableName::with_schema(&db, "outbox_events").expect("name"),
-    );
-    let publisher = InMemoryPublisher::new();
-    Relay::new(store, publisher.clone(), config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(publisher.delivered_ids(), vec![kept.id()]);
+    let table = TableName::with_schema(&db, "outbox_events").expect("name");
+    assert_relays_exactly(outbox_sqlx::mysql::MySqlStore::new(pool, table), &kept).await;
     drop_my_db(&my_url, &db).await;
 }
 
@@ -322,57 +252,43 @@ async fn async_commit_and_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_parity_with_outbox_sqlx() {
     let [pg_url, my_url] = outbox_core::service_or_skip!("diesel schema_parity", [Postgres, MySql]);
-    // PostgreSQL: schema a by diesel, schema b by sqlx.
-    let (a, b) = (
+    // A PostgreSQL schema and a MariaDB database by diesel's migrations, each beside
+    // outbox-sqlx's reference.
+    let (schema, db) = (
         unique_name("outbox_par_diesel"),
-        unique_name("outbox_par_sqlx"),
+        unique_name("outbox_par_diesel"),
     );
-    dpg::run_migrations(&mut pg_conn(&pg_url, &a)).expect("diesel migration");
-    let pool = sqlx::PgPool::connect(&pg_url).await.expect("pool");
-    outbox_sqlx::postgres::migrate(
-        &pool,
-        &TableName::with_schema(&b, "outbox_events").expect("name"),
-    )
-    .await
-    .expect("sqlx migration");
-    let pg_a = outbox_sqlx::shape::postgres(&pool, &a, "outbox_events")
-        .await
-        .expect("shape");
-    let pg_b = outbox_sqlx::shape::postgres(&pool, &b, "outbox_events")
-        .await
-        .expect("shape");
-    assert_eq!(pg_a.columns.len(), outbox_core::schema::COLUMNS.len());
-    assert_eq!(pg_a.indexes.len(), outbox_core::schema::INDEXES.len() + 1);
-    assert_eq!(pg_a, pg_b, "PostgreSQL columns and indexes");
-    for s in [&a, &b] {
-        drop_pg_schema(&pg_url, s).await;
-    }
+    dpg::run_migrations(&mut pg_conn(&pg_url, &schema)).expect("diesel migration");
+    dmy::run_migrations(&mut my_conn(&my_url, &db)).expect("diesel migration");
+    let pg = sqlx::PgPool::connect(&pg_url).await.expect("pool");
+    let my = sqlx::MySqlPool::connect(&my_url).await.expect("pool");
+    use outbox_sqlx::shape::{mysql_beside_migrate, postgres_beside_migrate};
+    let on_pg = postgres_beside_migrate(&pg, &schema, "outbox_events").await;
+    assert_same_shape(on_pg, "PostgreSQL");
+    assert_same_shape(
+        mysql_beside_migrate(&my, &db, "outbox_events").await,
+        "MariaDB",
+    );
+    drop_pg_schema(&pg_url, &schema).await;
+    drop_my_db(&my_url, &db).await;
+}
 
-    // MariaDB: database a by diesel, database b by sqlx.
-    let (a, b) = (
-        unique_name("outbox_par_diesel"),
-        unique_name("outbox_par_sqlx"),
+/// Diesel's table has every column and index, and equals outbox-sqlx's reference.
+fn assert_same_shape(
+    shapes: outbox_core::Result<(
+        outbox_sqlx::shape::TableShape,
+        outbox_sqlx::shape::TableShape,
+    )>,
+    database: &str,
+) {
+    let (diesel, sqlx) = shapes.expect("shapes");
+    assert_eq!(diesel.columns.len(), outbox_core::schema::COLUMNS.len());
+    // The primary key's index beside the described ones (one line per column on MariaDB).
+    assert!(diesel.indexes.len() > outbox_core::schema::INDEXES.len());
+    assert_eq!(
+        diesel, sqlx,
+        "{database}: columns, types, defaults and indexes"
     );
-    dmy::run_migrations(&mut my_conn(&my_url, &a)).expect("diesel migration");
-    let pool = sqlx::MySqlPool::connect(&my_url).await.expect("pool");
-    outbox_sqlx::mysql::migrate(
-        &pool,
-        &TableName::with_schema(&b, "outbox_events").expect("name"),
-    )
-    .await
-    .expect("sqlx migration");
-    let my_a = outbox_sqlx::shape::mysql(&pool, &a, "outbox_events")
-        .await
-        .expect("shape");
-    let my_b = outbox_sqlx::shape::mysql(&pool, &b, "outbox_events")
-        .await
-        .expect("shape");
-    assert_eq!(my_a.columns.len(), outbox_core::schema::COLUMNS.len());
-    assert!(!my_a.indexes.is_empty());
-    assert_eq!(my_a, my_b, "MariaDB columns and indexes");
-    for d in [&a, &b] {
-        drop_my_db(&my_url, d).await;
-    }
 }
 
 /// A PostgreSQL schema of its own, written through diesel-async, claimed by `DieselPgStore`.
@@ -383,7 +299,6 @@ struct DieselPg {
 
 impl DieselPg {
     async fn new(url: &str, prefix: &str) -> DieselPg {
-        use diesel_async::AsyncConnection as _;
         let schema = unique_name(prefix);
         {
             let mut conn = pg_conn(url, &schema);
@@ -392,15 +307,7 @@ impl DieselPg {
                 .execute(&mut conn)
                 .expect("orders");
         }
-        let mut writer = diesel_async::AsyncPgConnection::establish(url)
-            .await
-            .expect("connect");
-        diesel_async::RunQueryDsl::execute(
-            diesel::sql_query(format!("SET search_path TO \"{schema}\"")),
-            &mut writer,
-        )
-        .await
-        .expect("search path");
+        let writer = async_pg_conn(url, &schema).await;
         let table = TableName::with_schema(&schema, "outbox_events").expect("name");
         DieselPg {
             writer: tokio::sync::Mutex::new(writer),
@@ -444,11 +351,8 @@ impl outbox_core::testkit::StoreHarness for DieselPg {
     fn store(&self) -> outbox_diesel::DieselPgStore {
         self.store.clone()
     }
-    async fn commit(&self, events: Vec<Envelope>) -> outbox_core::Result<()> {
-        self.write(events, true).await
-    }
-    async fn roll_back(&self, events: Vec<Envelope>) -> outbox_core::Result<()> {
-        self.write(events, false).await
+    async fn transact(&self, events: Vec<Envelope>, commit: bool) -> outbox_core::Result<()> {
+        self.write(events, commit).await
     }
 }
 
@@ -488,17 +392,6 @@ async fn mixed_stack_sqlx_writes_diesel_relays() {
     let mut tx = pool.begin().await.expect("begin");
     outbox.enqueue_all(&mut tx, &events).await.expect("enqueue");
     tx.commit().await.expect("commit");
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(d.store.clone(), publisher.clone(), config()).expect("relay");
-    assert_eq!(relay.drain().await.expect("drain").published, events.len());
-    let mut got: Vec<Envelope> = publisher
-        .deliveries()
-        .into_iter()
-        .map(|d| d.envelope)
-        .collect();
-    got.sort_by_key(Envelope::id);
-    let mut want = events;
-    want.sort_by_key(Envelope::id);
-    assert_eq!(got, want, "the same envelopes, field for field");
+    assert_relays_exactly(d.store.clone(), &events).await;
     drop_pg_schemas(&url, &prefix).await;
 }

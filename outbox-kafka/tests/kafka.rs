@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_core::testkit::{
-    PublisherHarness, Received, order_event, run_publisher_suite, unique_name,
+    PublisherHarness, Received, RunningRelay, order_event, run_publisher_suite, unique_name,
+    wait_until_drained,
 };
 use outbox_core::{
     Envelope, ErrorKind, EventId, InMemoryStore, PublishOutcome, Publisher, Relay, RelayConfig,
@@ -250,39 +251,23 @@ async fn broker_down_is_retryable_and_nothing_is_lost() {
             publish_timeout: Duration::from_secs(4),
             poll_interval: Duration::from_millis(20),
             max_poll_interval: Duration::from_millis(100),
-            retry: RetryPolicy {
-                initial_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_millis(500),
-                max_attempts: 1000,
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy::backoff(
+                Duration::from_millis(100),
+                Duration::from_millis(500),
+                1000,
+            ),
             ..RelayConfig::default()
         },
     )
     .expect("relay");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = RunningRelay::spawn(relay);
     tokio::time::sleep(Duration::from_millis(100)).await;
     mock.broker_down(1).expect("down");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = store.stats().await.expect("stats");
     mock.broker_up(1).expect("up");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = store.stats().await.expect("stats");
-        if s.pending == 0 && s.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay did not recover: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(true);
-    run.await.expect("relay task");
+    wait_until_drained(&store, Duration::from_secs(60)).await;
+    running.stop().await;
     assert!(
         during.pending + during.in_flight > 0,
         "the outage held events back: {during:?}"

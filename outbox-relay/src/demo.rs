@@ -46,6 +46,23 @@ struct Watched {
     published_once: std::sync::atomic::AtomicBool,
 }
 
+impl Watched {
+    fn new(inner: JsonLines, crash_after_first: bool) -> Self {
+        Watched {
+            inner,
+            delivered: Mutex::new(Vec::new()),
+            crash_after_first,
+            crashed: tokio::sync::Notify::new(),
+            published_once: false.into(),
+        }
+    }
+
+    /// The ids this publisher delivered so far.
+    fn delivered(&self) -> Vec<EventId> {
+        self.delivered.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
 impl Publisher for Watched {
     async fn publish(&self, events: &[Envelope]) -> Vec<PublishOutcome> {
         let out = self.inner.publish(events).await;
@@ -149,22 +166,12 @@ pub async fn run(args: DemoArgs) -> CmdResult {
     let store = SqliteStore::new(pool.clone(), table);
 
     // 2. A relay that crashes between publishing and marking.
-    let first = Arc::new(Watched {
-        inner: sink().await?,
-        delivered: Mutex::new(Vec::new()),
-        crash_after_first: true,
-        crashed: tokio::sync::Notify::new(),
-        published_once: false.into(),
-    });
+    let first = Arc::new(Watched::new(sink().await?, true));
     let relay = Relay::new(store.clone(), Arc::clone(&first), config.clone())?.with_name("relay-1");
     let task = tokio::spawn(async move { relay.run_once().await });
     first.crashed.notified().await;
     task.abort();
-    let crashed: Vec<EventId> = first
-        .delivered
-        .lock()
-        .map(|d| d.clone())
-        .unwrap_or_default();
+    let crashed = first.delivered();
     eprintln!(
         "  relay-1 published {} events and crashed before marking them",
         crashed.len()
@@ -172,22 +179,12 @@ pub async fn run(args: DemoArgs) -> CmdResult {
 
     // 3. The restart: the crashed batch's lease runs out, everything is delivered.
     tokio::time::sleep(config.lease).await;
-    let second = Arc::new(Watched {
-        inner: sink().await?,
-        delivered: Mutex::new(Vec::new()),
-        crash_after_first: false,
-        crashed: tokio::sync::Notify::new(),
-        published_once: false.into(),
-    });
+    let second = Arc::new(Watched::new(sink().await?, false));
     let report = Relay::new(store.clone(), Arc::clone(&second), config)?
         .with_name("relay-2")
         .drain()
         .await?;
-    let after: Vec<EventId> = second
-        .delivered
-        .lock()
-        .map(|d| d.clone())
-        .unwrap_or_default();
+    let after = second.delivered();
     eprintln!(
         "  relay-2 restarted and published {} events",
         report.published

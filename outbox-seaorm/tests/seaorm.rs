@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox_core::testkit::{
-    StoreHarness, TempDb, run_operations_suite, run_store_suite, unique_name,
+    StoreHarness, TempDb, assert_relays_exactly, run_operations_suite, run_store_suite, unique_name,
 };
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, RelayConfig, Result, TableName};
 use outbox_seaorm::{OutboxMigrator, SeaOrmStore, enqueue, enqueue_all, map_db_err};
@@ -151,11 +151,8 @@ impl StoreHarness for Sea {
     fn store(&self) -> SeaOrmStore {
         self.store.clone()
     }
-    async fn commit(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, true).await
-    }
-    async fn roll_back(&self, events: Vec<Envelope>) -> Result<()> {
-        self.write(&events, false).await
+    async fn transact(&self, events: Vec<Envelope>, commit: bool) -> Result<()> {
+        self.write(&events, commit).await
     }
 }
 
@@ -274,19 +271,7 @@ async fn mixed_stack_seaorm_writes_sqlx_relays() {
         .await
         .expect("sqlx pool");
     let table = TableName::with_schema(&schema, "outbox_events").expect("name");
-    let store = outbox_sqlx::postgres::PgStore::new(pool, table);
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(store, publisher.clone(), config()).expect("relay");
-    assert_eq!(relay.drain().await.expect("drain").published, events.len());
-    let mut got: Vec<Envelope> = publisher
-        .deliveries()
-        .into_iter()
-        .map(|d| d.envelope)
-        .collect();
-    got.sort_by_key(Envelope::id);
-    let mut want = events.clone();
-    want.sort_by_key(Envelope::id);
-    assert_eq!(got, want, "the same envelopes, field for field");
+    assert_relays_exactly(outbox_sqlx::postgres::PgStore::new(pool, table), &events).await;
     drop_all(&url, &prefix).await;
 }
 
@@ -296,7 +281,6 @@ async fn mixed_stack_seaorm_writes_sqlx_relays() {
 async fn schema_parity_with_outbox_sqlx() {
     let url = outbox_core::service_or_skip!("seaorm schema_parity_with_outbox_sqlx", Postgres);
     let a = unique_name("outbox_par_sea");
-    let b = unique_name("outbox_par_sqlx");
     let admin = connect(&url, None).await;
     admin
         .execute_unprepared(&format!("CREATE SCHEMA \"{a}\""))
@@ -306,34 +290,22 @@ async fn schema_parity_with_outbox_sqlx() {
         .await
         .expect("seaorm migration");
     let pool = sqlx::postgres::PgPool::connect(&url).await.expect("pool");
-    outbox_sqlx::postgres::migrate(
-        &pool,
-        &TableName::with_schema(&b, "outbox_events").expect("name"),
-    )
-    .await
-    .expect("sqlx migration");
-
-    let shape_a = outbox_sqlx::shape::postgres(&pool, &a, "outbox_events")
+    let (seaorm, sqlx) = outbox_sqlx::shape::postgres_beside_migrate(&pool, &a, "outbox_events")
         .await
-        .expect("shape a");
-    let shape_b = outbox_sqlx::shape::postgres(&pool, &b, "outbox_events")
-        .await
-        .expect("shape b");
-    assert_eq!(shape_a.columns.len(), outbox_core::schema::COLUMNS.len());
+        .expect("shapes");
+    assert_eq!(seaorm.columns.len(), outbox_core::schema::COLUMNS.len());
     assert_eq!(
-        shape_a.indexes.len(),
+        seaorm.indexes.len(),
         outbox_core::schema::INDEXES.len() + 1,
         "{:?}",
-        shape_a.indexes
+        seaorm.indexes
     );
     assert_eq!(
-        shape_a, shape_b,
+        seaorm, sqlx,
         "columns, types, nullability, defaults and indexes"
     );
-    for s in [a, b] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{s}\" CASCADE")))
-            .execute(&pool)
-            .await
-            .expect("drop");
-    }
+    admin
+        .execute_unprepared(&format!("DROP SCHEMA \"{a}\" CASCADE"))
+        .await
+        .expect("drop");
 }

@@ -35,41 +35,46 @@ impl InboxStatements {
     /// SQLite's statements serve any dialect added after these three.
     pub fn new(table: &TableName, dialect: Dialect) -> Self {
         let t = table.quoted(dialect);
-        match dialect {
-            Dialect::Postgres => InboxStatements {
-                dialect,
-                record: format!(
+        let m = |n| crate::event_table::marker(dialect, n);
+        let (record, purge) = match dialect {
+            Dialect::Postgres => (
+                format!(
                     "INSERT INTO {t} (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
                 ),
-                seen: format!("SELECT 1 FROM {t} WHERE consumer = $1 AND event_id = $2"),
-                purge: format!(
+                format!(
                     "DELETE FROM {t} WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM {t} \
                      WHERE processed_at < now() - make_interval(secs => $1::bigint / 1000000.0) LIMIT $2)"
                 ),
-            },
+            ),
             // INSERT IGNORE also turns data errors into warnings, so callers validate the
             // consumer name (the only free-form value) before binding it.
-            Dialect::MySql => InboxStatements {
-                dialect,
-                record: format!(
+            Dialect::MySql => (
+                format!(
                     "INSERT IGNORE INTO {t} (consumer, event_id, processed_at) VALUES (?, ?, UTC_TIMESTAMP(6))"
                 ),
-                seen: format!("SELECT 1 FROM {t} WHERE consumer = ? AND event_id = ?"),
-                purge: format!(
+                format!(
                     "DELETE FROM {t} WHERE processed_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?"
                 ),
-            },
-            _ => InboxStatements {
-                dialect,
-                record: format!(
+            ),
+            _ => (
+                format!(
                     "INSERT INTO {t} (consumer, event_id, processed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
                 ),
-                seen: format!("SELECT 1 FROM {t} WHERE consumer = ? AND event_id = ?"),
-                purge: format!(
+                format!(
                     "DELETE FROM {t} WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM {t} \
                      WHERE processed_at < ? LIMIT ?)"
                 ),
-            },
+            ),
+        };
+        InboxStatements {
+            dialect,
+            record,
+            seen: format!(
+                "SELECT 1 FROM {t} WHERE consumer = {} AND event_id = {}",
+                m(1),
+                m(2)
+            ),
+            purge,
         }
     }
 }

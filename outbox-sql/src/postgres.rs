@@ -14,6 +14,13 @@ use crate::row::SELECT_COLUMNS;
 pub const PG_CLAIM_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', true), \
      set_config('enable_bitmapscan', 'off', true), set_config('jit', 'off', true)";
 
+/// Writes encoded envelopes ([`outbox_core::codec`]) into the WAL as transactional logical
+/// decoding messages, in array order: `$1` the message prefix, `$2` the encoded envelopes
+/// (`bytea[]`). Run inside the caller's transaction; a rollback emits nothing. The CDC
+/// relay's message mode reads them from a replication slot; no table is written.
+pub const PG_EMIT_MESSAGES: &str = "SELECT pg_logical_emit_message(true, $1, m) \
+     FROM unnest($2::bytea[]) WITH ORDINALITY AS t(m, n) ORDER BY n";
+
 /// PostgreSQL's claim and fenced marks for a table, shared by the sqlx and diesel stores
 /// (retention, backlog figures and dead letters are [`AdminStatements`](crate::admin::AdminStatements)).
 #[derive(Clone, Debug)]

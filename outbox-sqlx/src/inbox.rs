@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use outbox_core::inbox::InboxOutcome;
+use outbox_core::inbox::{InboxOutcome, PurgeBatches};
 use outbox_core::schema::Dialect;
 use outbox_core::{EventId, Result};
 use outbox_sql::InboxStatements;
@@ -61,13 +61,8 @@ pub trait InboxConnection: private::Sealed + Send {
 }
 
 mod private {
+    /// Implemented by `inbox_connection!` for each supported connection.
     pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for sqlx::PgConnection {}
-    #[cfg(feature = "mysql")]
-    impl Sealed for sqlx::MySqlConnection {}
-    #[cfg(feature = "sqlite")]
-    impl Sealed for sqlx::SqliteConnection {}
 }
 
 #[cfg(feature = "sqlite")]
@@ -84,6 +79,9 @@ macro_rules! inbox_connection {
         record_extra: [$($extra:expr),*],
         purge_first: |$age:ident| $first:expr
     ) => {
+        #[cfg(feature = $feature)]
+        impl private::Sealed for $conn {}
+
         #[cfg(feature = $feature)]
         impl InboxConnection for $conn {
             fn dialect() -> Dialect {
@@ -202,15 +200,10 @@ impl Inbox {
         batch: usize,
     ) -> Result<u64> {
         let stmt = &self.statements::<C>().purge;
-        let batch = batch.max(1);
-        let mut total = 0;
+        let mut purge = PurgeBatches::new(batch);
         loop {
-            let n = conn
-                .purge_batch(stmt, older_than, batch)
-                .await
-                .map_err(|e| map_sqlx("purging the inbox", e))?;
-            total += n;
-            if n < batch as u64 {
+            let n = conn.purge_batch(stmt, older_than, purge.size()).await;
+            if let Some(total) = purge.add(n.map_err(|e| map_sqlx("purging the inbox", e))?) {
                 return Ok(total);
             }
         }

@@ -40,6 +40,39 @@ pub type PgOutbox = SqlxOutbox<PgBackend>;
 
 crate::store::module_fns!(PgStore, PgOutbox, PgPool, PgConnection);
 
+/// Writes `envelope` into the WAL as a transactional logical decoding message, through
+/// `conn` (the caller's open transaction, `&mut *tx`): the CDC relay's message mode, with no
+/// outbox table. The relay sees it once the transaction commits; a rollback emits nothing.
+/// Needs `wal_level = logical` for a relay to read it.
+pub async fn emit(conn: &mut PgConnection, envelope: &Envelope) -> Result<()> {
+    emit_all(conn, std::slice::from_ref(envelope)).await
+}
+
+/// Writes `envelopes`, in order, as [`emit`] does, in one statement.
+pub async fn emit_all(conn: &mut PgConnection, envelopes: &[Envelope]) -> Result<()> {
+    emit_with_prefix(conn, outbox_core::codec::MESSAGE_PREFIX, envelopes).await
+}
+
+/// [`emit_all`] with a message prefix of your own, for a relay configured with the same one
+/// (several applications sharing a database, each with its own relay).
+pub async fn emit_with_prefix(
+    conn: &mut PgConnection,
+    prefix: &str,
+    envelopes: &[Envelope],
+) -> Result<()> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let encoded: Vec<Vec<u8>> = envelopes.iter().map(outbox_core::codec::encode).collect();
+    sqlx::query(outbox_sql::PG_EMIT_MESSAGES)
+        .bind(prefix)
+        .bind(encoded)
+        .execute(conn)
+        .await
+        .map_err(|e| map_sqlx("emitting events into the WAL", e))?;
+    Ok(())
+}
+
 /// The claim and the fenced marks (`outbox_sql::PgStatements`), shared cheaply.
 pub struct Statements {
     claim: Sql,

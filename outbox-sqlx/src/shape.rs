@@ -110,3 +110,93 @@ fn column(
         default,
     }
 }
+
+/// `pub async fn $name(pool, schema, table) -> (theirs, ours)` for one database.
+macro_rules! beside_migrate {
+    ($feature:literal, $name:ident, $pool:ty, $module:ident, $shape:ident, $kind:literal,
+     $dialect:ident, $tail:literal, $doc:literal) => {
+        #[cfg(feature = $feature)]
+        #[doc = $doc]
+        ///
+        /// The reference is a scratch `<schema>_reference`, dropped again; equal shapes mean
+        /// a table made by another tool's migration is one the relay claims as its own.
+        pub async fn $name(
+            pool: &$pool,
+            schema: &str,
+            table: &str,
+        ) -> outbox_core::Result<(TableShape, TableShape)> {
+            beside_reference(
+                schema,
+                table,
+                async |name| crate::$module::migrate(pool, name).await,
+                async |s| $shape(pool, s, table).await,
+                async |s| drop_scratch(pool, $kind, outbox_core::Dialect::$dialect, s, $tail).await,
+            )
+            .await
+        }
+    };
+}
+
+beside_migrate!(
+    "postgres",
+    postgres_beside_migrate,
+    sqlx::PgPool,
+    postgres,
+    postgres,
+    "SCHEMA",
+    Postgres,
+    " CASCADE",
+    "`schema.table` on PostgreSQL beside the table [`crate::postgres::migrate`] creates: \
+     `(theirs, ours)`."
+);
+beside_migrate!(
+    "mysql",
+    mysql_beside_migrate,
+    sqlx::MySqlPool,
+    mysql,
+    mysql,
+    "DATABASE",
+    MySql,
+    "",
+    "`database.table` on MySQL / MariaDB beside the table [`crate::mysql::migrate`] \
+     creates: `(theirs, ours)`."
+);
+
+/// Migrates the scratch `<schema>_reference`, reads both shapes, and drops the scratch
+/// namespace whether or not the reads worked.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn beside_reference(
+    schema: &str,
+    table: &str,
+    migrate: impl AsyncFnOnce(&outbox_core::TableName) -> outbox_core::Result<()>,
+    shape: impl AsyncFn(&str) -> outbox_core::Result<TableShape>,
+    drop: impl AsyncFnOnce(&str) -> outbox_core::Result<()>,
+) -> outbox_core::Result<(TableShape, TableShape)> {
+    let reference = format!("{schema}_reference");
+    migrate(&outbox_core::TableName::with_schema(&reference, table)?).await?;
+    let (theirs, ours) = (shape(schema).await, shape(&reference).await);
+    drop(&reference).await?;
+    Ok((theirs?, ours?))
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn drop_scratch<'c, E>(
+    executor: E,
+    kind: &str,
+    dialect: outbox_core::Dialect,
+    name: &str,
+    tail: &str,
+) -> outbox_core::Result<()>
+where
+    E: sqlx::Executor<'c>,
+{
+    let text = format!(
+        "DROP {kind} IF EXISTS {}{tail}",
+        outbox_sql::quote_ident(dialect, name)
+    );
+    executor
+        .execute(sqlx::AssertSqlSafe(text))
+        .await
+        .map(drop)
+        .map_err(|e| crate::error::map_sqlx("dropping the scratch reference table", e))
+}

@@ -244,11 +244,7 @@ fn config() -> LogRelayConfig {
         max_poll_interval: Duration::from_millis(100),
         gap_grace: Duration::from_millis(50),
         gap_timeout: Duration::from_secs(600),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(50),
-            ..RetryPolicy::default()
-        },
+        retry: RetryPolicy::backoff(Duration::from_millis(10), Duration::from_millis(50), 10),
         ..LogRelayConfig::default()
     }
 }

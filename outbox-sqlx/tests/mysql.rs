@@ -5,14 +5,16 @@
 use std::time::Duration;
 
 use outbox_core::store::Store;
-use outbox_core::testkit::{run_operations_suite, run_store_suite, unique_name};
+use outbox_core::testkit::{
+    assert_relays_exactly, run_operations_suite, run_store_suite, unique_name,
+};
 use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay, TableName};
 use outbox_sql::Quote;
 use outbox_sqlx::mysql::MySqlBackend;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 mod common;
-use common::{assert_once_in_key_order, assert_relays_exactly, ev};
+use common::{assert_once_in_key_order, ev};
 
 common::harness!(My, MySqlBackend, MySqlPool);
 
@@ -69,7 +71,7 @@ async fn conformance_suite_on_mariadb() {
 async fn exactly_committed_events_are_relayed() {
     let url = outbox_core::service_or_skip!("exactly_committed_events_are_relayed", MySql);
     let my = My::new(&url, "outbox_test").await;
-    let committed = vec![ev("a", 1), ev("b", 2)];
+    let committed = common::committed_pair();
     my.write(&committed, true).await.expect("commit");
     my.write(&[ev("c", 3)], false).await.expect("rollback");
 

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::testkit::{run_operations_suite, run_store_suite, unique_name};
+use outbox_core::testkit::{
+    assert_relays_exactly, run_operations_suite, run_store_suite, unique_name,
+};
 use outbox_core::{Envelope, InMemoryPublisher, Relay, TableName};
 use outbox_sqlx::postgres::{PgBackend, PgNotifier, PgWakeUp};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 mod common;
-use common::{assert_once_in_key_order, assert_relays_exactly, ev};
+use common::{assert_once_in_key_order, ev};
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
@@ -65,7 +67,7 @@ async fn exactly_committed_events_are_relayed() {
     let url = outbox_core::service_or_skip!("exactly_committed_events_are_relayed", Postgres);
     let prefix = unique_name("outbox_test");
     let pg = Pg::new(&url, &prefix).await;
-    let committed = vec![ev("a", 1), ev("b", 2)];
+    let committed = common::committed_pair();
     pg.write(&committed, true).await.expect("commit");
     pg.write(&[ev("c", 3)], false).await.expect("rollback");
 
@@ -152,4 +154,104 @@ async fn injected_table_names_are_refused() {
         let err = TableName::parse(bad).expect_err("must refuse");
         assert!(err.to_string().contains("not a valid identifier"), "{err}");
     }
+}
+
+/// The logical decoding messages with `prefix` a pgoutput slot holds, in WAL order: each
+/// `M` message is `M`, flags, LSN, the prefix (NUL-terminated), a length and the content.
+async fn slot_messages(pool: &PgPool, slot: &str, publication: &str, prefix: &str) -> Vec<Vec<u8>> {
+    let changes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, \
+         'proto_version', '1', 'publication_names', $2, 'messages', 'true')",
+    )
+    .bind(slot)
+    .bind(publication)
+    .fetch_all(pool)
+    .await
+    .expect("read the slot");
+    let mut out = Vec::new();
+    for data in changes.iter().filter(|d| d.first() == Some(&b'M')) {
+        let rest = &data[10..];
+        let nul = rest.iter().position(|b| *b == 0).expect("prefix end");
+        if &rest[..nul] != prefix.as_bytes() {
+            continue;
+        }
+        let body = &rest[nul + 1..];
+        let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        assert_eq!(data[1], 1, "the message is transactional");
+        out.push(body[4..4 + len].to_vec());
+    }
+    out
+}
+
+/// `emit` writes the envelope into the WAL inside the caller's transaction: a committed
+/// one is read back from a slot byte for byte, a rolled-back one never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitted_envelopes_reach_the_wal_only_when_committed() {
+    use outbox_core::codec;
+    let url = outbox_core::service_or_skip!("emitted_envelopes_reach_the_wal", Postgres);
+    let pool = pool(&url).await;
+    let level: String = sqlx::query_scalar("SHOW wal_level")
+        .fetch_one(&pool)
+        .await
+        .expect("wal_level");
+    assert_eq!(
+        level, "logical",
+        "scripts/services.sh sets wal_level = logical"
+    );
+    let slot = unique_name("outbox_emit");
+    let publication = unique_name("outbox_emit_pub");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE PUBLICATION {publication}"
+    )))
+    .execute(&pool)
+    .await
+    .expect("publication");
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .expect("slot");
+
+    let committed = vec![ev("a", 1), ev("a", 2), ev("b", 3)];
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::postgres::emit(&mut tx, &committed[0])
+        .await
+        .expect("emit");
+    outbox_sqlx::postgres::emit_all(&mut tx, &committed[1..])
+        .await
+        .expect("emit all");
+    tx.commit().await.expect("commit");
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::postgres::emit(&mut tx, &ev("c", 4))
+        .await
+        .expect("emit");
+    tx.rollback().await.expect("rollback");
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::postgres::emit_with_prefix(&mut tx, "someone_else", &[ev("d", 5)])
+        .await
+        .expect("emit with another prefix");
+    tx.commit().await.expect("commit");
+
+    let got = slot_messages(&pool, &slot, &publication, codec::MESSAGE_PREFIX).await;
+    let limits = outbox_core::ValidationLimits::default();
+    let decoded: Vec<Envelope> = got
+        .iter()
+        .map(|m| codec::decode(m, &limits).expect("a decodable envelope"))
+        .collect();
+    assert_eq!(
+        decoded, committed,
+        "the committed envelopes, in order, nothing else"
+    );
+
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .expect("drop slot");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP PUBLICATION {publication}"
+    )))
+    .execute(&pool)
+    .await
+    .expect("drop publication");
 }

@@ -2,12 +2,14 @@
 #![cfg(feature = "sqlite")]
 
 use outbox_core::TableName;
-use outbox_core::testkit::{run_operations_suite, run_store_suite, unique_name};
+use outbox_core::testkit::{
+    assert_relays_exactly, run_operations_suite, run_store_suite, unique_name,
+};
 use outbox_sqlx::sqlite::{SqliteBackend, connect};
 use sqlx::sqlite::SqlitePool;
 
 mod common;
-use common::{assert_relays_exactly, ev};
+use common::ev;
 
 common::harness!(Lite, SqliteBackend, SqlitePool);
 
@@ -39,7 +41,7 @@ async fn conformance_suite_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_committed_events_are_relayed() {
     let lite = Lite::new().await;
-    let committed = vec![ev("a", 1), ev("b", 2)];
+    let committed = common::committed_pair();
     lite.write(&committed, true).await.expect("commit");
     lite.write(&[ev("c", 3)], false).await.expect("rollback");
     // The application dies mid-transaction: its connection goes away without COMMIT.

@@ -15,52 +15,23 @@ use crate::engine::{Candidate, Fate, PublishEngine};
 use crate::error::Result;
 use crate::metrics::{NoMetrics, RelayMetrics};
 use crate::publisher::Publisher;
-use crate::relay::{check_relay_timing, invalid};
+use crate::relay::{invalid, relay_settings};
 use crate::retry::RetryPolicy;
 
-/// Log relay settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogRelayConfig {
-    /// Most rows per read (default 500).
-    pub batch_size: usize,
-    /// How long the checkpoint is held between rounds (default 30 s).
-    #[serde(with = "crate::duration_serde")]
-    pub lease: Duration,
-    /// Longest wait for one publish call; shorter than `lease` (default 10 s).
-    #[serde(with = "crate::duration_serde")]
-    pub publish_timeout: Duration,
-    /// Wait after a read that found nothing; doubles while idle (default 100 ms).
-    #[serde(with = "crate::duration_serde")]
-    pub poll_interval: Duration,
-    /// Longest wait between polls while idle (default 1 s).
-    #[serde(with = "crate::duration_serde")]
-    pub max_poll_interval: Duration,
-    /// How long a gap the database vouches for stays open anyway (default 1 s).
-    #[serde(with = "crate::duration_serde")]
-    pub gap_grace: Duration,
-    /// How long a gap stays open when the database cannot vouch for it (default 5 min).
-    #[serde(with = "crate::duration_serde")]
-    pub gap_timeout: Duration,
-    /// Most open gaps kept; the oldest beyond this are closed (default 10,000).
-    pub max_gaps: usize,
-    /// Back-off between attempts and when a row is given up.
-    pub retry: RetryPolicy,
-}
-
-impl Default for LogRelayConfig {
-    fn default() -> Self {
-        LogRelayConfig {
-            batch_size: 500,
-            lease: Duration::from_secs(30),
-            publish_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(100),
-            max_poll_interval: Duration::from_secs(1),
-            gap_grace: Duration::from_secs(1),
-            gap_timeout: Duration::from_secs(300),
-            max_gaps: 10_000,
-            retry: RetryPolicy::default(),
-        }
+relay_settings! {
+    /// Log relay settings.
+    pub struct LogRelayConfig {
+        unit: "read",
+        held: "the checkpoint",
+        max_idle: ("1 s", Duration::from_secs(1)),
+        /// How long a gap the database vouches for stays open anyway (default 1 s).
+        #[serde(with = "crate::duration_serde")]
+        pub gap_grace: Duration = Duration::from_secs(1),
+        /// How long a gap stays open when the database cannot vouch for it (default 5 min).
+        #[serde(with = "crate::duration_serde")]
+        pub gap_timeout: Duration = Duration::from_secs(300),
+        /// Most open gaps kept; the oldest beyond this are closed (default 10,000).
+        pub max_gaps: usize = 10_000,
     }
 }
 
@@ -68,14 +39,6 @@ impl LogRelayConfig {
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<()> {
         const SECTION: &str = "event-table relay setting";
-        check_relay_timing(
-            SECTION,
-            self.batch_size,
-            self.lease,
-            self.publish_timeout,
-            self.poll_interval,
-            self.max_poll_interval,
-        )?;
         if self.gap_timeout < self.gap_grace {
             return Err(invalid(
                 SECTION,
@@ -86,7 +49,7 @@ impl LogRelayConfig {
         if self.max_gaps == 0 {
             return Err(invalid(SECTION, "max_gaps", "must be at least 1"));
         }
-        self.retry.validate()
+        self.check_pacing(SECTION)
     }
 }
 
@@ -111,8 +74,10 @@ pub struct LogReport {
     pub not_owner: bool,
 }
 
-impl LogReport {
-    fn add(&mut self, o: &LogReport) {
+/// Adds a later round to a running total: counts add up, the state (gaps open, retry step,
+/// ownership) is the later round's.
+impl std::ops::AddAssign<&LogReport> for LogReport {
+    fn add_assign(&mut self, o: &LogReport) {
         self.read += o.read;
         self.published += o.published;
         self.retried += o.retried;
@@ -327,7 +292,7 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
         let mut total = LogReport::default();
         loop {
             let r = self.run_once().await?;
-            total.add(&r);
+            total += &r;
             if r.not_owner || (r.read == 0 && r.retried == 0) {
                 return Ok(total);
             }
@@ -354,7 +319,7 @@ impl<S: LogSource, P: Publisher> LogRelay<S, P> {
             let wait = match round {
                 Ok(r) => {
                     failures = 0;
-                    total.add(&r);
+                    total += &r;
                     if r.retried > 0 {
                         cfg.retry.delay(r.retry_attempts.max(1))
                     } else if r.read >= cfg.batch_size {

@@ -251,28 +251,92 @@ pub fn round_trip_event(key: &str, n: usize, destination: &str) -> crate::Envelo
         .expect("a valid test envelope")
 }
 
+/// Drains `store` through a [`crate::Relay`] into an [`crate::InMemoryPublisher`] and asserts
+/// that exactly `want` was published, field for field, whatever the order: the check of every
+/// mixed-stack test (events written by one client, relayed by another store).
+pub async fn assert_relays_exactly<S>(store: S, want: &[crate::Envelope])
+where
+    S: crate::Store + 'static,
+{
+    let publisher = crate::InMemoryPublisher::new();
+    let relay =
+        crate::Relay::new(store, publisher.clone(), fast_relay_config()).expect("a valid relay");
+    let report = relay.drain().await.expect("the relay drains");
+    assert_eq!(report.published, want.len(), "events published");
+    let mut got: Vec<crate::Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| d.envelope)
+        .collect();
+    got.sort_by_key(crate::Envelope::id);
+    let mut want = want.to_vec();
+    want.sort_by_key(crate::Envelope::id);
+    assert_eq!(
+        got, want,
+        "exactly the committed envelopes, field for field"
+    );
+}
+
+/// A relay running in a task of its own until [`RunningRelay::stop`], as a process runs it.
+pub struct RunningRelay {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<crate::BatchReport>,
+}
+
+impl RunningRelay {
+    /// Spawns `relay.run_until(..)` on the current runtime.
+    pub fn spawn<S, P>(relay: crate::Relay<S, P>) -> RunningRelay
+    where
+        S: crate::Store + 'static,
+        P: crate::Publisher + 'static,
+    {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(relay.run_until(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        RunningRelay { stop, task }
+    }
+
+    /// Asks the relay to shut down and waits for its report of everything it did.
+    pub async fn stop(self) -> crate::BatchReport {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .expect("the relay task ends without a panic")
+    }
+}
+
+/// Waits until `store` has nothing pending or in flight, checking every 50 ms; panics with
+/// the last stats after `within`.
+pub async fn wait_until_drained<S: crate::StoreStats>(store: &S, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = store.stats().await.expect("backlog stats");
+        if s.pending == 0 && s.in_flight == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not drain the store in {within:?}: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn host_port_parses_urls() {
-        assert_eq!(
-            host_port("postgres://u:p@127.0.0.1:5432/test").as_deref(),
-            Some("127.0.0.1:5432")
-        );
-        assert_eq!(
-            host_port("mysql://root@localhost:3306/test?x=1").as_deref(),
-            Some("localhost:3306")
-        );
-        assert_eq!(
-            host_port("nats://127.0.0.1:4222").as_deref(),
-            Some("127.0.0.1:4222")
-        );
-        assert_eq!(
-            host_port("127.0.0.1:9092").as_deref(),
-            Some("127.0.0.1:9092")
-        );
+        for (url, want) in [
+            ("postgres://u:p@127.0.0.1:5432/test", "127.0.0.1:5432"),
+            ("mysql://root@localhost:3306/test?x=1", "localhost:3306"),
+            ("nats://127.0.0.1:4222", "127.0.0.1:4222"),
+            ("127.0.0.1:9092", "127.0.0.1:9092"),
+        ] {
+            assert_eq!(host_port(url).as_deref(), Some(want), "{url}");
+        }
         assert_eq!(host_port("sqlite::memory:"), None);
     }
 

@@ -274,7 +274,6 @@ where
     use crate::relay::{Relay, RelayConfig};
     use crate::retry::RetryPolicy;
     use crate::schema::RowStatus;
-    use crate::store::StoreStats;
     use std::collections::HashSet;
 
     let dest = reader.destination();
@@ -291,19 +290,11 @@ where
         publish_timeout: Duration::from_secs(4),
         poll_interval: Duration::from_millis(20),
         max_poll_interval: Duration::from_millis(100),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-            max_attempts: 1000,
-            ..RetryPolicy::default()
-        },
+        retry: RetryPolicy::backoff(Duration::from_millis(50), Duration::from_millis(500), 1000),
         ..RelayConfig::default()
     };
     let relay = Relay::new(store.clone(), publisher, config).expect("relay");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(relay.run_until(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    }));
+    let running = super::RunningRelay::spawn(relay);
 
     // Each cut comes as soon as the relay's own store (read at once, unlike the broker) shows
     // progress, so it lands in the middle of publishing, where a call's first messages can
@@ -338,20 +329,8 @@ where
         proxy.set_refusing(false);
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = store.stats().await.expect("stats");
-        if s.pending == 0 && s.in_flight == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay did not recover: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(true);
-    run.await.expect("relay task");
+    super::wait_until_drained(&store, Duration::from_secs(60)).await;
+    running.stop().await;
 
     assert!(
         proxy.connections() > before,

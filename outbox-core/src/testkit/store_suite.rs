@@ -23,12 +23,24 @@ pub trait StoreHarness: Send + Sync + 'static {
     /// A handle to the store (cheap: a pool clone).
     fn store(&self) -> Self::Store;
 
-    /// Writes `events` in one transaction and commits it. Adapters that enqueue in the
-    /// caller's transaction should also write a business row in it, as an application does.
-    fn commit(&self, events: Vec<Envelope>) -> impl Future<Output = Result<()>> + Send;
+    /// Writes `events` in one transaction, then commits it (`commit`) or rolls it back.
+    /// Adapters that enqueue in the caller's transaction should also write a business row in
+    /// it, as an application does.
+    fn transact(
+        &self,
+        events: Vec<Envelope>,
+        commit: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes `events` in one transaction and commits it.
+    fn commit(&self, events: Vec<Envelope>) -> impl Future<Output = Result<()>> + Send {
+        self.transact(events, true)
+    }
 
     /// Writes `events` in one transaction and rolls it back.
-    fn roll_back(&self, events: Vec<Envelope>) -> impl Future<Output = Result<()>> + Send;
+    fn roll_back(&self, events: Vec<Envelope>) -> impl Future<Output = Result<()>> + Send {
+        self.transact(events, false)
+    }
 
     /// Overwrites the committed row of event `id` with `headers` that are not a JSON object,
     /// as another tool might, so that it no longer decodes. Returns `false` if the store

@@ -57,8 +57,9 @@ use outbox_core::event_table::{
 };
 use outbox_core::{Error, ErrorKind, EventId, Result, TableName, ValidationLimits};
 use outbox_sql::Quote;
-use outbox_sql::event_table::{as_micros, as_text};
+use outbox_sql::event_table::{Hold, as_micros, as_text};
 use outbox_sql::quote_ident;
+use outbox_sql::{Bound, Value};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -455,19 +456,34 @@ where
     rows.iter().map(raw_from).collect()
 }
 
-/// What the checkpoint statements of every database take.
-struct Hold<'a> {
-    /// The checkpoint table, quoted.
-    table: String,
-    /// The source's name, the checkpoint's key.
-    name: &'a str,
-    /// The relay taking or holding it.
-    owner: &'a str,
-    /// The owner's name without its instance part (`owner_name`).
-    owner_name: &'a str,
-    /// The lease, in microseconds.
-    lease_us: i64,
+/// A failed read of the event table, as the relay reports it.
+fn read_failed(e: sqlx::Error) -> Error {
+    map_sqlx("reading the event table", e)
 }
+
+/// The rows `q` selects in the snapshot of `tx`, which then ends.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn rows_then_commit<DB: sqlx::Database>(
+    mut tx: sqlx::Transaction<'_, DB>,
+    q: String,
+) -> Result<Vec<DB::Row>>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let rows = sqlx::query(sql(q))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(read_failed)?;
+    tx.commit().await.map_err(read_failed)?;
+    Ok(rows)
+}
+
+/// Where a new checkpoint starts: its `high` position and its initial state.
+type Seed<'a> = (i64, &'a str);
+
+/// What taking a checkpoint read back: its owner and state, if the row was there.
+type Taken = std::result::Result<Option<(Option<String>, String)>, sqlx::Error>;
 
 /// Calls `$module::$f(pool, args…)` for whichever database the pool is on.
 macro_rules! by_database {
@@ -503,7 +519,7 @@ impl LogSource for EventTableSource {
     async fn acquire(&self, owner: &str, lease_for: Duration) -> Result<Option<Checkpoint>> {
         let hold = self.hold(owner, lease_for);
         let (start, init) = (self.mapping.start_after, self.initial_state()?);
-        let row = by_database!(&self.pool, acquire(&hold, start, &init))
+        let row = by_database!(&self.pool, acquire(&hold, (start, &init)))
             .map_err(|e| map_sqlx("taking the checkpoint", e))?;
         match row {
             Some((Some(o), state)) if o == owner => parse_state(&state).map(Some),
@@ -519,8 +535,23 @@ impl LogSource for EventTableSource {
     async fn save(&self, owner: &str, lease_for: Duration, checkpoint: &Checkpoint) -> Result<()> {
         let hold = self.hold(owner, lease_for);
         let state = encode_state(checkpoint)?;
-        let rows = by_database!(&self.pool, save(&hold, &state, checkpoint.high))
-            .map_err(|e| map_sqlx("saving the checkpoint", e))?;
+        let now_us = Utc::now().timestamp_micros();
+        let Bound { text, values } =
+            hold.save(self.pool.dialect(), &state, checkpoint.high, now_us);
+        let rows = each!(AnyPool, &self.pool, p => {
+            let mut q = sqlx::query(sql(text));
+            for v in values {
+                // Checkpoint statements bind text and integers; times are microseconds.
+                q = match v {
+                    Value::Text(t) => q.bind(t),
+                    Value::Int(i) => q.bind(i),
+                    Value::Time(t) => q.bind(t.timestamp_micros()),
+                    Value::Id(id) => q.bind(id.to_string()),
+                };
+            }
+            q.execute(p).await.map(|done| done.rows_affected())
+        })
+        .map_err(|e| map_sqlx("saving the checkpoint", e))?;
         if rows == 0 {
             return Err(Error::new(
                 ErrorKind::LeaseLost,

@@ -10,18 +10,14 @@ use outbox_core::event_table::{GapOracle, LogRead};
 use sqlx::MySqlPool;
 use tracing::warn;
 
-use super::{EventTableSource, Hold, micros_to_time, raws};
+use super::{
+    EventTableSource, Hold, Seed, Taken, micros_to_time, raws, read_failed, rows_then_commit,
+};
 use crate::common::sql;
-use crate::error::map_sqlx;
 
 /// Takes the checkpoint (creating it at `start` with `init` state) if free, held by this
 /// owner already, or expired; returns its owner and state.
-pub(super) async fn acquire(
-    p: &MySqlPool,
-    hold: &Hold<'_>,
-    start: i64,
-    init: &str,
-) -> std::result::Result<Option<(Option<String>, String)>, sqlx::Error> {
+pub(super) async fn acquire(p: &MySqlPool, hold: &Hold<'_>, (start, init): Seed<'_>) -> Taken {
     let t = &hold.table;
     let ins = format!(
         "INSERT IGNORE INTO {t} (name, owner, lease_until, high, state, updated_at) \
@@ -56,8 +52,7 @@ pub(super) async fn acquire(
 /// Reads the rows `q` selects in one consistent snapshot, with the oldest running
 /// transaction's start as the horizon when the server shows it.
 pub(super) async fn read(p: &MySqlPool, source: &EventTableSource, q: String) -> Result<LogRead> {
-    let err = |e| map_sqlx("reading the event table", e);
-    let mut conn = p.acquire().await.map_err(err)?;
+    let mut conn = p.acquire().await.map_err(read_failed)?;
     // The oldest running transaction is measured before the snapshot is taken, the
     // marker (now) after: see `LogSource::read`.
     let oldest: std::result::Result<(Option<i64>,), sqlx::Error> = sqlx::query_as(
@@ -82,7 +77,7 @@ pub(super) async fn read(p: &MySqlPool, source: &EventTableSource, q: String) ->
         "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
     )
     .await
-    .map_err(err)?;
+    .map_err(read_failed)?;
     // A sqlx transaction, so that a read cut off half-way (a cancelled relay) is rolled
     // back instead of returning an open snapshot to the pool, where it would hold the
     // horizon back.
@@ -91,14 +86,13 @@ pub(super) async fn read(p: &MySqlPool, source: &EventTableSource, q: String) ->
         "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
     )
     .await
-    .map_err(err)?;
+    .map_err(read_failed)?;
     let (now_us,): (i64,) =
         sqlx::query_as("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)")
             .fetch_one(&mut *tx)
             .await
-            .map_err(err)?;
-    let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
-    tx.commit().await.map_err(err)?;
+            .map_err(read_failed)?;
+    let rows = rows_then_commit(tx, q).await?;
     let oracle = match oldest {
         Some(o) => GapOracle::Horizon {
             marker: now_us,
@@ -106,29 +100,9 @@ pub(super) async fn read(p: &MySqlPool, source: &EventTableSource, q: String) ->
         },
         None => GapOracle::Unknown,
     };
-    Ok(source.split(raws(&rows).map_err(err)?, micros_to_time(now_us), oracle))
-}
-
-/// Saves the checkpoint if `hold.owner` still holds it, extending the lease; returns the
-/// rows changed (0: the lease was lost).
-pub(super) async fn save(
-    p: &MySqlPool,
-    hold: &Hold<'_>,
-    state: &str,
-    high: i64,
-) -> std::result::Result<u64, sqlx::Error> {
-    let q = format!(
-        "UPDATE {} SET state = ?, high = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
-         updated_at = UTC_TIMESTAMP(6) WHERE name = ? AND owner = ?",
-        hold.table
-    );
-    let done = sqlx::query(sql(q))
-        .bind(state)
-        .bind(high)
-        .bind(hold.lease_us)
-        .bind(hold.name)
-        .bind(hold.owner)
-        .execute(p)
-        .await?;
-    Ok(done.rows_affected())
+    Ok(source.split(
+        raws(&rows).map_err(read_failed)?,
+        micros_to_time(now_us),
+        oracle,
+    ))
 }

@@ -6,18 +6,14 @@ use outbox_core::Result;
 use outbox_core::event_table::{GapOracle, LogRead};
 use sqlx::PgPool;
 
-use super::{EventTableSource, Hold, micros_to_time, raws};
+use super::{
+    EventTableSource, Hold, Seed, Taken, micros_to_time, raws, read_failed, rows_then_commit,
+};
 use crate::common::sql;
-use crate::error::map_sqlx;
 
 /// Takes the checkpoint (creating it at `start` with `init` state) if free, held by this
 /// owner already, or expired; returns its owner and state.
-pub(super) async fn acquire(
-    p: &PgPool,
-    hold: &Hold<'_>,
-    start: i64,
-    init: &str,
-) -> std::result::Result<Option<(Option<String>, String)>, sqlx::Error> {
+pub(super) async fn acquire(p: &PgPool, hold: &Hold<'_>, (start, init): Seed<'_>) -> Taken {
     let q = format!(
         "INSERT INTO {} AS c (name, owner, owner_name, lease_until, high, state) \
          VALUES ($1, $2, $6, now() + make_interval(secs => $3::bigint / 1000000.0), $4, $5) \
@@ -41,12 +37,11 @@ pub(super) async fn acquire(
 
 /// Reads the rows `q` selects in one snapshot, with the horizon that snapshot vouches for.
 pub(super) async fn read(p: &PgPool, source: &EventTableSource, q: String) -> Result<LogRead> {
-    let err = |e| map_sqlx("reading the event table", e);
-    let mut tx = p.begin().await.map_err(err)?;
+    let mut tx = p.begin().await.map_err(read_failed)?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await
-        .map_err(err)?;
+        .map_err(read_failed)?;
     // The first statement fixes the snapshot; the horizon comes from it.
     let (now_us, xmin, xmax): (i64, i64, i64) = sqlx::query_as(
         "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT), \
@@ -55,36 +50,15 @@ pub(super) async fn read(p: &PgPool, source: &EventTableSource, q: String) -> Re
     )
     .fetch_one(&mut *tx)
     .await
-    .map_err(err)?;
-    let rows = sqlx::query(sql(q)).fetch_all(&mut *tx).await.map_err(err)?;
-    tx.commit().await.map_err(err)?;
+    .map_err(read_failed)?;
+    let rows = rows_then_commit(tx, q).await?;
     let oracle = GapOracle::Horizon {
         marker: xmax,
         oldest_running: Some(xmin),
     };
-    Ok(source.split(raws(&rows).map_err(err)?, micros_to_time(now_us), oracle))
-}
-
-/// Saves the checkpoint if `hold.owner` still holds it, extending the lease; returns the
-/// rows changed (0: the lease was lost).
-pub(super) async fn save(
-    p: &PgPool,
-    hold: &Hold<'_>,
-    state: &str,
-    high: i64,
-) -> std::result::Result<u64, sqlx::Error> {
-    let q = format!(
-        "UPDATE {} SET state = $1, high = $2, lease_until = now() + make_interval(secs => $3::bigint / 1000000.0), \
-         updated_at = now() WHERE name = $4 AND owner = $5",
-        hold.table
-    );
-    let done = sqlx::query(sql(q))
-        .bind(state)
-        .bind(high)
-        .bind(hold.lease_us)
-        .bind(hold.name)
-        .bind(hold.owner)
-        .execute(p)
-        .await?;
-    Ok(done.rows_affected())
+    Ok(source.split(
+        raws(&rows).map_err(read_failed)?,
+        micros_to_time(now_us),
+        oracle,
+    ))
 }

@@ -7,18 +7,12 @@ use outbox_core::Result;
 use outbox_core::event_table::{GapOracle, LogRead};
 use sqlx::SqlitePool;
 
-use super::{EventTableSource, Hold, raws};
+use super::{EventTableSource, Hold, Seed, Taken, raws, read_failed};
 use crate::common::sql;
-use crate::error::map_sqlx;
 
 /// Takes the checkpoint (creating it at `start` with `init` state) if free, held by this
 /// owner already, or expired; returns its owner and state.
-pub(super) async fn acquire(
-    p: &SqlitePool,
-    hold: &Hold<'_>,
-    start: i64,
-    init: &str,
-) -> std::result::Result<Option<(Option<String>, String)>, sqlx::Error> {
+pub(super) async fn acquire(p: &SqlitePool, hold: &Hold<'_>, (start, init): Seed<'_>) -> Taken {
     let t = &hold.table;
     let now = Utc::now().timestamp_micros();
     let ins = format!(
@@ -51,32 +45,13 @@ pub(super) async fn acquire(
 
 /// Reads the rows `q` selects.
 pub(super) async fn read(p: &SqlitePool, source: &EventTableSource, q: String) -> Result<LogRead> {
-    let err = |e| map_sqlx("reading the event table", e);
-    let rows = sqlx::query(sql(q)).fetch_all(p).await.map_err(err)?;
-    Ok(source.split(raws(&rows).map_err(err)?, Utc::now(), GapOracle::Serialized))
-}
-
-/// Saves the checkpoint if `hold.owner` still holds it, extending the lease; returns the
-/// rows changed (0: the lease was lost).
-pub(super) async fn save(
-    p: &SqlitePool,
-    hold: &Hold<'_>,
-    state: &str,
-    high: i64,
-) -> std::result::Result<u64, sqlx::Error> {
-    let now = Utc::now().timestamp_micros();
-    let q = format!(
-        "UPDATE {} SET state = ?, high = ?, lease_until = ?, updated_at = ? WHERE name = ? AND owner = ?",
-        hold.table
-    );
-    let done = sqlx::query(sql(q))
-        .bind(state)
-        .bind(high)
-        .bind(now.saturating_add(hold.lease_us))
-        .bind(now)
-        .bind(hold.name)
-        .bind(hold.owner)
-        .execute(p)
-        .await?;
-    Ok(done.rows_affected())
+    let rows = sqlx::query(sql(q))
+        .fetch_all(p)
+        .await
+        .map_err(read_failed)?;
+    Ok(source.split(
+        raws(&rows).map_err(read_failed)?,
+        Utc::now(),
+        GapOracle::Serialized,
+    ))
 }

@@ -5,8 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use outbox_core::store::Store;
-use outbox_core::{Envelope, EventId, InMemoryPublisher, Relay};
+use outbox_core::{Envelope, EventId, InMemoryPublisher};
 
 /// A harness type `$name` over `$backend`'s store: `setup` migrates the outbox table
 /// (twice: migrations are idempotent) and creates the business table `orders` (a quoted
@@ -96,14 +95,12 @@ macro_rules! harness {
             fn store(&self) -> Self::Store {
                 self.store.clone()
             }
-            async fn commit(&self, events: Vec<outbox_core::Envelope>) -> outbox_core::Result<()> {
-                self.write(&events, true).await
-            }
-            async fn roll_back(
+            async fn transact(
                 &self,
                 events: Vec<outbox_core::Envelope>,
+                commit: bool,
             ) -> outbox_core::Result<()> {
-                self.write(&events, false).await
+                self.write(&events, commit).await
             }
             async fn corrupt_headers(&self, id: outbox_core::EventId) -> outbox_core::Result<bool> {
                 use outbox_sql::Quote;
@@ -131,20 +128,13 @@ pub fn ev(key: &str, n: usize) -> Envelope {
     outbox_core::testkit::order_event("orders", key, n)
 }
 
-/// Drains `store` with one relay and checks that exactly `committed` was published.
-pub async fn assert_relays_exactly<S: Store + 'static>(store: S, committed: &[Envelope]) {
-    let publisher = InMemoryPublisher::new();
-    let relay = Relay::new(
-        store,
-        publisher.clone(),
-        outbox_core::testkit::fast_relay_config(),
-    )
-    .expect("relay");
-    let report = relay.drain().await.expect("drain");
-    assert_eq!(report.published, committed.len());
-    let got: HashSet<EventId> = publisher.delivered_ids().into_iter().collect();
-    let want: HashSet<EventId> = committed.iter().map(Envelope::id).collect();
-    assert_eq!(got, want, "exactly the committed events");
+/// Two events to commit whose read-back compares field for field: whole-microsecond
+/// times, a header and a trace.
+pub fn committed_pair() -> Vec<Envelope> {
+    vec![
+        outbox_core::testkit::round_trip_event("a", 1, "orders"),
+        outbox_core::testkit::round_trip_event("b", 2, "orders"),
+    ]
 }
 
 /// Every event of `written` was delivered once, each key's in the order written.
