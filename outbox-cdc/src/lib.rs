@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 #[cfg(feature = "postgres")]
+pub mod ledger;
+#[cfg(feature = "postgres")]
 pub mod pgoutput;
 #[cfg(feature = "postgres")]
 pub mod postgres;

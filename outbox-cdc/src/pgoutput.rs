@@ -180,6 +180,22 @@ impl Relations {
 /// PostgreSQL's epoch (2000-01-01) in Unix microseconds.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
+/// The `status` column of an inserted outbox row (binary values), if it has one: `0` for
+/// an event to publish; a CDC relay's own dead letters have another.
+pub fn row_status(relation: &Relation, tuple: &[Datum]) -> Option<i64> {
+    let at = relation
+        .columns
+        .iter()
+        .position(|(name, _)| name == "status")?;
+    match tuple.get(at)? {
+        Datum::Binary(b) if b.len() == 2 => Some(i64::from(i16::from_be_bytes([b[0], b[1]]))),
+        Datum::Binary(b) if b.len() == 4 => {
+            Some(i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        }
+        _ => None,
+    }
+}
+
 /// An inserted outbox row (binary values) as the stored row the stores decode.
 pub fn outbox_row(relation: &Relation, tuple: &[Datum]) -> Result<StoredRow> {
     let by_name: HashMap<&str, &Datum> = relation

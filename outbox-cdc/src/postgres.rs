@@ -11,9 +11,18 @@
 //!   flushed; the slot's `confirmed_flush_lsn` follows within the status interval. While
 //!   nothing is outstanding, a keepalive's WAL end is confirmed too, so an idle relay does
 //!   not hold WAL that other databases' traffic writes.
+//! - **Long transactions.** `pgoutput` sends a transaction only once it committed, so its
+//!   events may be published before its end is read: they are handed out in pieces of
+//!   [`PgStreamConfig::max_piece_events`], and memory stays bounded by the relay's window
+//!   however large the transaction (a crash mid-way replays it whole, with the same ids).
+//! - **TLS.** The URL's `sslmode` (`disable`, `prefer` the default, `require`, `verify-ca`,
+//!   `verify-full`), `sslrootcert`, `sslcert` and `sslkey` parameters are honoured as
+//!   libpq does.
 
 use outbox_core::{Error, ErrorKind, Result, ValidationLimits};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
 
 use crate::pgoutput::{Change, Relations, decode, outbox_row};
 use crate::relay::{ChangeStream, CommittedTx, LogEvent};
@@ -31,6 +40,22 @@ pub struct PgStreamConfig {
     pub prefix: String,
     /// Limits decoded envelopes are checked against.
     pub limits: ValidationLimits,
+    /// Most events of one transaction handed out at once; a longer transaction comes in
+    /// several pieces (default 1 000).
+    pub max_piece_events: usize,
+}
+
+impl PgStreamConfig {
+    /// A stream of `spec` through `url`, with the default prefix, limits and piece size.
+    pub fn new(url: impl Into<String>, spec: SlotSpec) -> PgStreamConfig {
+        PgStreamConfig {
+            url: url.into(),
+            spec,
+            prefix: outbox_core::codec::MESSAGE_PREFIX.to_owned(),
+            limits: ValidationLimits::default(),
+            max_piece_events: 1_000,
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStreamConfig {
@@ -39,6 +64,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("url", &outbox_core::redact_url(&self.url))
             .field("spec", &self.spec)
             .field("prefix", &self.prefix)
+            .field("max_piece_events", &self.max_piece_events)
             .finish()
     }
 }
@@ -48,8 +74,12 @@ pub struct PgChangeStream {
     client: ReplicationClient,
     relations: Relations,
     config: PgStreamConfig,
-    /// Events of the transaction being read (between Begin and Commit).
+    /// Events of the transaction being read (between Begin and Commit), not handed out.
     open: Vec<LogEvent>,
+    /// Between a Begin and its Commit.
+    in_tx: bool,
+    /// Pieces of the open transaction were handed out.
+    open_handed_out: bool,
     /// The end of a transaction handed out and not confirmed yet.
     outstanding: Option<u64>,
 }
@@ -58,8 +88,19 @@ fn connection_error(what: &str, e: impl std::error::Error + Send + Sync + 'stati
     Error::new(ErrorKind::Connection, what.to_owned()).with_source(e)
 }
 
-/// `(host, port, user, password, database)` of a `postgres://` URL, percent-decoded.
-fn parts(url: &str) -> Result<(String, u16, String, String, String)> {
+/// Where and how to connect, from a `postgres://` URL.
+struct Target {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+    tls: TlsConfig,
+}
+
+/// The [`Target`] of a `postgres://` URL, percent-decoded; `sslmode` and its companions
+/// read as libpq reads them.
+fn parts(url: &str) -> Result<Target> {
     let invalid = |why: &str| {
         Error::new(
             ErrorKind::InvalidInput,
@@ -84,30 +125,67 @@ fn parts(url: &str) -> Result<(String, u16, String, String, String)> {
     if database.is_empty() {
         return Err(invalid("names no database"));
     }
-    Ok((
+    let mut tls = TlsConfig {
+        mode: SslMode::Prefer,
+        ..TlsConfig::default()
+    };
+    for (name, value) in u.query_pairs() {
+        match &*name {
+            "sslmode" => {
+                tls.mode = match &*value {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(invalid(&format!(
+                            "`sslmode` {other:?} is not one of disable, allow, prefer, \
+                             require, verify-ca, verify-full"
+                        )));
+                    }
+                }
+            }
+            "sslrootcert" => tls.ca_pem_path = Some(value.into_owned().into()),
+            "sslcert" => tls.client_cert_pem_path = Some(value.into_owned().into()),
+            "sslkey" => tls.client_key_pem_path = Some(value.into_owned().into()),
+            _ => {}
+        }
+    }
+    if tls.client_cert_pem_path.is_some() != tls.client_key_pem_path.is_some() {
+        return Err(invalid("`sslcert` and `sslkey` go together"));
+    }
+    Ok(Target {
         host,
-        u.port().unwrap_or(5432),
-        decode(u.username())?,
-        decode(u.password().unwrap_or_default())?,
+        port: u.port().unwrap_or(5432),
+        user: decode(u.username())?,
+        password: decode(u.password().unwrap_or_default())?,
         database,
-    ))
+        tls,
+    })
 }
 
 impl PgChangeStream {
     /// Connects to the slot and starts streaming from its confirmed position.
     pub async fn connect(config: PgStreamConfig) -> Result<PgChangeStream> {
         config.spec.validate()?;
-        let (host, port, user, password, database) = parts(&config.url)?;
+        if config.max_piece_events == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "CDC setting `max_piece_events` must be above zero",
+            ));
+        }
+        let target = parts(&config.url)?;
         let replication = ReplicationConfig::new(
-            host,
-            user,
-            password,
-            database,
+            target.host,
+            target.user,
+            target.password,
+            target.database,
             config.spec.slot.clone(),
             config.spec.publication.clone(),
         )
-        .with_port(port)
-        .with_tls(TlsConfig::disabled())
+        .with_port(target.port)
+        .with_tls(target.tls)
         .with_start_lsn(Lsn::from_u64(0))
         .with_binary(true)
         .with_status_interval(std::time::Duration::from_secs(1));
@@ -119,6 +197,8 @@ impl PgChangeStream {
             relations: Relations::default(),
             config,
             open: Vec::new(),
+            in_tx: false,
+            open_handed_out: false,
             outstanding: None,
         })
     }
@@ -129,7 +209,9 @@ impl PgChangeStream {
             Ok(r) => r,
             Err(e) => {
                 return Some(LogEvent::Undecodable {
+                    id: None,
                     position: at,
+                    raw: Vec::new(),
                     error: e.to_string(),
                 });
             }
@@ -138,23 +220,41 @@ impl PgChangeStream {
         if table.schema().unwrap_or("public") != rel.namespace || table.table() != rel.name {
             return None;
         }
-        Some(
-            match outbox_row(rel, tuple)
-                .and_then(|row| row.into_claimed(&self.config.limits).map_err(|u| u.error))
-            {
+        // Dead letters the relay itself writes into the table are no events to publish.
+        if crate::pgoutput::row_status(rel, tuple).is_some_and(|status| status != 0) {
+            return None;
+        }
+        Some(match outbox_row(rel, tuple) {
+            Ok(row) => match row.into_claimed(&self.config.limits) {
                 Ok(claimed) => LogEvent::Event(Box::new(claimed.envelope)),
-                Err(e) => LogEvent::Undecodable {
+                Err(u) => LogEvent::Undecodable {
+                    id: Some(u.id),
                     position: at,
-                    error: e.to_string(),
+                    raw: Vec::new(),
+                    error: u.error.to_string(),
                 },
             },
-        )
+            Err(e) => LogEvent::Undecodable {
+                id: None,
+                position: at,
+                raw: Vec::new(),
+                error: e.to_string(),
+            },
+        })
     }
 }
 
 impl ChangeStream for PgChangeStream {
     async fn next(&mut self) -> Result<Option<CommittedTx>> {
         loop {
+            if self.open.len() >= self.config.max_piece_events {
+                // A committed transaction's first events: publishable before its end.
+                self.open_handed_out = true;
+                return Ok(Some(CommittedTx {
+                    end: None,
+                    events: std::mem::take(&mut self.open),
+                }));
+            }
             let event = self
                 .client
                 .recv()
@@ -162,7 +262,11 @@ impl ChangeStream for PgChangeStream {
                 .map_err(|e| connection_error("reading the replication stream", e))?;
             let Some(event) = event else { return Ok(None) };
             match event {
-                ReplicationEvent::Begin { .. } => self.open.clear(),
+                ReplicationEvent::Begin { .. } => {
+                    self.open.clear();
+                    self.in_tx = true;
+                    self.open_handed_out = false;
+                }
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => match decode(&data) {
@@ -174,7 +278,9 @@ impl ChangeStream for PgChangeStream {
                     }
                     Ok(Change::Other(_)) => {}
                     Err(e) => self.open.push(LogEvent::Undecodable {
+                        id: None,
                         position: wal_start.as_u64(),
+                        raw: data.to_vec(),
                         error: e.to_string(),
                     }),
                 },
@@ -188,28 +294,32 @@ impl ChangeStream for PgChangeStream {
                         match outbox_core::codec::decode(&content, &self.config.limits) {
                             Ok(e) => LogEvent::Event(Box::new(e)),
                             Err(e) => LogEvent::Undecodable {
+                                id: None,
                                 position: lsn.as_u64(),
+                                raw: content.to_vec(),
                                 error: e.to_string(),
                             },
                         },
                     );
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
+                    self.in_tx = false;
                     let events = std::mem::take(&mut self.open);
-                    if events.is_empty() && self.outstanding.is_none() {
+                    let handed_out = std::mem::take(&mut self.open_handed_out);
+                    if events.is_empty() && !handed_out && self.outstanding.is_none() {
                         // Nothing of ours: confirm it at once.
                         self.client.update_applied_lsn(end_lsn);
                         continue;
                     }
                     self.outstanding = Some(end_lsn.as_u64());
                     return Ok(Some(CommittedTx {
-                        end: end_lsn.as_u64(),
+                        end: Some(end_lsn.as_u64()),
                         events,
                     }));
                 }
                 // Idle: nothing handed out is unconfirmed, so the server's WAL end is ours.
                 ReplicationEvent::KeepAlive { wal_end, .. }
-                    if self.outstanding.is_none() && self.open.is_empty() =>
+                    if self.outstanding.is_none() && !self.in_tx =>
                 {
                     self.client.update_applied_lsn(wal_end);
                 }

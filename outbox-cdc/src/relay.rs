@@ -4,17 +4,24 @@
 //! the broker acknowledged or that were dead-lettered.
 //!
 //! - **Checkpoint = the stream's position.** [`ChangeStream::confirm`] is called with a
-//!   transaction's end position once all its events are settled; on PostgreSQL that is the
-//!   slot's confirmed flush LSN. A crash replays from the last confirmed position: the
-//!   replayed events carry the same event ids, which the brokers' dedupe ids absorb.
-//! - **Order.** Transactions are taken in commit order and one at a time, so events keep
-//!   commit order across keys and within each key.
-//! - **Failures.** A retryable failure is retried with the [`RetryPolicy`]'s back-off; the
-//!   engine holds back the later events of that key, and the position does not move past
-//!   the transaction until it is settled. (Transactions behind it wait too: this relay does
-//!   not yet publish past a blocked key.) A permanent failure, an exhausted retry or an
-//!   event that cannot be decoded goes to the [`DeadLetters`] before the position moves.
+//!   transaction's end position once it and every transaction before it are settled; on
+//!   PostgreSQL that is the slot's confirmed flush LSN. A crash replays from the last
+//!   confirmed position: the replayed events carry the same event ids, which the brokers'
+//!   dedupe ids absorb.
+//! - **Order.** Events are offered to the engine in commit order, so each ordering key
+//!   keeps commit order.
+//! - **A window, not a queue.** Up to [`CdcRelayConfig::max_in_flight`] events are read
+//!   ahead. A retryable failure holds back the later events of its key (and the position,
+//!   which cannot pass its transaction) until its back-off ends; the other keys' events,
+//!   later transactions' included, keep being published meanwhile.
+//! - **Pieces.** A source may hand a long transaction out in pieces ([`CommittedTx::end`]
+//!   is `None` on all but the last), so memory is bounded by the window, not by the
+//!   largest transaction.
+//! - **Ledger.** Before the position moves, the [`Ledger`] learns which events were
+//!   published (table mode marks their rows, in bulk) and keeps the dead ones durably
+//!   (permanent failures, exhausted retries, events that cannot be decoded).
 
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
@@ -22,15 +29,16 @@ use outbox_core::engine::{Candidate, Fate, PublishEngine};
 use outbox_core::{
     Envelope, Error, EventId, NoMetrics, Publisher, RelayMetrics, Result, RetryPolicy,
 };
-use tokio::time::{Instant, sleep};
-use tracing::warn;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, warn};
 
-/// A committed transaction, as the log delivers it.
+/// A committed transaction as the log delivers it, or a piece of one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommittedTx {
-    /// The position just past the transaction's commit: what [`ChangeStream::confirm`]
-    /// takes once the transaction is settled.
-    pub end: u64,
+    /// The position just past the transaction's commit, on its last piece (what
+    /// [`ChangeStream::confirm`] takes once the transaction is settled); `None` on the
+    /// pieces before.
+    pub end: Option<u64>,
     /// Its events, in the order they were written.
     pub events: Vec<LogEvent>,
 }
@@ -42,8 +50,12 @@ pub enum LogEvent {
     Event(Box<Envelope>),
     /// Something the source could not decode into an envelope: dead-lettered as is.
     Undecodable {
+        /// The row's event id, when the source could read that much of it (table mode).
+        id: Option<EventId>,
         /// Where it stands in the log.
         position: u64,
+        /// What the log held (a message's bytes; empty when the source keeps nothing).
+        raw: Vec<u8>,
         /// Why it could not be decoded.
         error: String,
     },
@@ -51,8 +63,9 @@ pub enum LogEvent {
 
 /// Where a relay reads committed transactions from.
 pub trait ChangeStream: Send {
-    /// The next committed transaction, waiting for one; `None` when the stream ended (a
-    /// bounded replay, or the source shut down).
+    /// The next committed transaction (or piece of one), waiting for one; `None` when the
+    /// stream ended (a bounded replay, or the source shut down). Must be cancel-safe: the
+    /// relay drops a pending call when it has other work, and calls again later.
     fn next(&mut self) -> impl Future<Output = Result<Option<CommittedTx>>> + Send;
 
     /// Everything up to `position` is settled (published or dead-lettered): the source may
@@ -65,8 +78,12 @@ pub trait ChangeStream: Send {
 pub struct DeadEvent {
     /// The event, when it was decoded.
     pub envelope: Option<Envelope>,
+    /// The row's event id when the event could not be decoded but its id could.
+    pub row_id: Option<EventId>,
+    /// What the log held when it could not be decoded.
+    pub raw: Vec<u8>,
     /// Where it stands in the log: its own position if it could not be decoded, else its
-    /// transaction's end.
+    /// transaction's end (`0` for a piece before the last).
     pub position: u64,
     /// Failed attempts.
     pub attempts: u32,
@@ -75,16 +92,21 @@ pub struct DeadEvent {
 }
 
 impl DeadEvent {
-    /// The event's id, when it was decoded.
+    /// The event's id, when it was decoded or its row's id could be read.
     pub fn id(&self) -> Option<EventId> {
-        self.envelope.as_ref().map(Envelope::id)
+        self.envelope.as_ref().map(Envelope::id).or(self.row_id)
     }
 }
 
-/// Where dead events go before the position moves past them.
-pub trait DeadLetters: Send + Sync {
+/// What the relay writes down before it confirms a position.
+pub trait Ledger: Send + Sync {
+    /// `ids` were acknowledged by the broker (table mode marks their rows published).
+    /// An error stops the relay before it confirms; the events are published again after a
+    /// restart.
+    fn published(&self, ids: &[EventId]) -> impl Future<Output = Result<()>> + Send;
+
     /// Keeps `dead` durably; an error stops the relay before it confirms the position.
-    fn record(&self, dead: &[DeadEvent]) -> impl Future<Output = Result<()>> + Send;
+    fn dead(&self, dead: &[DeadEvent]) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Log-tailing relay settings.
@@ -94,6 +116,9 @@ pub struct CdcRelayConfig {
     pub publish_timeout: Duration,
     /// Back-off of retryable failures, and the attempts after which an event is dead.
     pub retry: RetryPolicy,
+    /// Most events read ahead and not settled yet (default 10 000): the memory bound, and
+    /// how far other keys get ahead of a key that waits for a retry.
+    pub max_in_flight: usize,
 }
 
 impl Default for CdcRelayConfig {
@@ -101,7 +126,28 @@ impl Default for CdcRelayConfig {
         CdcRelayConfig {
             publish_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            max_in_flight: 10_000,
         }
+    }
+}
+
+impl CdcRelayConfig {
+    /// Checks the settings; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        self.retry.validate()?;
+        let invalid = |field: &str| {
+            Error::new(
+                outbox_core::ErrorKind::InvalidInput,
+                format!("CDC relay setting `{field}` must be above zero"),
+            )
+        };
+        if self.publish_timeout.is_zero() {
+            return Err(invalid("publish_timeout"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid("max_in_flight"));
+        }
+        Ok(())
     }
 }
 
@@ -118,29 +164,158 @@ pub struct CdcReport {
     pub dead: usize,
 }
 
+/// A transaction (or piece) in the window.
+struct Slot {
+    end: Option<u64>,
+    /// Events not settled yet.
+    remaining: usize,
+    published: Vec<EventId>,
+    dead: Vec<DeadEvent>,
+}
+
+/// An event in the window, not settled yet.
+struct Waiting {
+    candidate: Candidate,
+    /// The index of its slot, counted from the first slot the relay ever read.
+    slot: u64,
+    /// Its place in commit order among all events read.
+    seq: u64,
+    /// Not before this instant (a retry's back-off).
+    ready_at: Instant,
+}
+
+/// The events read and not settled, and the transactions they belong to.
+#[derive(Default)]
+struct Window {
+    slots: VecDeque<Slot>,
+    /// The index of `slots[0]`.
+    first: u64,
+    waiting: Vec<Waiting>,
+    /// The `seq` of the next event read.
+    next_seq: u64,
+}
+
+impl Window {
+    fn slot(&mut self, index: u64) -> &mut Slot {
+        let at = usize::try_from(index - self.first).unwrap_or(usize::MAX);
+        &mut self.slots[at]
+    }
+
+    fn push(&mut self, tx: CommittedTx) {
+        let index = self.first + self.slots.len() as u64;
+        let now = Instant::now();
+        let mut slot = Slot {
+            end: tx.end,
+            remaining: 0,
+            published: Vec::new(),
+            dead: Vec::new(),
+        };
+        for event in tx.events {
+            match event {
+                LogEvent::Event(envelope) => {
+                    slot.remaining += 1;
+                    self.next_seq += 1;
+                    self.waiting.push(Waiting {
+                        candidate: Candidate {
+                            envelope: *envelope,
+                            attempts: 0,
+                        },
+                        slot: index,
+                        seq: self.next_seq,
+                        ready_at: now,
+                    });
+                }
+                LogEvent::Undecodable {
+                    id,
+                    position,
+                    raw,
+                    error,
+                } => slot.dead.push(DeadEvent {
+                    envelope: None,
+                    row_id: id,
+                    raw,
+                    position,
+                    attempts: 0,
+                    error,
+                }),
+            }
+        }
+        self.slots.push_back(slot);
+    }
+
+    /// Takes the events that may be published now: ready, and no earlier event of their
+    /// key still waiting. The rest stay, in order.
+    fn take_ready(&mut self, now: Instant) -> Vec<Waiting> {
+        let mut held: HashSet<String> = HashSet::new();
+        let mut ready = Vec::new();
+        let mut rest = Vec::with_capacity(self.waiting.len());
+        for w in self.waiting.drain(..) {
+            let key = w.candidate.envelope.ordering_key();
+            if w.ready_at > now || held.contains(key) {
+                held.insert(key.to_owned());
+                rest.push(w);
+            } else {
+                ready.push(w);
+            }
+        }
+        self.waiting = rest;
+        ready
+    }
+
+    /// Puts back events that are still waiting, keeping commit order.
+    fn put_back(&mut self, back: Vec<Waiting>) {
+        if back.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.waiting);
+        let mut merged = Vec::with_capacity(held.len() + back.len());
+        let (mut a, mut b) = (held.into_iter().peekable(), back.into_iter().peekable());
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.seq < y.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if take_a { a.next() } else { b.next() };
+            merged.extend(next);
+        }
+        self.waiting = merged;
+    }
+
+    /// The earliest back-off end among waiting events.
+    fn next_ready(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.ready_at).min()
+    }
+
+    /// Removes the settled slots at the front.
+    fn settled(&mut self) -> Vec<Slot> {
+        let mut out = Vec::new();
+        while self.slots.front().is_some_and(|s| s.remaining == 0) {
+            out.extend(self.slots.pop_front());
+            self.first += 1;
+        }
+        out
+    }
+}
+
 /// Moves committed transactions from a [`ChangeStream`] to a [`Publisher`].
-pub struct CdcRelay<S, P, D> {
+pub struct CdcRelay<S, P, L> {
     stream: S,
     publisher: P,
-    dead: D,
+    ledger: L,
     config: CdcRelayConfig,
     metrics: Box<dyn RelayMetrics>,
 }
 
-impl<S: ChangeStream, P: Publisher, D: DeadLetters> CdcRelay<S, P, D> {
+impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
     /// A relay; the settings are checked (the error names the field).
-    pub fn new(stream: S, publisher: P, dead: D, config: CdcRelayConfig) -> Result<Self> {
-        config.retry.validate()?;
-        if config.publish_timeout.is_zero() {
-            return Err(Error::new(
-                outbox_core::ErrorKind::InvalidInput,
-                "CDC relay setting `publish_timeout` must be above zero",
-            ));
-        }
+    pub fn new(stream: S, publisher: P, ledger: L, config: CdcRelayConfig) -> Result<Self> {
+        config.validate()?;
         Ok(CdcRelay {
             stream,
             publisher,
-            dead,
+            ledger,
             config,
             metrics: Box::new(NoMetrics),
         })
@@ -152,94 +327,139 @@ impl<S: ChangeStream, P: Publisher, D: DeadLetters> CdcRelay<S, P, D> {
         self
     }
 
-    /// Relays until the stream ends or `shutdown` completes; a transaction being published
-    /// when `shutdown` completes is left unconfirmed (it is read again after a restart).
+    /// Relays until the stream ends (and everything read is settled) or `shutdown`
+    /// completes; transactions not settled when `shutdown` completes are left unconfirmed
+    /// (they are read again after a restart).
     pub async fn run_until(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<CdcReport> {
         let mut report = CdcReport::default();
+        let mut window = Window::default();
+        let mut ended = false;
         tokio::pin!(shutdown);
         loop {
-            let tx = tokio::select! {
-                _ = &mut shutdown => return Ok(report),
-                tx = self.stream.next() => tx?,
-            };
-            let Some(tx) = tx else { return Ok(report) };
+            // Read what the stream already holds, up to the window's bound.
+            while !ended && window.waiting.len() < self.config.max_in_flight {
+                match timeout(Duration::ZERO, self.stream.next()).await {
+                    Ok(Ok(Some(tx))) => window.push(tx),
+                    Ok(Ok(None)) => ended = true,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            self.settle(&mut window, &mut report).await?;
+            let ready = window.take_ready(Instant::now());
+            if !ready.is_empty() {
+                let back = tokio::select! {
+                    _ = &mut shutdown => return Ok(report),
+                    back = self.publish(ready, &mut window, &mut report) => back,
+                };
+                window.put_back(back);
+                continue;
+            }
+            if window.slots.is_empty() && ended {
+                return Ok(report);
+            }
+            let room = !ended && window.waiting.len() < self.config.max_in_flight;
+            let wake = window.next_ready();
             tokio::select! {
                 _ = &mut shutdown => return Ok(report),
-                settled = self.settle(&tx, &mut report) => settled?,
+                tx = self.stream.next(), if room => match tx? {
+                    Some(tx) => window.push(tx),
+                    None => ended = true,
+                },
+                _ = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             }
-            self.stream.confirm(tx.end).await?;
-            report.transactions += 1;
         }
     }
 
-    /// Publishes a transaction until every event is published or dead, and records the
-    /// dead ones.
-    async fn settle(&self, tx: &CommittedTx, report: &mut CdcReport) -> Result<()> {
-        let mut dead = Vec::new();
-        let mut pending: Vec<Candidate> = Vec::new();
-        for event in &tx.events {
-            match event {
-                LogEvent::Event(envelope) => pending.push(Candidate {
-                    envelope: Envelope::clone(envelope),
-                    attempts: 0,
-                }),
-                LogEvent::Undecodable { position, error } => dead.push(DeadEvent {
-                    envelope: None,
-                    position: *position,
-                    attempts: 0,
-                    error: error.clone(),
-                }),
-            }
-        }
+    /// Publishes `ready` (in commit order), settles what was published or is dead, and
+    /// returns the events that wait on.
+    async fn publish(
+        &self,
+        ready: Vec<Waiting>,
+        window: &mut Window,
+        report: &mut CdcReport,
+    ) -> Vec<Waiting> {
         let engine = PublishEngine::new(
             &self.publisher,
             self.config.publish_timeout,
             &self.config.retry,
             self.metrics.as_ref(),
         );
-        while !pending.is_empty() {
-            // The deadline bounds one round; released events simply go round again.
-            let deadline = Instant::now() + self.config.publish_timeout * 4;
-            let fates = engine.publish(&pending, deadline, None).await;
-            let mut wait: Option<Duration> = None;
-            let mut next = Vec::new();
-            for (candidate, fate) in pending.into_iter().zip(fates) {
-                match fate {
-                    Fate::Published { .. } => report.published += 1,
-                    Fate::Dead { attempt, error } => dead.push(DeadEvent {
-                        envelope: Some(candidate.envelope),
-                        position: tx.end,
+        let candidates: Vec<Candidate> = ready.iter().map(|w| w.candidate.clone()).collect();
+        // The deadline bounds one round; released events simply go round again.
+        let deadline = Instant::now() + self.config.publish_timeout * 4;
+        let fates = engine.publish(&candidates, deadline, None).await;
+        let now = Instant::now();
+        let mut back = Vec::new();
+        for (mut w, fate) in ready.into_iter().zip(fates) {
+            match fate {
+                Fate::Published { .. } => {
+                    report.published += 1;
+                    let slot = window.slot(w.slot);
+                    slot.remaining -= 1;
+                    slot.published.push(w.candidate.envelope.id());
+                }
+                Fate::Dead { attempt, error } => {
+                    let slot = window.slot(w.slot);
+                    slot.remaining -= 1;
+                    let position = slot.end.unwrap_or(0);
+                    slot.dead.push(DeadEvent {
+                        envelope: Some(w.candidate.envelope),
+                        row_id: None,
+                        raw: Vec::new(),
+                        position,
                         attempts: attempt,
                         error,
-                    }),
-                    Fate::Retry { attempt, delay, .. } => {
-                        report.retried += 1;
-                        wait = Some(wait.map_or(delay, |w| w.min(delay)));
-                        next.push(Candidate {
-                            envelope: candidate.envelope,
-                            attempts: attempt,
-                        });
-                    }
-                    // Not attempted (a key's earlier event failed): same attempts.
-                    _ => next.push(candidate),
+                    });
                 }
+                Fate::Retry { attempt, delay, .. } => {
+                    report.retried += 1;
+                    warn!(
+                        event_id = %w.candidate.envelope.id(),
+                        ?delay,
+                        "publish failed; its key and the position wait for the retry"
+                    );
+                    w.candidate.attempts = attempt;
+                    w.ready_at = now + delay;
+                    back.push(w);
+                }
+                // Not attempted (a key's earlier event failed): same attempts.
+                _ => back.push(w),
             }
-            pending = next;
-            if let Some(delay) = wait {
-                warn!(
-                    events = pending.len(),
-                    ?delay,
-                    "publish failed; the transaction's position waits for the retry"
-                );
-                sleep(delay).await;
+        }
+        back
+    }
+
+    /// Writes down and confirms the settled transactions at the front of the window.
+    async fn settle(&mut self, window: &mut Window, report: &mut CdcReport) -> Result<()> {
+        let settled = window.settled();
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let mut published = Vec::new();
+        let mut dead = Vec::new();
+        let mut end = None;
+        for slot in settled {
+            published.extend(slot.published);
+            dead.extend(slot.dead);
+            if slot.end.is_some() {
+                end = slot.end;
+                report.transactions += 1;
             }
         }
         if !dead.is_empty() {
             report.dead += dead.len();
-            self.dead.record(&dead).await?;
+            self.ledger.dead(&dead).await?;
+        }
+        if !published.is_empty() {
+            self.ledger.published(&published).await?;
+        }
+        if let Some(end) = end {
+            debug!(position = end, "confirming the stream's position");
+            self.stream.confirm(end).await?;
         }
         Ok(())
     }
@@ -272,11 +492,16 @@ mod tests {
         }
     }
 
+    /// What the relay wrote down.
     #[derive(Clone, Default)]
-    struct Dead(Arc<Mutex<Vec<DeadEvent>>>);
+    struct Dead(Arc<Mutex<Vec<DeadEvent>>>, Arc<Mutex<Vec<EventId>>>);
 
-    impl DeadLetters for Dead {
-        async fn record(&self, dead: &[DeadEvent]) -> Result<()> {
+    impl Ledger for Dead {
+        async fn published(&self, ids: &[EventId]) -> Result<()> {
+            self.1.lock().expect("lock").extend_from_slice(ids);
+            Ok(())
+        }
+        async fn dead(&self, dead: &[DeadEvent]) -> Result<()> {
             self.0.lock().expect("lock").extend_from_slice(dead);
             Ok(())
         }
@@ -289,7 +514,7 @@ mod tests {
             .map(|(n, k)| order_event("orders", k, n))
             .collect();
         let tx = CommittedTx {
-            end,
+            end: Some(end),
             events: events
                 .iter()
                 .map(|e| LogEvent::Event(Box::new(e.clone())))
@@ -302,6 +527,7 @@ mod tests {
         CdcRelayConfig {
             publish_timeout: Duration::from_secs(1),
             retry: RetryPolicy::backoff(Duration::from_millis(5), Duration::from_millis(20), 3),
+            max_in_flight: 100,
         }
     }
 
@@ -329,7 +555,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn transactions_publish_in_commit_order_and_confirm_one_by_one() {
+    async fn transactions_publish_in_commit_order_and_the_position_follows() {
         let (a, a_events) = tx(10, &["k1", "k2"]);
         let (b, b_events) = tx(20, &["k1"]);
         let publisher = InMemoryPublisher::new();
@@ -346,7 +572,8 @@ mod tests {
         assert_eq!(report.published, 3);
         let want: Vec<EventId> = a_events.iter().chain(&b_events).map(Envelope::id).collect();
         assert_eq!(publisher.delivered_ids(), want);
-        assert_eq!(confirmed, vec![10, 20]);
+        // Both were read at once, settled together, and confirmed once.
+        assert_eq!(confirmed, vec![20]);
     }
 
     #[tokio::test]
@@ -377,7 +604,9 @@ mod tests {
     async fn permanent_failures_and_undecodable_events_are_dead_before_the_position_moves() {
         let (mut a, events) = tx(10, &["k1", "k2"]);
         a.events.push(LogEvent::Undecodable {
+            id: None,
             position: 9,
+            raw: b"junk".to_vec(),
             error: "not an envelope".into(),
         });
         let publisher = InMemoryPublisher::new();
@@ -392,8 +621,9 @@ mod tests {
         assert!(
             recorded
                 .iter()
-                .any(|d| d.id().is_none() && d.error == "not an envelope")
+                .any(|d| d.id().is_none() && d.error == "not an envelope" && d.raw == b"junk")
         );
+        assert_eq!(*dead.1.lock().expect("lock"), vec![events[1].id()]);
         assert_eq!(confirmed, vec![10]);
     }
 
@@ -404,10 +634,99 @@ mod tests {
         publisher.fail_event(events[0].id(), 1000, ErrorKind::Unavailable);
         let mut cfg = config();
         cfg.retry.max_attempts = 1000;
-        let stop = sleep(Duration::from_millis(100));
+        let stop = tokio::time::sleep(Duration::from_millis(100));
         let (report, confirmed) = relay(vec![a], &publisher, &Dead::default(), cfg, stop).await;
         assert_eq!(report.transactions, 0);
         assert!(confirmed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_key_waiting_for_a_retry_holds_the_position_but_not_later_transactions() {
+        let (a, a_events) = tx(10, &["k1"]);
+        let (b, b_events) = tx(20, &["k2"]);
+        let (c, c_events) = tx(30, &["k1"]);
+        let publisher = InMemoryPublisher::new();
+        publisher.fail_event(a_events[0].id(), 2, ErrorKind::Unavailable);
+        let mut cfg = config();
+        cfg.retry = RetryPolicy::backoff(Duration::from_millis(50), Duration::from_millis(50), 5);
+        let dead = Dead::default();
+        let (report, confirmed) = relay(
+            vec![a, b, c],
+            &publisher,
+            &dead,
+            cfg,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!((report.transactions, report.published), (3, 3));
+        let delivered = publisher.delivered_ids();
+        let at = |id: EventId| delivered.iter().position(|d| *d == id).expect("delivered");
+        assert!(
+            at(b_events[0].id()) < at(a_events[0].id()),
+            "k2's later transaction did not wait for k1's retry: {delivered:?}"
+        );
+        assert!(
+            at(a_events[0].id()) < at(c_events[0].id()),
+            "k1 keeps commit order"
+        );
+        // B settled first, but the position only moves once A is settled too.
+        assert!(confirmed.iter().all(|p| *p >= 20), "{confirmed:?}");
+        assert_eq!(confirmed.last(), Some(&30));
+        let mut marked = dead.1.lock().expect("lock").clone();
+        marked.sort();
+        let mut want: Vec<EventId> = [&a_events, &b_events, &c_events]
+            .iter()
+            .flat_map(|e| e.iter().map(Envelope::id))
+            .collect();
+        want.sort();
+        assert_eq!(marked, want, "every published event written down once");
+    }
+
+    #[tokio::test]
+    async fn pieces_of_a_transaction_confirm_only_its_end() {
+        let (mut first, first_events) = tx(0, &["k1", "k2"]);
+        first.end = None;
+        let (last, last_events) = tx(40, &["k1"]);
+        let publisher = InMemoryPublisher::new();
+        let (report, confirmed) = relay(
+            vec![first, last],
+            &publisher,
+            &Dead::default(),
+            config(),
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!((report.transactions, report.published), (1, 3));
+        assert_eq!(confirmed, vec![40]);
+        let want: Vec<EventId> = first_events
+            .iter()
+            .chain(&last_events)
+            .map(Envelope::id)
+            .collect();
+        assert_eq!(publisher.delivered_ids(), want);
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_what_is_read_ahead() {
+        let txs: Vec<CommittedTx> = (0..20).map(|n| tx(n + 1, &["k"]).0).collect();
+        let publisher = InMemoryPublisher::new();
+        let mut cfg = config();
+        cfg.max_in_flight = 3;
+        let (report, confirmed) = relay(
+            txs,
+            &publisher,
+            &Dead::default(),
+            cfg,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.transactions, 20);
+        assert_eq!(confirmed.last(), Some(&20));
+        assert!(confirmed.windows(2).all(|w| w[0] < w[1]), "{confirmed:?}");
+        assert!(
+            confirmed.len() >= 20 / 3,
+            "confirmed at least once per window: {confirmed:?}"
+        );
     }
 
     #[test]
@@ -424,5 +743,12 @@ mod tests {
         .err()
         .expect("refused");
         assert!(err.to_string().contains("`publish_timeout`"), "{err}");
+        let err = CdcRelayConfig {
+            max_in_flight: 0,
+            ..CdcRelayConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("`max_in_flight`"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! store writes are read back from a pgoutput slot, decoded, and equal what was committed.
 #![cfg(feature = "postgres")]
 
+use outbox_cdc::ledger::{LedgerTable, PgLedger};
 use outbox_cdc::pgoutput::{Change, Relations, decode, outbox_row};
 use outbox_cdc::slot::SlotSpec;
 use outbox_core::testkit::{round_trip_event, unique_name};
@@ -110,17 +111,6 @@ async fn committed_outbox_inserts_decode_from_the_slot_in_commit_order() {
     .expect("drop schema");
 }
 
-/// Dead events, kept in memory by the tests.
-#[derive(Clone, Default)]
-struct Kept(std::sync::Arc<std::sync::Mutex<Vec<outbox_cdc::relay::DeadEvent>>>);
-
-impl outbox_cdc::relay::DeadLetters for Kept {
-    async fn record(&self, dead: &[outbox_cdc::relay::DeadEvent]) -> outbox_core::Result<()> {
-        self.0.lock().expect("lock").extend_from_slice(dead);
-        Ok(())
-    }
-}
-
 /// The server's WAL position now, past every commit so far.
 async fn wal_now(pool: &PgPool) -> String {
     sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
@@ -129,7 +119,8 @@ async fn wal_now(pool: &PgPool) -> String {
         .expect("wal position")
 }
 
-/// A `CdcRelay` streaming a slot in a task of its own, into an in-memory publisher.
+/// A `CdcRelay` streaming a slot in a task of its own, into an in-memory publisher, writing
+/// down into a real `PgLedger`.
 struct Streaming {
     publisher: outbox_core::InMemoryPublisher,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -138,20 +129,52 @@ struct Streaming {
 
 impl Streaming {
     async fn start(url: &str, spec: &SlotSpec, prefix: &str) -> Streaming {
+        let pool = PgPool::connect(url).await.expect("pool");
+        let ledger = match &spec.table {
+            Some(t) => PgLedger::new(pool, LedgerTable::Outbox(t.clone())),
+            None => PgLedger::new(
+                pool,
+                LedgerTable::DeadLetters {
+                    table: dead_table(&spec.slot),
+                    prefix: prefix.to_owned(),
+                },
+            ),
+        };
+        ledger.migrate().await.expect("dead-letter table");
+        Streaming::with(
+            url,
+            spec,
+            prefix,
+            outbox_core::InMemoryPublisher::new(),
+            ledger,
+            1_000,
+        )
+        .await
+    }
+
+    async fn with(
+        url: &str,
+        spec: &SlotSpec,
+        prefix: &str,
+        publisher: outbox_core::InMemoryPublisher,
+        ledger: PgLedger,
+        max_piece_events: usize,
+    ) -> Streaming {
         use outbox_cdc::postgres::{PgChangeStream, PgStreamConfig};
         use outbox_cdc::relay::{CdcRelay, CdcRelayConfig};
-        let stream = PgChangeStream::connect(PgStreamConfig {
-            url: url.to_owned(),
-            spec: spec.clone(),
-            prefix: prefix.to_owned(),
-            limits: ValidationLimits::default(),
-        })
-        .await
-        .expect("stream");
-        let publisher = outbox_core::InMemoryPublisher::new();
-        let config = CdcRelayConfig::default();
-        let relay =
-            CdcRelay::new(stream, publisher.clone(), Kept::default(), config).expect("relay");
+        let mut config = PgStreamConfig::new(url, spec.clone());
+        config.prefix = prefix.to_owned();
+        config.max_piece_events = max_piece_events;
+        let stream = PgChangeStream::connect(config).await.expect("stream");
+        let relay_config = CdcRelayConfig {
+            retry: outbox_core::RetryPolicy::backoff(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+                3,
+            ),
+            ..CdcRelayConfig::default()
+        };
+        let relay = CdcRelay::new(stream, publisher.clone(), ledger, relay_config).expect("relay");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(relay.run_until(async move {
             let _ = stopped.await;
@@ -163,10 +186,52 @@ impl Streaming {
         }
     }
 
-    async fn stop(self) {
+    async fn stop(self) -> outbox_cdc::relay::CdcReport {
         let _ = self.stop.send(());
-        self.run.await.expect("relay task").expect("relay");
+        self.run.await.expect("relay task").expect("relay")
     }
+}
+
+/// Message mode's dead-letter table for a test whose slot is `slot`.
+fn dead_table(slot: &str) -> TableName {
+    TableName::with_schema(slot, "dead_letters").expect("name")
+}
+
+/// Waits until the slot's confirmed position reached `through` (20 s at most).
+async fn wait_confirmed(pool: &PgPool, spec: &SlotSpec, through: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let confirmed: Option<bool> = sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = $2",
+        )
+        .bind(through)
+        .bind(&spec.slot)
+        .fetch_optional(pool)
+        .await
+        .expect("slot position");
+        if confirmed == Some(true) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot {} not confirmed through {through}",
+            spec.slot
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Drops a test's slot, publication and schema.
+async fn cleanup(pool: &PgPool, spec: &SlotSpec) {
+    spec.drop_all(pool).await.expect("drop");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        spec.slot
+    )))
+    .execute(pool)
+    .await
+    .expect("drop schema");
 }
 
 /// Streams the slot through a `CdcRelay` until `want` events were published and the slot's
@@ -314,7 +379,10 @@ async fn an_idle_relay_keeps_its_slot_lag_bounded_while_other_databases_write() 
     .expect("table");
     let start = wal_now(&pool).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut worst_read = 0;
+    // Sampled every 200 ms. Other tests' transactions (one of 100k events among them) pass
+    // through this slot too and briefly hold WAL while they stream: the median and the
+    // settled end are what must stay small.
+    let mut samples = Vec::new();
     while tokio::time::Instant::now() < until {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {table} (pad) SELECT repeat('x', 200) FROM generate_series(1, 500)"
@@ -323,7 +391,7 @@ async fn an_idle_relay_keeps_its_slot_lag_bounded_while_other_databases_write() 
         .await
         .expect("write");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        worst_read = worst_read.max(lag(&pool, &read).await);
+        samples.push(lag(&pool, &read).await);
     }
     let written: i64 = sqlx::query_scalar("SELECT (pg_current_wal_lsn() - $1::pg_lsn)::bigint")
         .bind(&start)
@@ -331,6 +399,15 @@ async fn an_idle_relay_keeps_its_slot_lag_bounded_while_other_databases_write() 
         .await
         .expect("WAL written");
     let unread_lag = lag(&pool, &unread).await;
+    // Once the writes stop, the lag falls to (near) nothing within a few status intervals.
+    let mut settled = lag(&pool, &read).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while settled >= written / 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settled = lag(&pool, &read).await;
+    }
+    samples.sort_unstable();
+    let median = samples.get(samples.len() / 2).copied().unwrap_or(i64::MAX);
     let delivered = running.publisher.deliveries().len();
     running.stop().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -347,7 +424,284 @@ async fn an_idle_relay_keeps_its_slot_lag_bounded_while_other_databases_write() 
         "the unread slot holds all {written} bytes: {unread_lag}"
     );
     assert!(
-        worst_read < written / 4,
-        "the read slot's lag stayed bounded: at most {worst_read} of {written} bytes written"
+        median < written / 10,
+        "the read slot's median lag stayed small: {median} of {written} bytes written"
     );
+    assert!(
+        settled < written / 20,
+        "the read slot's lag fell once writes stopped: {settled} of {written} bytes written"
+    );
+}
+
+/// Ids in the order the publisher received them.
+fn delivered_ids(publisher: &outbox_core::InMemoryPublisher) -> Vec<outbox_core::EventId> {
+    publisher.delivered_ids()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_mode_marks_rows_published_and_dead_where_the_admin_commands_look() {
+    use outbox_core::{DeadLetterAdmin, DeadLetterFilter, ErrorKind, StoreStats};
+    let url = outbox_core::service_or_skip!("cdc table_mode_marks_rows", Postgres);
+    let (pool, table, spec) = table_slot(&url, "outbox_cdcl").await;
+    let events: Vec<Envelope> = (0..5)
+        .map(|n| round_trip_event(&format!("k{n}"), n, "orders"))
+        .collect();
+    let publisher = outbox_core::InMemoryPublisher::new();
+    publisher.fail_event(events[1].id(), 1, ErrorKind::Rejected);
+    let ledger = PgLedger::new(pool.clone(), LedgerTable::Outbox(table.clone()));
+    let running = Streaming::with(
+        &url,
+        &spec,
+        "outbox",
+        publisher.clone(),
+        ledger.clone(),
+        1_000,
+    )
+    .await;
+    let outbox = outbox_sqlx::postgres::PgOutbox::new(table.clone());
+    let mut tx = pool.begin().await.expect("begin");
+    outbox.enqueue_all(&mut tx, &events).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    wait_confirmed(&pool, &spec, &wal_now(&pool).await).await;
+
+    let store = outbox_sqlx::postgres::PgStore::new(pool.clone(), table.clone());
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        (
+            stats.pending,
+            stats.in_flight,
+            stats.dead,
+            stats.published_last_minute
+        ),
+        (0, 0, 1, 4),
+        "{stats:?}"
+    );
+    let dead = ledger
+        .list_dead(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, events[1].id());
+    assert_eq!(dead[0].envelope(), Some(&events[1]));
+    assert!(dead[0].last_error.is_some(), "{:?}", dead[0].last_error);
+
+    // Requeued: written again as an insert, which the relay reads and publishes.
+    let requeued = ledger
+        .requeue_dead(&DeadLetterFilter::default())
+        .await
+        .expect("requeue");
+    assert_eq!(requeued, 1);
+    wait_confirmed(&pool, &spec, &wal_now(&pool).await).await;
+    let report = running.stop().await;
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.dead), (0, 0), "{stats:?}");
+    assert_eq!(report.dead, 1);
+    let delivered = delivered_ids(&publisher);
+    let mut want: Vec<_> = events.iter().map(Envelope::id).collect();
+    want.remove(1);
+    want.push(events[1].id());
+    assert_eq!(delivered, want, "each event once; the requeued one last");
+    cleanup(&pool, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_mode_dead_letters_land_in_a_table_and_requeue_emits_them_again() {
+    use outbox_core::{DeadLetterAdmin, DeadLetterFilter, ErrorKind};
+    let url = outbox_core::service_or_skip!("cdc message_mode_dead_letters", Postgres);
+    let pool = PgPool::connect(&url).await.expect("pool");
+    let name = unique_name("outbox_cdcd");
+    let spec = SlotSpec {
+        slot: name.clone(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    let events: Vec<Envelope> = (0..3).map(|n| round_trip_event("k", n, "orders")).collect();
+    let publisher = outbox_core::InMemoryPublisher::new();
+    publisher.fail_event(events[1].id(), 1, ErrorKind::Rejected);
+    let ledger = PgLedger::new(
+        pool.clone(),
+        LedgerTable::DeadLetters {
+            table: dead_table(&name),
+            prefix: name.clone(),
+        },
+    );
+    ledger.migrate().await.expect("dead-letter table");
+    let running =
+        Streaming::with(&url, &spec, &name, publisher.clone(), ledger.clone(), 1_000).await;
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::postgres::emit_with_prefix(&mut tx, &name, &events)
+        .await
+        .expect("emit");
+    // Not an envelope: dead-lettered as it is, with its bytes.
+    sqlx::query("SELECT pg_logical_emit_message(true, $1, '\\x00ff'::bytea)")
+        .bind(&name)
+        .execute(&mut *tx)
+        .await
+        .expect("poison");
+    tx.commit().await.expect("commit");
+    wait_confirmed(&pool, &spec, &wal_now(&pool).await).await;
+
+    let dead = ledger
+        .list_dead(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let event = dead
+        .iter()
+        .find(|d| d.envelope().is_some())
+        .expect("the event");
+    assert_eq!(event.envelope(), Some(&events[1]));
+    let poison = dead
+        .iter()
+        .find(|d| d.envelope().is_none())
+        .expect("the poison");
+    assert!(
+        poison
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("undecodable")),
+        "{poison:?}"
+    );
+
+    let requeued = ledger
+        .requeue_dead(&DeadLetterFilter::default())
+        .await
+        .expect("requeue");
+    assert_eq!(requeued, 1, "the poison is no event: it stays");
+    wait_confirmed(&pool, &spec, &wal_now(&pool).await).await;
+    running.stop().await;
+    let left = ledger
+        .list_dead(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("list");
+    assert_eq!(left.len(), 1);
+    assert!(left[0].envelope().is_none());
+    assert_eq!(
+        ledger
+            .purge_dead(&DeadLetterFilter::default())
+            .await
+            .expect("purge"),
+        1
+    );
+    let want = vec![events[0].id(), events[2].id(), events[1].id()];
+    assert_eq!(delivered_ids(&publisher), want);
+    cleanup(&pool, &spec).await;
+}
+
+/// 100 000 events in one commit stream through in pieces: all published in order, and the
+/// slot confirmed once past the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_100k_events_streams_through_in_pieces() {
+    let url = outbox_core::service_or_skip!("cdc large_transaction", Postgres);
+    let pool = PgPool::connect(&url).await.expect("pool");
+    let name = unique_name("outbox_cdcx");
+    let spec = SlotSpec {
+        slot: name.clone(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    let ledger = PgLedger::new(
+        pool.clone(),
+        LedgerTable::DeadLetters {
+            table: dead_table(&name),
+            prefix: name.clone(),
+        },
+    );
+    ledger.migrate().await.expect("dead-letter table");
+    let publisher = outbox_core::InMemoryPublisher::new();
+    let running = Streaming::with(&url, &spec, &name, publisher.clone(), ledger, 1_000).await;
+    let events: Vec<Envelope> = (0..100_000)
+        .map(|n| round_trip_event(&format!("k{}", n % 1_000), n, "orders"))
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    for chunk in events.chunks(10_000) {
+        outbox_sqlx::postgres::emit_with_prefix(&mut tx, &name, chunk)
+            .await
+            .expect("emit");
+    }
+    tx.commit().await.expect("commit");
+    let through = wal_now(&pool).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while publisher.deliveries().len() < events.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "published {} of {}",
+            publisher.deliveries().len(),
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_confirmed(&pool, &spec, &through).await;
+    let report = running.stop().await;
+    assert_eq!((report.transactions, report.published), (1, 100_000));
+    let want: Vec<_> = events.iter().map(Envelope::id).collect();
+    assert_eq!(delivered_ids(&publisher), want, "commit order");
+    cleanup(&pool, &spec).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replication_connection_honours_sslmode() {
+    let url = outbox_core::service_or_skip!("cdc sslmode", Postgres);
+    let pool = PgPool::connect(&url).await.expect("pool");
+    let name = unique_name("outbox_cdcs");
+    let spec = SlotSpec {
+        slot: name.clone(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    let bad = outbox_cdc::postgres::PgChangeStream::connect(
+        outbox_cdc::postgres::PgStreamConfig::new(format!("{url}?sslmode=sometimes"), spec.clone()),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(bad.to_string().contains("`sslmode`"), "{bad}");
+
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&pool)
+        .await
+        .expect("ssl setting");
+    if ssl != "on" {
+        assert!(
+            std::env::var_os("OUTBOX_REQUIRE_SERVICES").is_none(),
+            "PostgreSQL runs without ssl: the TLS relay cannot be tested"
+        );
+        println!("PostgreSQL runs without ssl: the TLS relay is not exercised");
+        cleanup(&pool, &spec).await;
+        return;
+    }
+    let ledger = PgLedger::new(
+        pool.clone(),
+        LedgerTable::DeadLetters {
+            table: dead_table(&name),
+            prefix: name.clone(),
+        },
+    );
+    ledger.migrate().await.expect("dead-letter table");
+    let publisher = outbox_core::InMemoryPublisher::new();
+    let tls_url = format!("{url}?sslmode=require");
+    let running = Streaming::with(&tls_url, &spec, &name, publisher, ledger, 1_000).await;
+    let event = round_trip_event("k", 1, "orders");
+    let mut tx = pool.begin().await.expect("begin");
+    outbox_sqlx::postgres::emit_with_prefix(&mut tx, &name, std::slice::from_ref(&event))
+        .await
+        .expect("emit");
+    tx.commit().await.expect("commit");
+    wait_confirmed(&pool, &spec, &wal_now(&pool).await).await;
+    let encrypted: Option<bool> = sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid \
+         WHERE r.slot_name = $1",
+    )
+    .bind(&name)
+    .fetch_optional(&pool)
+    .await
+    .expect("the slot's connection");
+    let published = delivered_ids(&running.publisher);
+    running.stop().await;
+    assert_eq!(encrypted, Some(true), "the replication connection uses TLS");
+    assert_eq!(published, vec![event.id()]);
+    cleanup(&pool, &spec).await;
 }

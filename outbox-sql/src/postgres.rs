@@ -157,3 +157,47 @@ impl PgStatements {
         }
     }
 }
+
+/// What a log-tailing (CDC) relay writes into an outbox-shaped table: no lease fences these
+/// (the relay claims nothing; the slot's position is its checkpoint), and each is
+/// idempotent, since a restarted relay writes down its replayed window again.
+#[derive(Clone, Debug)]
+pub struct PgCdcStatements {
+    /// `$1` ids (`uuid[]`): the rows become published, unless already settled.
+    pub mark_published: String,
+    /// `$1` ids, `$2` attempts (`int[]`), `$3` errors (`text[]`): the rows become dead
+    /// letters, unless already published.
+    pub mark_dead: String,
+    /// `$1` ids: removes the rows (before a dead event is written again, or requeued).
+    pub delete: String,
+    /// `$1` id, `$2` raw bytes, `$3` error: a dead letter for something that was not an
+    /// event (all text columns empty), unless that id is there already.
+    pub insert_undecodable: String,
+}
+
+impl PgCdcStatements {
+    /// The statements for `table`.
+    pub fn new(table: &TableName) -> Self {
+        let t = table.quoted(Dialect::Postgres);
+        PgCdcStatements {
+            mark_published: format!(
+                "UPDATE {t} SET status = 2, processed_at = now(), lease_token = NULL, \
+                 lease_until = NULL WHERE id = ANY($1) AND status < 2"
+            ),
+            mark_dead: format!(
+                "UPDATE {t} AS u SET status = 3, attempts = d.attempts, last_error = d.err, \
+                   processed_at = now(), lease_token = NULL, lease_until = NULL \
+                 FROM UNNEST($1::uuid[], $2::int[], $3::text[]) AS d(id, attempts, err) \
+                 WHERE u.id = d.id AND u.status <> 2"
+            ),
+            delete: format!("DELETE FROM {t} WHERE id = ANY($1)"),
+            insert_undecodable: format!(
+                "INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, destination, \
+                   ordering_key, payload, content_type, headers, created_at, available_at, \
+                   status, attempts, last_error, processed_at) \
+                 SELECT $1, '', '', '', '', '', $2, '', '{{}}', now(), now(), 3, 0, $3, now() \
+                 WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE id = $1)"
+            ),
+        }
+    }
+}
