@@ -17,7 +17,8 @@
 //!   transaction either way. Listing and purging are the polling store's.
 
 use outbox_core::{
-    DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Envelope, EventId, Result, TableName,
+    BacklogStats, DeadLetterAdmin, DeadLetterFilter, DeadLetterRecord, Envelope, EventId, Result,
+    StoreStats, TableName,
 };
 use outbox_sql::PgCdcStatements;
 use outbox_sqlx::map_sqlx;
@@ -220,5 +221,13 @@ impl DeadLetterAdmin for PgLedger {
 
     async fn purge_dead(&self, filter: &DeadLetterFilter) -> Result<u64> {
         self.store.purge_dead(filter).await
+    }
+}
+
+impl StoreStats for PgLedger {
+    /// The table's figures: in table mode the outbox's backlog as the relay marks it, in
+    /// message mode the dead letters.
+    async fn stats(&self) -> Result<BacklogStats> {
+        self.store.stats().await
     }
 }

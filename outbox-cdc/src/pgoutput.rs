@@ -43,6 +43,7 @@ pub enum Datum {
 
 /// One decoded `pgoutput` message.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Change {
     /// A table's description.
     Relation(Relation),
@@ -52,6 +53,15 @@ pub enum Change {
         relation: u32,
         /// The new row's values, in the relation's column order.
         tuple: Vec<Datum>,
+    },
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message {
+        /// Written with `transactional = true` (part of its transaction).
+        transactional: bool,
+        /// Its prefix.
+        prefix: String,
+        /// Its content.
+        content: Vec<u8>,
     },
     /// Any other message, by its tag.
     Other(u8),
@@ -88,6 +98,13 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self, what: &str) -> Result<u32> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
     }
 
     fn cstring(&mut self, what: &str) -> Result<String> {
@@ -155,8 +172,65 @@ pub fn decode(message: &[u8]) -> Result<Change> {
             }
             Ok(Change::Insert { relation, tuple })
         }
+        b'M' => {
+            let flags = c.u8("the message flags")?;
+            let _lsn = c.u64("the message position")?;
+            let prefix = c.cstring("the message prefix")?;
+            let len = c.u32("the message length")?;
+            let len = usize::try_from(len).map_err(|_| bad("the message length"))?;
+            Ok(Change::Message {
+                transactional: flags & 1 == 1,
+                prefix,
+                content: c.take(len, "the message content")?.to_vec(),
+            })
+        }
         other => Ok(Change::Other(other)),
     }
+}
+
+/// Reads, and consumes, what the slot of `spec` holds (inserts in binary format, and
+/// logical decoding messages), decoded, in commit order, through SQL
+/// (`pg_logical_slot_get_binary_changes`) rather than a replication connection: for tests
+/// and one-off inspection, not for relaying (the slot must not be streamed meanwhile).
+#[cfg(feature = "postgres")]
+pub async fn read_changes(
+    pool: &sqlx::PgPool,
+    spec: &crate::slot::SlotSpec,
+) -> Result<Vec<Change>> {
+    let changes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, \
+         'proto_version', '1', 'publication_names', $2, 'binary', 'true', 'messages', 'true')",
+    )
+    .bind(&spec.slot)
+    .bind(&spec.publication)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| outbox_sqlx::map_sqlx("reading the slot", e))?;
+    changes.iter().map(|data| decode(data)).collect()
+}
+
+/// [`read_changes`], keeping the envelopes of the transactional messages with `prefix`
+/// (what `emit` wrote), decoded with the default limits.
+#[cfg(feature = "postgres")]
+pub async fn read_events(
+    pool: &sqlx::PgPool,
+    spec: &crate::slot::SlotSpec,
+    prefix: &str,
+) -> Result<Vec<outbox_core::Envelope>> {
+    let limits = outbox_core::ValidationLimits::default();
+    let mut out = Vec::new();
+    for change in read_changes(pool, spec).await? {
+        if let Change::Message {
+            transactional: true,
+            prefix: p,
+            content,
+        } = change
+            && p == prefix
+        {
+            out.push(outbox_core::codec::decode(&content, &limits)?);
+        }
+    }
+    Ok(out)
 }
 
 /// The relations seen so far in a replication session, by OID.

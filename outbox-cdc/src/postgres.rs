@@ -43,6 +43,9 @@ pub struct PgStreamConfig {
     /// Most events of one transaction handed out at once; a longer transaction comes in
     /// several pieces (default 1 000).
     pub max_piece_events: usize,
+    /// Most often the confirmed position is reported to the server (default 100 ms): the
+    /// window a crash replays is what was settled since the last report.
+    pub status_interval: std::time::Duration,
 }
 
 impl PgStreamConfig {
@@ -54,6 +57,7 @@ impl PgStreamConfig {
             prefix: outbox_core::codec::MESSAGE_PREFIX.to_owned(),
             limits: ValidationLimits::default(),
             max_piece_events: 1_000,
+            status_interval: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -65,6 +69,7 @@ impl std::fmt::Debug for PgStreamConfig {
             .field("spec", &self.spec)
             .field("prefix", &self.prefix)
             .field("max_piece_events", &self.max_piece_events)
+            .field("status_interval", &self.status_interval)
             .finish()
     }
 }
@@ -188,7 +193,7 @@ impl PgChangeStream {
         .with_tls(target.tls)
         .with_start_lsn(Lsn::from_u64(0))
         .with_binary(true)
-        .with_status_interval(std::time::Duration::from_secs(1));
+        .with_status_interval(config.status_interval);
         let client = ReplicationClient::connect(replication)
             .await
             .map_err(|e| connection_error("starting logical replication", e))?;
@@ -276,7 +281,8 @@ impl ChangeStream for PgChangeStream {
                             self.open.push(e);
                         }
                     }
-                    Ok(Change::Other(_)) => {}
+                    // Messages arrive as `ReplicationEvent::Message` (below).
+                    Ok(Change::Message { .. } | Change::Other(_)) => {}
                     Err(e) => self.open.push(LogEvent::Undecodable {
                         id: None,
                         position: wal_start.as_u64(),

@@ -23,6 +23,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::engine::{Candidate, Fate, PublishEngine};
@@ -109,10 +110,12 @@ pub trait Ledger: Send + Sync {
     fn dead(&self, dead: &[DeadEvent]) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// Log-tailing relay settings.
-#[derive(Clone, Debug, PartialEq)]
+/// Log-tailing relay settings (`[cdc.<name>.relay]` in the `outbox` binary's config).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CdcRelayConfig {
     /// Longest wait for one publish call (default 10 s).
+    #[serde(with = "outbox_core::duration_serde")]
     pub publish_timeout: Duration,
     /// Back-off of retryable failures, and the attempts after which an event is dead.
     pub retry: RetryPolicy,
@@ -154,7 +157,7 @@ impl CdcRelayConfig {
 /// What a relay did until it stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CdcReport {
-    /// Transactions settled and confirmed.
+    /// Transactions with events of this source, settled and confirmed.
     pub transactions: usize,
     /// Events the broker acknowledged.
     pub published: usize,
@@ -167,6 +170,8 @@ pub struct CdcReport {
 /// A transaction (or piece) in the window.
 struct Slot {
     end: Option<u64>,
+    /// The last piece of a transaction that had events (what the report counts).
+    counts: bool,
     /// Events not settled yet.
     remaining: usize,
     published: Vec<EventId>,
@@ -193,6 +198,8 @@ struct Window {
     waiting: Vec<Waiting>,
     /// The `seq` of the next event read.
     next_seq: u64,
+    /// Events in the earlier pieces of the transaction being read.
+    open_events: usize,
 }
 
 impl Window {
@@ -204,8 +211,14 @@ impl Window {
     fn push(&mut self, tx: CommittedTx) {
         let index = self.first + self.slots.len() as u64;
         let now = Instant::now();
+        self.open_events += tx.events.len();
+        let counts = tx.end.is_some() && self.open_events > 0;
+        if tx.end.is_some() {
+            self.open_events = 0;
+        }
         let mut slot = Slot {
             end: tx.end,
+            counts,
             remaining: 0,
             published: Vec::new(),
             dead: Vec::new(),
@@ -305,7 +318,7 @@ pub struct CdcRelay<S, P, L> {
     publisher: P,
     ledger: L,
     config: CdcRelayConfig,
-    metrics: Box<dyn RelayMetrics>,
+    metrics: Arc<dyn RelayMetrics>,
 }
 
 impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
@@ -317,13 +330,13 @@ impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
             publisher,
             ledger,
             config,
-            metrics: Box::new(NoMetrics),
+            metrics: Arc::new(NoMetrics),
         })
     }
 
     /// Reports to `metrics` (the same names the other relays use).
-    pub fn with_metrics(mut self, metrics: impl RelayMetrics + 'static) -> Self {
-        self.metrics = Box::new(metrics);
+    pub fn with_metrics(mut self, metrics: Arc<dyn RelayMetrics>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -447,8 +460,8 @@ impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
             dead.extend(slot.dead);
             if slot.end.is_some() {
                 end = slot.end;
-                report.transactions += 1;
             }
+            report.transactions += usize::from(slot.counts);
         }
         if !dead.is_empty() {
             report.dead += dead.len();

@@ -27,7 +27,7 @@ pub struct SlotSpec {
 }
 
 /// A slot as `pg_replication_slots` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SlotStatus {
     /// Whether a relay is streaming from it now.
     pub active: bool,
@@ -36,6 +36,10 @@ pub struct SlotStatus {
     pub confirmed_lsn: Option<String>,
     /// WAL the slot holds beyond its confirmed position, in bytes.
     pub lag_bytes: Option<i64>,
+    /// While a relay streams: how long ago the newest WAL it confirmed was written locally
+    /// (`pg_stat_replication.flush_lag`, in seconds); `None` when no relay streams, or
+    /// when it has caught up and PostgreSQL stopped measuring.
+    pub lag_seconds: Option<f64>,
 }
 
 impl SlotSpec {
@@ -97,20 +101,27 @@ impl SlotSpec {
 
     /// The slot's state, or `None` when it does not exist.
     pub async fn status(&self, pool: &PgPool) -> Result<Option<SlotStatus>> {
-        let row: Option<(bool, Option<String>, Option<i64>)> = sqlx::query_as(
-            "SELECT active, confirmed_flush_lsn::text, \
-             (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name = $1",
+        /// `active`, `confirmed_lsn`, `lag_bytes`, `lag_seconds`.
+        type Row = (bool, Option<String>, Option<i64>, Option<f64>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT s.active, s.confirmed_flush_lsn::text, \
+             (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint, \
+             EXTRACT(EPOCH FROM r.flush_lag)::float8 \
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
         )
         .bind(&self.slot)
         .fetch_optional(pool)
         .await
         .map_err(|e| map_sqlx("reading the replication slot", e))?;
-        Ok(row.map(|(active, confirmed_lsn, lag_bytes)| SlotStatus {
-            active,
-            confirmed_lsn,
-            lag_bytes,
-        }))
+        Ok(row.map(
+            |(active, confirmed_lsn, lag_bytes, lag_seconds)| SlotStatus {
+                active,
+                confirmed_lsn,
+                lag_bytes,
+                lag_seconds,
+            },
+        ))
     }
 
     /// Drops the slot (WAL it held is released) and the publication, if they exist.

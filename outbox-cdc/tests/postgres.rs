@@ -3,7 +3,7 @@
 #![cfg(feature = "postgres")]
 
 use outbox_cdc::ledger::{LedgerTable, PgLedger};
-use outbox_cdc::pgoutput::{Change, Relations, decode, outbox_row};
+use outbox_cdc::pgoutput::{Change, Relations, outbox_row, read_changes};
 use outbox_cdc::slot::SlotSpec;
 use outbox_core::testkit::{round_trip_event, unique_name};
 use outbox_core::{Envelope, TableName, ValidationLimits};
@@ -13,19 +13,10 @@ use sqlx::PgPool;
 
 /// What the slot holds for the publication, in binary format, decoded into envelopes.
 async fn read_inserts(pool: &PgPool, spec: &SlotSpec) -> Vec<Envelope> {
-    let messages: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, \
-         'proto_version', '1', 'publication_names', $2, 'binary', 'true')",
-    )
-    .bind(&spec.slot)
-    .bind(&spec.publication)
-    .fetch_all(pool)
-    .await
-    .expect("read the slot");
     let mut relations = Relations::default();
     let mut out = Vec::new();
-    for m in &messages {
-        match decode(m).expect("a pgoutput message") {
+    for change in read_changes(pool, spec).await.expect("read the slot") {
+        match change {
             Change::Relation(r) => relations.learn(r),
             Change::Insert { relation, tuple } => {
                 let rel = relations.get(relation).expect("described before");
@@ -36,7 +27,7 @@ async fn read_inserts(pool: &PgPool, spec: &SlotSpec) -> Vec<Envelope> {
                 assert_eq!(claimed.attempts, 0);
                 out.push(claimed.envelope);
             }
-            Change::Other(_) => {}
+            _ => {}
         }
     }
     out
@@ -192,6 +183,32 @@ impl Streaming {
     }
 }
 
+/// A message-mode slot of its own (`prefix_…`, also the test's message prefix).
+async fn message_slot(url: &str, prefix: &str) -> (PgPool, String, SlotSpec) {
+    let pool = PgPool::connect(url).await.expect("pool");
+    let name = unique_name(prefix);
+    let spec = SlotSpec {
+        slot: name.clone(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    (pool, name, spec)
+}
+
+/// Message mode's ledger for a test whose slot and prefix are `name`, its table created.
+async fn message_ledger(pool: &PgPool, name: &str) -> PgLedger {
+    let ledger = PgLedger::new(
+        pool.clone(),
+        LedgerTable::DeadLetters {
+            table: dead_table(name),
+            prefix: name.to_owned(),
+        },
+    );
+    ledger.migrate().await.expect("dead-letter table");
+    ledger
+}
+
 /// Message mode's dead-letter table for a test whose slot is `slot`.
 fn dead_table(slot: &str) -> TableName {
     TableName::with_schema(slot, "dead_letters").expect("name")
@@ -259,13 +276,13 @@ async fn relay_from_slot(
         .fetch_optional(&pool)
         .await
         .expect("slot position");
-        if publisher.deliveries().len() >= want && confirmed == Some(true) {
+        if publisher.delivered_count() >= want && confirmed == Some(true) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "relayed {} of {want}; slot confirmed through {through}: {confirmed:?}",
-            publisher.deliveries().len()
+            publisher.delivered_count()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -281,14 +298,7 @@ async fn relay_from_slot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_mode_relays_committed_emits_in_commit_order_and_confirms_the_slot() {
     let url = outbox_core::service_or_skip!("cdc message_mode_relays", Postgres);
-    let pool = PgPool::connect(&url).await.expect("pool");
-    let name = unique_name("outbox_cdcm");
-    let spec = SlotSpec {
-        slot: name.clone(),
-        publication: format!("{name}_pub"),
-        table: None,
-    };
-    spec.ensure(&pool).await.expect("slot");
+    let (pool, name, spec) = message_slot(&url, "outbox_cdcm").await;
     // Every message reaches every slot of the database: this test's own prefix keeps the
     // other tests' emits out.
     let emit = async |tx: &mut sqlx::PgConnection, events: &[Envelope]| {
@@ -408,7 +418,7 @@ async fn an_idle_relay_keeps_its_slot_lag_bounded_while_other_databases_write() 
     }
     samples.sort_unstable();
     let median = samples.get(samples.len() / 2).copied().unwrap_or(i64::MAX);
-    let delivered = running.publisher.deliveries().len();
+    let delivered = running.publisher.delivered_count();
     running.stop().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&other)
@@ -508,25 +518,11 @@ async fn table_mode_marks_rows_published_and_dead_where_the_admin_commands_look(
 async fn message_mode_dead_letters_land_in_a_table_and_requeue_emits_them_again() {
     use outbox_core::{DeadLetterAdmin, DeadLetterFilter, ErrorKind};
     let url = outbox_core::service_or_skip!("cdc message_mode_dead_letters", Postgres);
-    let pool = PgPool::connect(&url).await.expect("pool");
-    let name = unique_name("outbox_cdcd");
-    let spec = SlotSpec {
-        slot: name.clone(),
-        publication: format!("{name}_pub"),
-        table: None,
-    };
-    spec.ensure(&pool).await.expect("slot");
+    let (pool, name, spec) = message_slot(&url, "outbox_cdcd").await;
     let events: Vec<Envelope> = (0..3).map(|n| round_trip_event("k", n, "orders")).collect();
     let publisher = outbox_core::InMemoryPublisher::new();
     publisher.fail_event(events[1].id(), 1, ErrorKind::Rejected);
-    let ledger = PgLedger::new(
-        pool.clone(),
-        LedgerTable::DeadLetters {
-            table: dead_table(&name),
-            prefix: name.clone(),
-        },
-    );
-    ledger.migrate().await.expect("dead-letter table");
+    let ledger = message_ledger(&pool, &name).await;
     let running =
         Streaming::with(&url, &spec, &name, publisher.clone(), ledger.clone(), 1_000).await;
     let mut tx = pool.begin().await.expect("begin");
@@ -594,22 +590,8 @@ async fn message_mode_dead_letters_land_in_a_table_and_requeue_emits_them_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_of_100k_events_streams_through_in_pieces() {
     let url = outbox_core::service_or_skip!("cdc large_transaction", Postgres);
-    let pool = PgPool::connect(&url).await.expect("pool");
-    let name = unique_name("outbox_cdcx");
-    let spec = SlotSpec {
-        slot: name.clone(),
-        publication: format!("{name}_pub"),
-        table: None,
-    };
-    spec.ensure(&pool).await.expect("slot");
-    let ledger = PgLedger::new(
-        pool.clone(),
-        LedgerTable::DeadLetters {
-            table: dead_table(&name),
-            prefix: name.clone(),
-        },
-    );
-    ledger.migrate().await.expect("dead-letter table");
+    let (pool, name, spec) = message_slot(&url, "outbox_cdcx").await;
+    let ledger = message_ledger(&pool, &name).await;
     let publisher = outbox_core::InMemoryPublisher::new();
     let running = Streaming::with(&url, &spec, &name, publisher.clone(), ledger, 1_000).await;
     let events: Vec<Envelope> = (0..100_000)
@@ -624,14 +606,14 @@ async fn a_transaction_of_100k_events_streams_through_in_pieces() {
     tx.commit().await.expect("commit");
     let through = wal_now(&pool).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while publisher.deliveries().len() < events.len() {
+    while publisher.delivered_count() < events.len() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "published {} of {}",
-            publisher.deliveries().len(),
+            publisher.delivered_count(),
             events.len()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_confirmed(&pool, &spec, &through).await;
     let report = running.stop().await;
@@ -644,14 +626,7 @@ async fn a_transaction_of_100k_events_streams_through_in_pieces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replication_connection_honours_sslmode() {
     let url = outbox_core::service_or_skip!("cdc sslmode", Postgres);
-    let pool = PgPool::connect(&url).await.expect("pool");
-    let name = unique_name("outbox_cdcs");
-    let spec = SlotSpec {
-        slot: name.clone(),
-        publication: format!("{name}_pub"),
-        table: None,
-    };
-    spec.ensure(&pool).await.expect("slot");
+    let (pool, name, spec) = message_slot(&url, "outbox_cdcs").await;
     let bad = outbox_cdc::postgres::PgChangeStream::connect(
         outbox_cdc::postgres::PgStreamConfig::new(format!("{url}?sslmode=sometimes"), spec.clone()),
     )
@@ -673,14 +648,7 @@ async fn the_replication_connection_honours_sslmode() {
         cleanup(&pool, &spec).await;
         return;
     }
-    let ledger = PgLedger::new(
-        pool.clone(),
-        LedgerTable::DeadLetters {
-            table: dead_table(&name),
-            prefix: name.clone(),
-        },
-    );
-    ledger.migrate().await.expect("dead-letter table");
+    let ledger = message_ledger(&pool, &name).await;
     let publisher = outbox_core::InMemoryPublisher::new();
     let tls_url = format!("{url}?sslmode=require");
     let running = Streaming::with(&tls_url, &spec, &name, publisher, ledger, 1_000).await;

@@ -617,6 +617,12 @@ impl InMemoryPublisher {
         lock(&self.state).deliveries.clone()
     }
 
+    /// How many deliveries so far (duplicates included unless deduped), without copying
+    /// them: for polling loops.
+    pub fn delivered_count(&self) -> usize {
+        lock(&self.state).deliveries.len()
+    }
+
     /// The ids delivered so far, in order.
     pub fn delivered_ids(&self) -> Vec<EventId> {
         lock(&self.state)

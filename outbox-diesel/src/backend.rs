@@ -45,6 +45,7 @@ macro_rules! backend {
         convert { id: $id_of:expr, time: $time_of:expr }
         sync { feature: $feature:literal, connection: $conn:ty, migrations: $dir:literal }
         $(async { feature: $afeature:literal, connection: $aconn:ty })?
+        $(extra { $($extra:item)* })?
     ) => {
         $(#[$doc])*
         pub mod $module {
@@ -196,6 +197,8 @@ macro_rules! backend {
                 #[cfg(feature = $afeature)]
                 async_fns!($aconn);
             )?
+
+            $($($extra)*)?
         }
     };
 }
@@ -209,6 +212,12 @@ backend! {
     convert { id: |e: &Envelope| e.id().as_uuid(), time: |t: chrono::DateTime<chrono::Utc>| t }
     sync { feature: "postgres", connection: diesel::PgConnection, migrations: "migrations/postgres" }
     async { feature: "async-postgres", connection: diesel_async::AsyncPgConnection }
+    extra {
+        #[cfg(feature = "postgres")]
+        pub use crate::wal::{emit, emit_all, emit_with_prefix};
+        #[cfg(feature = "async-postgres")]
+        pub use crate::wal::{emit_async, emit_with_prefix_async};
+    }
 }
 
 #[cfg(any(feature = "mysql", feature = "async-mysql"))]

@@ -5,6 +5,8 @@ pub mod error;
 pub mod inbox;
 #[cfg(feature = "async-postgres")]
 pub mod store;
+#[cfg(any(feature = "postgres", feature = "async-postgres"))]
+mod wal;
 
 #[cfg(any(feature = "mysql", feature = "async-mysql"))]
 pub use backend::mysql;

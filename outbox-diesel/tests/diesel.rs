@@ -395,3 +395,65 @@ async fn mixed_stack_sqlx_writes_diesel_relays() {
     assert_relays_exactly(d.store.clone(), &events).await;
     drop_pg_schemas(&url, &prefix).await;
 }
+
+/// A slot of its own for a message-mode test; the prefix is its name too, so other tests'
+/// messages (every message reaches every slot) are left out.
+async fn message_slot(url: &str, name: &str) -> (sqlx::PgPool, outbox_cdc::slot::SlotSpec) {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
+    let spec = outbox_cdc::slot::SlotSpec {
+        slot: name.to_owned(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    (pool, spec)
+}
+
+/// The envelopes the slot holds under `prefix`, decoded.
+async fn emitted(
+    pool: &sqlx::PgPool,
+    spec: &outbox_cdc::slot::SlotSpec,
+    prefix: &str,
+) -> Vec<Envelope> {
+    outbox_cdc::pgoutput::read_events(pool, spec, prefix)
+        .await
+        .expect("read the slot's events")
+}
+
+/// `pg::emit` (diesel) and `pg::emit_with_prefix_async` (diesel-async) write committed
+/// events into the WAL, in order, and nothing for a rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_writes_committed_events_into_the_wal() {
+    let url = outbox_core::service_or_skip!("diesel emit", Postgres);
+    let name = unique_name("outbox_demit");
+    let (pool, spec) = message_slot(&url, &name).await;
+    let events: Vec<Envelope> = (0..4).map(|n| ev("k", n)).collect();
+
+    let mut conn = PgConnection::establish(&url).expect("connect");
+    conn.transaction(|conn| dpg::emit_with_prefix(conn, &name, &events[..2]))
+        .expect("commit");
+    let rolled = conn.transaction(|conn| {
+        dpg::emit_with_prefix(conn, &name, &[ev("k", 9)])?;
+        Err::<(), _>(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(rolled.is_err());
+    {
+        use diesel_async::AsyncConnection as _;
+        let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+            .await
+            .expect("connect");
+        let (name, rest) = (name.clone(), events[2..].to_vec());
+        conn.transaction::<(), diesel::result::Error, _>(async move |c| {
+            dpg::emit_with_prefix_async(c, &name, &rest).await
+        })
+        .await
+        .expect("commit");
+    }
+    // The default prefix is `outbox`; this test's own prefix keeps the rest apart.
+    assert_eq!(
+        emitted(&pool, &spec, &name).await,
+        events,
+        "field for field, no rollback"
+    );
+    spec.drop_all(&pool).await.expect("drop");
+}

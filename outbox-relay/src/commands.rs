@@ -152,9 +152,9 @@ pub async fn source_relay(
 /// `outbox run`.
 pub async fn run(path: &Path) -> CmdResult {
     let config = load(path)?;
-    if config.sources.is_empty() && config.event_tables.is_empty() {
+    if config.sources.is_empty() && config.event_tables.is_empty() && cdc_count(&config) == 0 {
         return Err(format!(
-            "config file {}: no [sources.<name>] or [event_tables.<name>] to relay from",
+            "config file {}: no [sources.<name>], [event_tables.<name>] or [cdc.<name>] to relay from",
             path.display()
         )
         .into());
@@ -235,6 +235,32 @@ pub async fn run(path: &Path) -> CmdResult {
             relay.run_until(stop).await;
         }));
     }
+    #[cfg(feature = "cdc")]
+    for (name, c) in &config.cdc {
+        let source = crate::cdc::open(name, c).await?;
+        source.migrate().await?;
+        let metrics = Arc::new(outbox_core::CountingMetrics::default());
+        let (probe_spec, probe_pool) = (source.spec.clone(), source.pool.clone());
+        watched.push(crate::http::WatchedSource {
+            name: name.clone(),
+            probe: Arc::new(move || {
+                let (spec, pool) = (probe_spec.clone(), probe_pool.clone());
+                Box::pin(async move {
+                    match spec.status(&pool).await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => Err(format!("slot {} does not exist", spec.slot)),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            }),
+            metrics: Arc::clone(&metrics),
+        });
+        tasks.push(tokio::spawn(source.run(
+            Arc::clone(&router),
+            metrics,
+            stop_rx.clone(),
+        )));
+    }
     if let Some(http) = &config.http {
         let brokers = config
             .publishers
@@ -258,6 +284,17 @@ pub async fn run(path: &Path) -> CmdResult {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// How many `[cdc.<name>]` sources the config has (none in a build without CDC).
+fn cdc_count(config: &Config) -> usize {
+    #[cfg(feature = "cdc")]
+    return config.cdc.len();
+    #[cfg(not(feature = "cdc"))]
+    {
+        let _ = config;
+        0
+    }
 }
 
 /// The `host:port` a publisher talks to, for the health check.
@@ -306,6 +343,7 @@ pub async fn migrate(path: &Path, only: Option<&str>, print: bool) -> CmdResult 
     let config = load(path)?;
     if let Some(o) = only
         && !config.sources.contains_key(o)
+        && !cdc_names(&config).contains(&o)
     {
         return Err(format!("config file {}: no source named {o:?}", path.display()).into());
     }
@@ -331,6 +369,58 @@ pub async fn migrate(path: &Path, only: Option<&str>, print: bool) -> CmdResult 
             .map_err(|e| format!("source {name}: {}", e.to_report()))?;
         println!("{name}: {} ready", store.table());
     }
+    #[cfg(feature = "cdc")]
+    for (name, c) in config
+        .cdc
+        .iter()
+        .filter(|(n, _)| only.is_none_or(|o| o == n.as_str()))
+    {
+        if print {
+            println!(
+                "-- cdc {name}: created by `outbox migrate` with a connection (publication and slot)"
+            );
+            continue;
+        }
+        let source = crate::cdc::open(name, c).await?;
+        source.migrate().await?;
+        println!(
+            "{name}: slot {} and publication {} ready",
+            source.spec.slot, source.spec.publication
+        );
+    }
+    Ok(())
+}
+
+/// The names of the `[cdc.<name>]` sources.
+fn cdc_names(config: &Config) -> Vec<&str> {
+    #[cfg(feature = "cdc")]
+    return config.cdc.keys().map(String::as_str).collect();
+    #[cfg(not(feature = "cdc"))]
+    {
+        let _ = config;
+        Vec::new()
+    }
+}
+
+/// `outbox drop-slot <name>`: drops a CDC source's slot and publication (the WAL the slot
+/// held is released; what it had not confirmed will not be relayed).
+#[cfg(feature = "cdc")]
+pub async fn drop_slot(path: &Path, name: &str) -> CmdResult {
+    let config = load(path)?;
+    let c = config
+        .cdc
+        .get(name)
+        .ok_or_else(|| format!("config file {}: no [cdc.{name}]", path.display()))?;
+    let source = crate::cdc::open(name, c).await?;
+    source
+        .spec
+        .drop_all(&source.pool)
+        .await
+        .map_err(|e| format!("cdc {name}: {}", e.to_report()))?;
+    println!(
+        "{name}: slot {} and publication {} dropped",
+        source.spec.slot, source.spec.publication
+    );
     Ok(())
 }
 
@@ -356,7 +446,17 @@ pub async fn status(path: &Path, json: bool) -> CmdResult {
         };
         rows.push(row);
     }
+    #[cfg_attr(not(feature = "cdc"), allow(unused_mut))]
+    let mut cdc_rows: Vec<serde_json::Value> = Vec::new();
+    #[cfg(feature = "cdc")]
+    for (name, c) in &config.cdc {
+        cdc_rows.push(match crate::cdc::open(name, c).await {
+            Ok(source) => source.status_row().await,
+            Err(e) => serde_json::json!({ "cdc": name, "error": e.to_string() }),
+        });
+    }
     if json {
+        rows.extend(cdc_rows);
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
@@ -377,6 +477,29 @@ pub async fn status(path: &Path, json: bool) -> CmdResult {
                     .as_f64()
                     .map_or("-".to_owned(), |s| format!("{s:.1}s")),
                 r["published_last_minute"],
+            ),
+        }
+    }
+    if !cdc_rows.is_empty() {
+        println!(
+            "\n{:<20} {:<24} {:>7} {:>18} {:>12} {:>9} {:>8}",
+            "cdc", "slot", "active", "confirmed LSN", "lag bytes", "lag time", "dead"
+        );
+    }
+    for r in &cdc_rows {
+        let name = r["cdc"].as_str().unwrap_or_default();
+        match r.get("error") {
+            Some(e) => println!("{name:<20} error: {}", e.as_str().unwrap_or_default()),
+            None => println!(
+                "{name:<20} {:<24} {:>7} {:>18} {:>12} {:>9} {:>8}",
+                r["slot"].as_str().unwrap_or_default(),
+                r["active"],
+                r["confirmed_lsn"].as_str().unwrap_or("-"),
+                r["lag_bytes"],
+                r["lag_seconds"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
+                r["dead"],
             ),
         }
     }
@@ -459,16 +582,19 @@ pub fn dead_letter_line(d: &DeadLetterRecord) -> serde_json::Value {
 /// `outbox dead-letters ...`.
 pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> CmdResult {
     let config = load(path)?;
-    let name = match (&args.source, config.sources.len()) {
+    let cdc = cdc_names(&config);
+    let name = match (&args.source, config.sources.len() + cdc.len()) {
         (Some(n), _) => n.clone(),
-        (None, 1) => config.sources.keys().next().cloned().unwrap_or_default(),
+        (None, 1) => config
+            .sources
+            .keys()
+            .map(String::as_str)
+            .chain(cdc.iter().copied())
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
         (None, _) => return Err("several sources: name one with --source".into()),
     };
-    let s = config
-        .sources
-        .get(&name)
-        .ok_or_else(|| format!("config file {}: no source named {name:?}", path.display()))?;
-    let store = open_source(&name, s).await?;
     let filter = DeadLetterFilter {
         event_type: args.event_type.clone(),
         ordering_key: args.key.clone(),
@@ -476,18 +602,38 @@ pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> C
         dead_before: args.before,
         ids: (!args.ids.is_empty()).then(|| args.ids.clone()),
     };
+    #[cfg(feature = "cdc")]
+    if let Some(c) = config.cdc.get(&name) {
+        let source = crate::cdc::open(&name, c).await?;
+        return dead_letter_action(&source.ledger, action, args, &filter).await;
+    }
+    let s = config
+        .sources
+        .get(&name)
+        .ok_or_else(|| format!("config file {}: no source named {name:?}", path.display()))?;
+    let store = open_source(&name, s).await?;
+    dead_letter_action(&store, action, args, &filter).await
+}
+
+/// Lists, requeues or purges the dead letters of `admin` that match `filter`.
+async fn dead_letter_action<A: DeadLetterAdmin + StoreStats>(
+    admin: &A,
+    action: DeadAction,
+    args: &DeadArgs,
+    filter: &DeadLetterFilter,
+) -> CmdResult {
     match action {
         DeadAction::List => {
-            for d in store.list_dead(&filter, args.limit).await? {
+            for d in admin.list_dead(filter, args.limit).await? {
                 println!("{}", dead_letter_line(&d));
             }
         }
         DeadAction::Requeue | DeadAction::Purge => {
             // In bounded batches by id, with progress on stderr.
-            let total = store.stats().await?.dead;
+            let total = admin.stats().await?.dead;
             let mut done = 0u64;
             loop {
-                let batch = store.list_dead(&filter, 500).await?;
+                let batch = admin.list_dead(filter, 500).await?;
                 if batch.is_empty() {
                     break;
                 }
@@ -495,10 +641,15 @@ pub async fn dead_letters(path: &Path, action: DeadAction, args: &DeadArgs) -> C
                     ids: Some(batch.iter().map(|d| d.id).collect()),
                     ..filter.clone()
                 };
-                done += match action {
-                    DeadAction::Requeue => store.requeue_dead(&ids).await?,
-                    _ => store.purge_dead(&ids).await?,
+                let n = match action {
+                    DeadAction::Requeue => admin.requeue_dead(&ids).await?,
+                    _ => admin.purge_dead(&ids).await?,
                 };
+                if n == 0 {
+                    // What is left cannot be requeued (dead letters that are no events).
+                    break;
+                }
+                done += n;
                 eprint!(
                     "\r{} {done}/{total}",
                     if matches!(action, DeadAction::Requeue) {

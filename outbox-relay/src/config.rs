@@ -20,6 +20,11 @@
 //! payload = "body"
 //! destination = "ledger"
 //!
+//! [cdc.payments]                         # log tailing: PostgreSQL logical replication
+//! url = "postgres://relay@db/pay"        # a user with the REPLICATION attribute
+//! mode = "message"                       # message: outbox_sqlx::postgres::emit; table: inserts
+//! dead_letter_table = "outbox_dead_letters" # message mode (table mode: `table`)
+//!
 //! [publishers.bus]                       # any number of named publishers
 //! kind = "nats"                          # nats, amqp, kafka, sqs, stdout, file
 //! url = "nats://127.0.0.1:4222"
@@ -51,6 +56,10 @@ pub struct Config {
     /// also the checkpoint's key.
     #[serde(default)]
     pub event_tables: BTreeMap<String, EventTableConfig>,
+    /// Log-tailing (CDC) sources by name.
+    #[cfg(feature = "cdc")]
+    #[serde(default)]
+    pub cdc: BTreeMap<String, CdcConfig>,
     /// Publishers by name.
     #[serde(default)]
     pub publishers: BTreeMap<String, PublisherConfig>,
@@ -128,6 +137,136 @@ impl std::fmt::Debug for EventTableConfig {
 
 fn default_max_connections() -> u32 {
     4
+}
+
+/// What a CDC source reads.
+#[cfg(feature = "cdc")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CdcMode {
+    /// Transactional logical decoding messages (`outbox_sqlx::postgres::emit`); no table.
+    #[default]
+    Message,
+    /// The outbox table's inserts (the usual enqueue helpers).
+    Table,
+}
+
+/// A log-tailing source: a PostgreSQL logical replication slot (`pgoutput`).
+#[cfg(feature = "cdc")]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcConfig {
+    /// `postgres://...`; the user needs the `REPLICATION` attribute. `sslmode` and its
+    /// companions apply to the replication connection too.
+    pub url: String,
+    /// `message` (default) or `table`.
+    #[serde(default)]
+    pub mode: CdcMode,
+    /// Table mode: the outbox table, optionally `schema.table` (default `outbox_events`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Message mode: where dead events are kept (default `outbox_dead_letters`).
+    #[serde(default)]
+    pub dead_letter_table: Option<String>,
+    /// The slot (default `outbox_<name>`).
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// The publication (default `<slot>_pub`).
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Message mode: the prefix the application emits with (default `outbox`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Most events of one transaction handed to the relay at once (default 1 000).
+    #[serde(default)]
+    pub max_piece_events: Option<usize>,
+    /// Relay settings: `publish_timeout`, `retry`, `max_in_flight`.
+    #[serde(default)]
+    pub relay: outbox_cdc::relay::CdcRelayConfig,
+    /// Most connections for the ledger and the status queries (default 4).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+#[cfg(feature = "cdc")]
+impl std::fmt::Debug for CdcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CdcConfig")
+            .field("url", &redact_url(&self.url))
+            .field("mode", &self.mode)
+            .field("table", &self.table)
+            .field("dead_letter_table", &self.dead_letter_table)
+            .field("slot", &self.slot)
+            .field("publication", &self.publication)
+            .field("prefix", &self.prefix)
+            .field("max_piece_events", &self.max_piece_events)
+            .field("relay", &self.relay)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[cfg(feature = "cdc")]
+impl CdcConfig {
+    /// The slot and publication of the source `name`, checked; the error names the field.
+    pub fn spec(&self, name: &str) -> Result<outbox_cdc::slot::SlotSpec, ConfigError> {
+        let fail = |field: &str, e: &dyn std::fmt::Display| {
+            ConfigError(format!("cdc.{name}.{field}: {e}"))
+        };
+        let slot = self
+            .slot
+            .clone()
+            .unwrap_or_else(|| format!("outbox_{name}"));
+        let table = match self.mode {
+            CdcMode::Table => Some(self.outbox_table().map_err(|e| fail("table", &e))?),
+            CdcMode::Message => None,
+        };
+        let spec = outbox_cdc::slot::SlotSpec {
+            publication: self
+                .publication
+                .clone()
+                .unwrap_or_else(|| format!("{slot}_pub")),
+            slot,
+            table,
+        };
+        spec.validate().map_err(|e| fail("slot", &e))?;
+        Ok(spec)
+    }
+
+    fn outbox_table(&self) -> outbox_core::Result<outbox_core::TableName> {
+        match &self.table {
+            Some(t) => outbox_core::TableName::parse(t),
+            None => Ok(outbox_core::TableName::default()),
+        }
+    }
+
+    /// Where the source's ledger writes: the outbox table (table mode) or the dead-letter
+    /// table (message mode).
+    pub fn ledger_table(&self, name: &str) -> Result<outbox_cdc::ledger::LedgerTable, ConfigError> {
+        use outbox_cdc::ledger::LedgerTable;
+        Ok(match self.mode {
+            CdcMode::Table => LedgerTable::Outbox(
+                self.outbox_table()
+                    .map_err(|e| ConfigError(format!("cdc.{name}.table: {e}")))?,
+            ),
+            CdcMode::Message => LedgerTable::DeadLetters {
+                table: outbox_core::TableName::parse(
+                    self.dead_letter_table
+                        .as_deref()
+                        .unwrap_or("outbox_dead_letters"),
+                )
+                .map_err(|e| ConfigError(format!("cdc.{name}.dead_letter_table: {e}")))?,
+                prefix: self.prefix(),
+            },
+        })
+    }
+
+    /// The message prefix.
+    pub fn prefix(&self) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| outbox_core::codec::MESSAGE_PREFIX.to_owned())
+    }
 }
 
 impl std::fmt::Debug for SourceConfig {
@@ -269,6 +408,26 @@ impl Config {
                 outbox_core::TableName::parse(t).map_err(|e| {
                     ConfigError(format!("config file {origin}: sources.{name}.table: {e}"))
                 })?;
+            }
+        }
+        #[cfg(feature = "cdc")]
+        for (name, c) in &self.cdc {
+            let with_origin = |e: ConfigError| ConfigError(format!("config file {origin}: {e}"));
+            c.spec(name).map_err(with_origin)?;
+            c.ledger_table(name).map_err(with_origin)?;
+            c.relay
+                .validate()
+                .map_err(|e| ConfigError(format!("config file {origin}: cdc.{name}.relay: {e}")))?;
+            if !c.url.starts_with("postgres://") && !c.url.starts_with("postgresql://") {
+                return Err(ConfigError(format!(
+                    "config file {origin}: cdc.{name}.url {} must be postgres://",
+                    redact_url(&c.url)
+                )));
+            }
+            if c.max_piece_events == Some(0) {
+                return Err(ConfigError(format!(
+                    "config file {origin}: cdc.{name}.max_piece_events must be above zero"
+                )));
             }
         }
         Ok(())

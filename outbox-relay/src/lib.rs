@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "cdc")]
+pub mod cdc;
 pub mod commands;
 pub mod config;
 #[cfg(feature = "sqlite")]

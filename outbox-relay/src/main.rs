@@ -47,6 +47,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drop a CDC source's replication slot and publication (retiring the source).
+    #[cfg(feature = "cdc")]
+    DropSlot {
+        /// The `[cdc.<name>]` source.
+        name: String,
+    },
     /// List, requeue or purge dead letters.
     DeadLetters {
         #[command(subcommand)]
@@ -82,6 +88,8 @@ async fn main() -> ExitCode {
             commands::migrate(&cli.config, source.as_deref(), print).await
         }
         Command::Status { json } => commands::status(&cli.config, json).await,
+        #[cfg(feature = "cdc")]
+        Command::DropSlot { name } => commands::drop_slot(&cli.config, &name).await,
         Command::DeadLetters { action, args } => {
             commands::dead_letters(&cli.config, action, &args).await
         }

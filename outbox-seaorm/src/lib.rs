@@ -7,6 +7,8 @@ pub mod inbox;
 pub mod migration;
 pub mod store;
 
+#[cfg(feature = "postgres")]
+pub use enqueue::{emit, emit_all, emit_with_prefix};
 pub use enqueue::{enqueue, enqueue_all};
 pub use error::map_db_err;
 pub use migration::{CreateOutboxTable, OutboxMigrator};

@@ -309,3 +309,44 @@ async fn schema_parity_with_outbox_sqlx() {
         .await
         .expect("drop");
 }
+
+/// `emit` writes committed events into PostgreSQL's WAL through a SeaORM transaction, in
+/// order and field for field, and nothing for a rollback; on another database it refuses
+/// with an error naming the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_writes_committed_events_into_the_wal() {
+    let url = outbox_core::service_or_skip!("seaorm emit", Postgres);
+    let name = unique_name("outbox_semit");
+    let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+    let spec = outbox_cdc::slot::SlotSpec {
+        slot: name.clone(),
+        publication: format!("{name}_pub"),
+        table: None,
+    };
+    spec.ensure(&pool).await.expect("slot");
+    let db = Database::connect(&url).await.expect("connect");
+    let events: Vec<Envelope> = (0..3).map(|n| ev("k", n)).collect();
+    let txn = db.begin().await.expect("begin");
+    outbox_seaorm::emit_with_prefix(&txn, &name, &events)
+        .await
+        .expect("emit");
+    txn.commit().await.expect("commit");
+    let txn = db.begin().await.expect("begin");
+    outbox_seaorm::emit_with_prefix(&txn, &name, &[ev("k", 9)])
+        .await
+        .expect("emit");
+    txn.rollback().await.expect("rollback");
+
+    let got: Vec<Envelope> = outbox_cdc::pgoutput::read_events(&pool, &spec, &name)
+        .await
+        .expect("read the slot's events");
+    assert_eq!(got, events, "field for field, no rollback");
+    spec.drop_all(&pool).await.expect("drop");
+
+    let lite = TempDb::new("outbox_semit");
+    let sqlite = Database::connect(lite.url()).await.expect("sqlite");
+    let err = outbox_seaorm::emit(&sqlite, &events[0])
+        .await
+        .expect_err("SQLite has no WAL messages");
+    assert!(err.to_string().contains("Sqlite"), "{err}");
+}
