@@ -184,6 +184,31 @@ impl Fixture {
         Ok(fx)
     }
 
+    /// The schema, database or file name this fixture owns (unique, lower case): also the
+    /// name of a CDC case's slot and message prefix.
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
+    /// One business transaction on PostgreSQL with its event written into the WAL by
+    /// `emit` (CDC message mode, prefix `prefix`) instead of the outbox table.
+    pub async fn business_emit_tx(&self, i: usize, event: &Envelope, prefix: &str) -> Res<()> {
+        let insert = format!(
+            "INSERT INTO {} (customer, total) VALUES ($1, $2)",
+            self.orders
+        );
+        let mut tx = self.pg()?.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind("c-4711")
+            .bind(4200 + (i % 100) as i64)
+            .execute(&mut *tx)
+            .await?;
+        outbox_sqlx::postgres::emit_with_prefix(&mut tx, prefix, std::slice::from_ref(event))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The table quoted for its dialect.
     pub fn quoted(&self) -> String {
         self.table.quoted(match self.db {

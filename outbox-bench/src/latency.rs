@@ -31,6 +31,23 @@ pub struct Latency {
     pub achieved_rate: f64,
 }
 
+/// How committed events reach the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// Outbox table, found by the relay's polling.
+    Polling,
+    /// Outbox table, each commit followed by a `PgNotifier` poke.
+    Notify,
+    /// `emit` into the WAL, read by a CDC source (message mode).
+    Cdc,
+}
+
+/// The relay of one latency run.
+enum Relay {
+    Polling(Running),
+    Cdc(Box<crate::cdc::Running>),
+}
+
 /// The value at quantile `q` of sorted `xs`.
 pub fn quantile(xs: &[f64], q: f64) -> f64 {
     if xs.is_empty() {
@@ -41,16 +58,10 @@ pub fn quantile(xs: &[f64], q: f64) -> f64 {
 }
 
 /// Writers commit `rate` events per second for `secs`, a transaction every 2 ms carrying
-/// the events due by then; with `notify`, each commit pokes a [`PgNotifier`] (the relay,
-/// wired as `outbox run` wires it, always listens). Waits for every committed event to
-/// arrive (up to 30 s).
-pub async fn measure(
-    fx: &Fixture,
-    dest: &Dest,
-    rate: f64,
-    secs: f64,
-    notify: bool,
-) -> Res<Latency> {
+/// the events due by then, fed to the relay as `feed` says; with [`Feed::Notify`], each
+/// commit pokes a [`PgNotifier`] (the polling relay, wired as `outbox run` wires it,
+/// always listens). Waits for every committed event to arrive (up to 30 s).
+pub async fn measure(fx: &Fixture, dest: &Dest, rate: f64, secs: f64, feed: Feed) -> Res<Latency> {
     let pool = fx.pg()?.clone();
     let client = async_nats::connect(&dest.urls().nats).await?;
     let mut sub = client.subscribe(dest.destination.clone()).await?;
@@ -77,10 +88,22 @@ pub async fn measure(
     // The relay is wired as `outbox run` wires it, LISTEN included; only the writers
     // differ: with the notifier they wake it after each commit, without it the relay's
     // polling finds their rows.
-    let wired = wire(fx, crate::drive::Target::Broker(dest), "").await?;
-    let relay = wired.relay;
-    let notifier = notify.then(|| PgNotifier::spawn(pool.clone(), &fx.table, Duration::ZERO));
-    let running = Running::spawn(relay);
+    let running = match feed {
+        Feed::Cdc => Relay::Cdc(Box::new(
+            crate::cdc::prepare(fx, dest, crate::cdc::Mode::Message)
+                .await?
+                .spawn()
+                .await?,
+        )),
+        Feed::Polling | Feed::Notify => Relay::Polling(Running::spawn(
+            wire(fx, crate::drive::Target::Broker(dest), "")
+                .await?
+                .relay,
+        )),
+    };
+    let notifier =
+        (feed == Feed::Notify).then(|| PgNotifier::spawn(pool.clone(), &fx.table, Duration::ZERO));
+    let prefix = fx.container().to_owned();
     // Let the relay reach its idle state first, as a running service would be.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -106,18 +129,23 @@ pub async fn measure(
             .collect::<Res<Vec<_>>>()?;
         next += k;
         let permit = Arc::clone(&writers).acquire_owned().await?;
-        let (committed, notifier, fx_pool, table) = (
+        let (committed, notifier, fx_pool, table, prefix) = (
             Arc::clone(&committed),
             notifier.clone(),
             pool.clone(),
             fx.table.clone(),
+            prefix.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let mut tx = fx_pool.begin().await?;
-            outbox_sqlx::postgres::PgOutbox::new(table)
-                .enqueue_all(&mut tx, &events)
-                .await?;
+            if feed == Feed::Cdc {
+                outbox_sqlx::postgres::emit_with_prefix(&mut tx, &prefix, &events).await?;
+            } else {
+                outbox_sqlx::postgres::PgOutbox::new(table)
+                    .enqueue_all(&mut tx, &events)
+                    .await?;
+            }
             tx.commit().await?;
             let now = Instant::now();
             if let Some(n) = &notifier {
@@ -144,7 +172,10 @@ pub async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running.stop().await?;
+    match running {
+        Relay::Polling(r) => r.stop().await?,
+        Relay::Cdc(r) => r.stop().await?,
+    }
     collector.abort();
 
     let committed = committed.lock().map_err(|_| "lock poisoned")?.clone();

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod broker;
+mod cdc;
 mod db;
 mod drive;
 mod latency;

@@ -15,7 +15,7 @@ use crate::{Res, Scale, Urls, latency};
 
 /// Section names for `OUTBOX_BENCH_ONLY`, in the order they run.
 pub const SECTIONS: &[&str] = &[
-    "ceiling", "claim", "drain", "keys", "latency", "write", "idle", "memory",
+    "ceiling", "claim", "drain", "keys", "latency", "write", "cdc", "idle", "memory",
 ];
 
 /// What the sections share: settings, figures later sections compare against, the table.
@@ -29,6 +29,8 @@ struct Ctx {
     raw: HashMap<Broker, f64>,
     /// PG -> JetStream drain at 1000 keys, default settings (the reference for other sections).
     pg_nats: Option<Outcome>,
+    /// The polling relay's drains from PostgreSQL, per broker (the CDC section's baseline).
+    pg_drains: HashMap<Broker, Outcome>,
     /// `OUTBOX_BENCH_RELAY`: extra `[sources.*.relay]` lines for the ceiling and drain cases.
     relay: String,
 }
@@ -118,6 +120,7 @@ pub async fn run_all(urls: Urls) -> Res<()> {
         claim_mark: HashMap::new(),
         raw: HashMap::new(),
         pg_nats: None,
+        pg_drains: HashMap::new(),
         relay: std::env::var("OUTBOX_BENCH_RELAY").unwrap_or_default(),
     };
     if !c.relay.trim().is_empty() {
@@ -143,6 +146,9 @@ pub async fn run_all(urls: Urls) -> Res<()> {
     }
     if want("write") {
         write_cost(&mut c).await?;
+    }
+    if want("cdc") {
+        cdc_section(&mut c).await?;
     }
     if want("idle") {
         idle(&mut c).await?;
@@ -372,6 +378,9 @@ async fn drain(c: &mut Ctx) -> Res<()> {
             if db == Db::Postgres && broker == Broker::Nats {
                 c.pg_nats = Some(o);
             }
+            if db == Db::Postgres {
+                c.pg_drains.insert(broker, o);
+            }
         }
     }
     Ok(())
@@ -577,7 +586,12 @@ async fn latency_section(c: &mut Ctx) -> Res<()> {
                     published_history(&fx, history).await?;
                     fx.execute(format!("ANALYZE {t}")).await?;
                 }
-                let l = latency::measure(&fx, &dest, load, secs, notify).await?;
+                let feed = if notify {
+                    latency::Feed::Notify
+                } else {
+                    latency::Feed::Polling
+                };
+                let l = latency::measure(&fx, &dest, load, secs, feed).await?;
                 fx.drop_all().await?;
                 dest.delete().await?;
                 let key = (load as u64, notify);
@@ -682,6 +696,189 @@ async fn write_cost(c: &mut Ctx) -> Res<()> {
                 r.goal = Some(Goal::at_least(ratio, 0.9));
             }
             c.report.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// The raw loop's rate for `broker`: the ceiling section's, or measured now.
+async fn raw_rate(c: &mut Ctx, broker: Broker, n: usize) -> Res<f64> {
+    if let Some(r) = c.raw.get(&broker) {
+        return Ok(*r);
+    }
+    let dest = Dest::create(broker, &c.urls, "raw").await?;
+    let events = (0..n)
+        .map(|i| event(i, 1000, &dest.destination))
+        .collect::<Res<Vec<_>>>()?;
+    let rate = dest.raw_publish(&events).await?;
+    check_broker(&dest, n as u64, true).await?;
+    dest.delete().await?;
+    c.raw.insert(broker, rate);
+    Ok(rate)
+}
+
+/// The polling relay's PG -> `broker` drain: the drain section's, or measured now.
+async fn polling_drain(c: &mut Ctx, broker: Broker, n: usize) -> Res<Outcome> {
+    if let Some(o) = c.pg_drains.get(&broker) {
+        return Ok(*o);
+    }
+    let fx = Fixture::new(Db::Postgres, &c.urls, "drain").await?;
+    let dest = Dest::create(broker, &c.urls, "drain").await?;
+    fx.fill(n, 1000, &dest.destination).await?;
+    let o = drive(
+        &fx,
+        Target::Broker(&dest),
+        &c.relay,
+        n as u64,
+        cap(c.scale.secs(300.0)),
+    )
+    .await?;
+    check_broker(&dest, o.published, o.complete).await?;
+    check_rows(&fx, &o, n).await?;
+    fx.drop_all().await?;
+    dest.delete().await?;
+    c.pg_drains.insert(broker, o);
+    Ok(o)
+}
+
+/// Log tailing (`[cdc.<name>]`, as `outbox run` runs it): drains in both modes to JetStream
+/// and RabbitMQ against the raw broker loop and the polling relay, the write-side cost of
+/// `emit` against the outbox insert and the business insert alone, and commit-to-publish
+/// latency against the polling relay woken by NOTIFY.
+async fn cdc_section(c: &mut Ctx) -> Res<()> {
+    use crate::cdc::{self, Mode};
+    let n = c.scale.events(100_000);
+    for broker in [Broker::Nats, Broker::Rabbit] {
+        let raw = raw_rate(c, broker, n).await?;
+        let polling = polling_drain(c, broker, n).await?;
+        for mode in [Mode::Message, Mode::Table] {
+            eprintln!(
+                "[cdc] PG -> {}, {}, {n} events",
+                broker.label(),
+                mode.label()
+            );
+            let fx = Fixture::new(Db::Postgres, &c.urls, "cdc").await?;
+            let dest = Dest::create(broker, &c.urls, "cdc").await?;
+            let prepared = cdc::prepare(&fx, &dest, mode).await?;
+            cdc::backlog(&fx, mode, n, 1000, &dest.destination).await?;
+            let o = cdc::drain(prepared, n as u64, cap(c.scale.secs(300.0))).await?;
+            check_broker(&dest, o.published, o.complete).await?;
+            if mode == Mode::Table {
+                // Every row marked published in bulk after the broker's acks.
+                check_rows(&fx, &o, n).await?;
+            }
+            fx.drop_all().await?;
+            dest.delete().await?;
+            let case = format!(
+                "CDC PG -> {}, {} ({n} events in transactions of 100, 1000 keys)",
+                broker.label(),
+                mode.label()
+            );
+            let mut r = row("cdc drain", case.clone(), drain_figure(&o, n));
+            r.baseline = format!("raw publish loop ({})", per_sec(raw));
+            r.ratio = Some(o.rate() / raw);
+            r.goal = Some(Goal::at_least(o.rate() / raw, 0.8));
+            c.report.push(r);
+            let mut r = row("cdc drain", case, per_sec(o.rate()));
+            r.baseline = format!("polling relay, same broker ({})", per_sec(polling.rate()));
+            r.ratio = Some(o.rate() / polling.rate());
+            r.goal = Some(Goal::at_least(o.rate() / polling.rate(), 3.0));
+            c.report.push(r);
+        }
+    }
+
+    // The write side: business insert alone, + outbox insert, + emit.
+    for writers in [1usize, 16] {
+        let total = c.scale.events(if writers == 1 { 2000 } else { 4000 });
+        let per = (total / writers).max(1);
+        let mut rates = [0.0f64; 3];
+        for (slot, extra) in ["alone", "outbox insert", "emit"].into_iter().enumerate() {
+            eprintln!("[cdc] write cost, {writers} writer(s), business insert + {extra}");
+            let fx = std::sync::Arc::new(Fixture::new(Db::Postgres, &c.urls, "cdcw").await?);
+            // A slot exists, as in production; no relay reads it during the measurement.
+            let dest = Dest::create(Broker::Nats, &c.urls, "cdcw").await?;
+            let prepared = cdc::prepare(&fx, &dest, Mode::Message).await?;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let fx = std::sync::Arc::clone(&fx);
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..per {
+                        let k = w * per + i;
+                        let e = event(k, 1000, "orders.placed")?;
+                        match slot {
+                            0 => fx.business_tx(k, None).await?,
+                            1 => fx.business_tx(k, Some(&e)).await?,
+                            _ => fx.business_emit_tx(k, &e, fx.container()).await?,
+                        }
+                    }
+                    Ok::<(), crate::BoxError>(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            rates[slot] = (per * writers) as f64 / start.elapsed().as_secs_f64();
+            prepared.discard().await?;
+            dest.delete().await?;
+            if let Ok(fx) = std::sync::Arc::try_unwrap(fx) {
+                fx.drop_all().await?;
+            }
+        }
+        let plural = if writers == 1 { "" } else { "s" };
+        for (slot, what) in [(1usize, "outbox insert"), (2, "emit")] {
+            let mut r = row(
+                "cdc write cost",
+                format!(
+                    "PG, {writers} writer{plural}: business insert + {what} ({} tx)",
+                    per * writers
+                ),
+                format!("{} tx/s", thousands(rates[slot])),
+            );
+            r.baseline = format!("business insert alone ({} tx/s)", thousands(rates[0]));
+            r.ratio = Some(rates[slot] / rates[0]);
+            if writers == 16 && slot == 2 {
+                r.goal = Some(Goal::at_least(rates[slot] / rates[0], 0.95));
+            }
+            c.report.push(r);
+        }
+    }
+
+    // Commit -> publish latency at a steady rate, against the polling relay woken by NOTIFY.
+    let secs = c.scale.secs(10.0);
+    for load in [500.0, 2500.0] {
+        let mut p99 = [0.0f64; 2];
+        for (slot, feed) in [(0usize, latency::Feed::Notify), (1, latency::Feed::Cdc)] {
+            eprintln!("[cdc] latency, {load:.0} ev/s, {feed:?}");
+            let fx = Fixture::new(Db::Postgres, &c.urls, "cdcl").await?;
+            let dest = Dest::create(Broker::Nats, &c.urls, "cdcl").await?;
+            let l = latency::measure(&fx, &dest, load, secs, feed).await?;
+            fx.drop_all().await?;
+            dest.delete().await?;
+            p99[slot] = l.p99;
+            if slot == 1 {
+                let mut r = row(
+                    "cdc latency",
+                    format!(
+                        "CDC message mode -> JetStream, offered {} ev/s (achieved {}, {} events)",
+                        thousands(load),
+                        thousands(l.achieved_rate),
+                        l.committed
+                    ),
+                    format!(
+                        "p50 {} / p99 {} / max {}",
+                        millis(l.p50),
+                        millis(l.p99),
+                        millis(l.max)
+                    ),
+                );
+                r.baseline = format!(
+                    "p99, polling relay + NOTIFY, same load ({})",
+                    millis(p99[0])
+                );
+                r.ratio = Some(p99[1] / p99[0]);
+                c.report.push(r);
+            }
         }
     }
     Ok(())

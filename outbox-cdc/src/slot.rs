@@ -124,17 +124,44 @@ impl SlotSpec {
         ))
     }
 
-    /// Drops the slot (WAL it held is released) and the publication, if they exist.
+    /// Drops the slot (WAL it held is released) and the publication, if they exist. A
+    /// relay that just stopped releases the slot within moments; one still streaming it
+    /// after 10 s makes this an error naming its process.
     pub async fn drop_all(&self, pool: &PgPool) -> Result<()> {
         self.validate()?;
-        sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1",
-        )
-        .bind(&self.slot)
-        .execute(pool)
-        .await
-        .map_err(|e| map_sqlx("dropping the replication slot", e))?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let row: Option<(Option<i32>,)> =
+                sqlx::query_as("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(&self.slot)
+                    .fetch_optional(pool)
+                    .await
+                    .map_err(|e| map_sqlx("reading the replication slot", e))?;
+            match row {
+                None => break,
+                Some((Some(pid),)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::new(
+                            ErrorKind::Unavailable,
+                            format!(
+                                "replication slot {} is streamed by server process {pid}: \
+                                 stop its relay first",
+                                self.slot
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Some((None,)) => {
+                    sqlx::query("SELECT pg_drop_replication_slot($1)")
+                        .bind(&self.slot)
+                        .execute(pool)
+                        .await
+                        .map_err(|e| map_sqlx("dropping the replication slot", e))?;
+                    break;
+                }
+            }
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP PUBLICATION IF EXISTS {}",
             self.publication
