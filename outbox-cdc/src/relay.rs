@@ -407,6 +407,8 @@ impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
         let fates = engine.publish(&candidates, deadline, None).await;
         let now = Instant::now();
         let mut back = Vec::new();
+        let mut retried = 0usize;
+        let mut first_error = None;
         for (mut w, fate) in ready.into_iter().zip(fates) {
             match fate {
                 Fate::Published { .. } => {
@@ -428,13 +430,16 @@ impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
                         error,
                     });
                 }
-                Fate::Retry { attempt, delay, .. } => {
+                Fate::Retry {
+                    attempt,
+                    delay,
+                    error,
+                } => {
                     report.retried += 1;
-                    warn!(
-                        event_id = %w.candidate.envelope.id(),
-                        ?delay,
-                        "publish failed; its key and the position wait for the retry"
-                    );
+                    retried += 1;
+                    if first_error.is_none() {
+                        first_error = Some((w.candidate.envelope.id(), error));
+                    }
                     w.candidate.attempts = attempt;
                     w.ready_at = now + delay;
                     back.push(w);
@@ -442,6 +447,14 @@ impl<S: ChangeStream, P: Publisher, L: Ledger> CdcRelay<S, P, L> {
                 // Not attempted (a key's earlier event failed): same attempts.
                 _ => back.push(w),
             }
+        }
+        if let Some((event_id, error)) = first_error {
+            warn!(
+                events = retried,
+                %event_id,
+                %error,
+                "publish failed; those keys and the position wait for the retry"
+            );
         }
         back
     }

@@ -12,6 +12,11 @@ use outbox_core::{Envelope, Error, ErrorKind, PublishOutcome, Publisher, Result,
 use tokio::sync::Mutex;
 
 use crate::config::{NatsAuth, NatsConfig};
+
+/// Most publishes of one call awaiting their acknowledgements at once: below the JetStream
+/// context's own limit of unacknowledged publishes (5 000 by default), past which a send
+/// waits for an acknowledgement.
+const ACKS_IN_FLIGHT: usize = 1_000;
 use crate::error::map_publish_error;
 
 /// Publishes envelopes to JetStream.
@@ -296,39 +301,45 @@ impl Publisher for NatsPublisher {
                     .collect();
             }
         };
-        // Send everything first; each send only queues the message with the client.
-        let mut pending = Vec::with_capacity(events.len());
-        for e in events {
-            let subject = match self.config.subject(e.destination()) {
-                Ok(s) => s,
-                Err(why) => {
-                    pending.push(Err(Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("destination {why}"),
-                    )));
-                    continue;
+        // Up to ACKS_IN_FLIGHT messages are sent (each send only queues it with the client),
+        // then their acknowledgements awaited together, then the next run: the JetStream
+        // context admits only so many unacknowledged publishes, and a send past that limit
+        // would wait for acknowledgements nobody awaits yet.
+        let mut outcomes = Vec::with_capacity(events.len());
+        for run in events.chunks(ACKS_IN_FLIGHT) {
+            let mut pending = Vec::with_capacity(run.len());
+            for e in run {
+                let subject = match self.config.subject(e.destination()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        pending.push(Err(Error::new(
+                            ErrorKind::InvalidInput,
+                            format!("destination {why}"),
+                        )));
+                        continue;
+                    }
+                };
+                match link
+                    .js
+                    .send_publish(subject.clone(), Self::message(e))
+                    .await
+                {
+                    Ok(ack) => pending.push(Ok((subject, ack))),
+                    Err(err) => pending.push(Err(map_publish_error(&subject, err))),
                 }
-            };
-            match link
-                .js
-                .send_publish(subject.clone(), Self::message(e))
-                .await
-            {
-                Ok(ack) => pending.push(Ok((subject, ack))),
-                Err(err) => pending.push(Err(map_publish_error(&subject, err))),
             }
+            let acks = pending.into_iter().map(|p| async move {
+                match p {
+                    Err(e) => PublishOutcome::Failed(e),
+                    Ok((subject, ack)) => match ack.await {
+                        Ok(_) => PublishOutcome::Published,
+                        Err(err) => PublishOutcome::Failed(map_publish_error(&subject, err)),
+                    },
+                }
+            });
+            outcomes.extend(join_all(acks).await);
         }
-        // Then await every acknowledgement together.
-        let acks = pending.into_iter().map(|p| async move {
-            match p {
-                Err(e) => PublishOutcome::Failed(e),
-                Ok((subject, ack)) => match ack.await {
-                    Ok(_) => PublishOutcome::Published,
-                    Err(err) => PublishOutcome::Failed(map_publish_error(&subject, err)),
-                },
-            }
-        });
-        join_all(acks).await
+        outcomes
     }
 
     /// `true` for a publisher made by [`connect`](NatsPublisher::connect), `false` for one

@@ -159,6 +159,38 @@ async fn same_event_twice_is_stored_once() {
         .expect("delete");
 }
 
+/// One call of 12 000 events (more than the JetStream context's 5 000 unacknowledged
+/// publishes; a CDC relay hands its whole window at once): all stored, in order, within
+/// the publish timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_larger_than_the_ack_limit_is_published_in_order() {
+    let url = outbox_core::service_or_skip!("a_call_larger_than_the_ack_limit", Nats);
+    let js = Js::new(&url, "outbox_big").await;
+    let events: Vec<_> = (0..12_000)
+        .map(|n| order_event(&js.destination(), "k", n))
+        .collect();
+    let out = tokio::time::timeout(Duration::from_secs(10), js.publisher.publish(&events))
+        .await
+        .expect("published within 10 s");
+    assert!(
+        out.iter().all(PublishOutcome::is_published),
+        "{:?}",
+        out.iter().find(|o| !o.is_published())
+    );
+    let got = js
+        .receive(events.len(), Duration::from_secs(10))
+        .await
+        .expect("read");
+    let ids: Vec<String> = events.iter().map(|e| e.id().to_string()).collect();
+    let stored: Vec<String> = got.iter().filter_map(|r| r.dedupe_id.clone()).collect();
+    assert_eq!(stored, ids, "stored once each, in slice order");
+    js.publisher
+        .jetstream()
+        .delete_stream(&js.name)
+        .await
+        .expect("delete");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_destinations_are_permanent_errors() {
     let url = outbox_core::service_or_skip!("bad_destinations_are_permanent_errors", Nats);
