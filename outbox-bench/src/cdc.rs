@@ -12,7 +12,7 @@ use outbox_relay::commands::open_router;
 use crate::Res;
 use crate::broker::Dest;
 use crate::db::{Fixture, event};
-use crate::drive::{Outcome, busy_share, cpu_seconds, machine_cpu};
+use crate::drive::{Outcome, busy_share, cpu_seconds, machine_cpu, until_published};
 
 /// Which CDC mode a case runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,19 +151,7 @@ pub async fn drain(prepared: Prepared, expected: u64, cap: Duration) -> Res<Outc
     let machine0 = machine_cpu();
     let start = Instant::now();
     let running = prepared.spawn().await?;
-    let mut complete = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let m = running.metrics.snapshot();
-        if m.published + m.dead_lettered >= expected {
-            complete = true;
-            break;
-        }
-        if start.elapsed() >= cap {
-            break;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let (complete, secs) = until_published(&running.metrics, start, expected, cap).await;
     let cpu_secs = cpu_seconds() - cpu0;
     let machine_busy = busy_share(machine0, machine_cpu());
     let m = running.metrics.snapshot();

@@ -174,6 +174,26 @@ pub async fn wire(fx: &Fixture, target: Target<'_>, relay: &str) -> Res<Wired> {
     Ok(Wired { relay, metrics })
 }
 
+/// Waits until `metrics` count `expected` events published (or dead) or `cap` has passed
+/// since `start`; whether they all were, and the seconds since `start`.
+pub async fn until_published(
+    metrics: &CountingMetrics,
+    start: Instant,
+    expected: u64,
+    cap: Duration,
+) -> (bool, f64) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let m = metrics.snapshot();
+        if m.published + m.dead_lettered >= expected {
+            return (true, start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() >= cap {
+            return (false, start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 /// Runs the relay until `expected` events are published or `cap` has passed.
 pub async fn drive(
     fx: &Fixture,
@@ -187,19 +207,7 @@ pub async fn drive(
     let machine0 = machine_cpu();
     let start = Instant::now();
     let running = Running::spawn(relay);
-    let mut complete = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let m = metrics.snapshot();
-        if m.published + m.dead_lettered >= expected {
-            complete = true;
-            break;
-        }
-        if start.elapsed() >= cap {
-            break;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let (complete, secs) = until_published(&metrics, start, expected, cap).await;
     let cpu_secs = cpu_seconds() - cpu0;
     let machine_busy = busy_share(machine0, machine_cpu());
     running.stop().await?;
