@@ -194,9 +194,28 @@ impl PgChangeStream {
         .with_start_lsn(Lsn::from_u64(0))
         .with_binary(true)
         .with_status_interval(config.status_interval);
-        let client = ReplicationClient::connect(replication)
-            .await
-            .map_err(|e| connection_error("starting logical replication", e))?;
+        // Replication starts in the background: wait until the server accepted it, so a
+        // bad slot or publication is an error here. A slot still held by a session that
+        // just ended (a relay restarted at once) is released within moments: wait for it
+        // up to 10 s.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let client = loop {
+            let started = async {
+                let mut client = ReplicationClient::connect(replication.clone()).await?;
+                client.wait_started().await?;
+                Ok::<_, pgwire_replication::PgWireError>(client)
+            };
+            match started.await {
+                Ok(client) => break client,
+                Err(e)
+                    if e.to_string().contains("is active for PID")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(connection_error("starting logical replication", e)),
+            }
+        };
         Ok(PgChangeStream {
             client,
             relations: Relations::default(),

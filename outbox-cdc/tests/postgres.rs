@@ -673,3 +673,29 @@ async fn the_replication_connection_honours_sslmode() {
     assert_eq!(published, vec![event.id()]);
     cleanup(&pool, &spec).await;
 }
+
+/// A relay restarted at once takes its slot over as soon as the old session let go; a slot
+/// another relay streams is refused after the wait, with PostgreSQL's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_slot_is_taken_over_and_a_held_one_refused() {
+    let url = outbox_core::service_or_skip!("cdc slot takeover", Postgres);
+    let (pool, name, spec) = message_slot(&url, "outbox_cdcr").await;
+    for _ in 0..3 {
+        Streaming::start(&url, &spec, &name).await.stop().await;
+    }
+    let holder = Streaming::start(&url, &spec, &name).await;
+    let started = tokio::time::Instant::now();
+    let err = outbox_cdc::postgres::PgChangeStream::connect(
+        outbox_cdc::postgres::PgStreamConfig::new(url.clone(), spec.clone()),
+    )
+    .await
+    .err()
+    .expect("the slot is held");
+    assert!(format!("{err:?}").contains("is active for PID"), "{err:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "it waited for the slot"
+    );
+    holder.stop().await;
+    cleanup(&pool, &spec).await;
+}
