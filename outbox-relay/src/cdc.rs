@@ -75,6 +75,22 @@ impl CdcSource {
         Ok(())
     }
 
+    /// Checks that `outbox migrate` ran: the slot exists. `outbox run` runs no DDL on a CDC
+    /// source: a `CREATE INDEX IF NOT EXISTS` on a live outbox table queues behind the
+    /// writers' open transactions and blocks the writers queued behind it.
+    pub async fn check(&self) -> Result<(), BoxError> {
+        let name = &self.name;
+        match self.spec.status(&self.pool).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!(
+                "cdc {name}: replication slot {} does not exist: run `outbox migrate` first",
+                self.spec.slot
+            )
+            .into()),
+            Err(e) => Err(format!("cdc {name}: {}", e.to_report()).into()),
+        }
+    }
+
     /// Relays until `stop` turns true, reconnecting after a lost replication connection
     /// (from the slot's confirmed position: nothing is skipped) with a back-off of 1 s
     /// doubling to 30 s.

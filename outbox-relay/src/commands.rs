@@ -238,7 +238,7 @@ pub async fn run(path: &Path) -> CmdResult {
     #[cfg(feature = "cdc")]
     for (name, c) in &config.cdc {
         let source = crate::cdc::open(name, c).await?;
-        source.migrate().await?;
+        source.check().await?;
         let metrics = Arc::new(outbox_core::CountingMetrics::default());
         let (probe_spec, probe_pool) = (source.spec.clone(), source.pool.clone());
         watched.push(crate::http::WatchedSource {

@@ -375,6 +375,36 @@ publisher = "rabbit"
         "JetStream kept each event once (Nats-Msg-Id absorbed the replays)"
     );
 
+    // A message that is no envelope: a dead letter `outbox dead-letters` lists and purges.
+    let path = config.to_str().expect("path");
+    sqlx::query("SELECT pg_logical_emit_message(true, $1, '\\x00ff'::bytea)")
+        .bind(&name)
+        .execute(&pool)
+        .await
+        .expect("poison");
+    let list = ["dead-letters", "list", "--source", "msg", "--config", path];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let out = fixtures::run_outbox(BIN, &list);
+        if !out.trim().is_empty() || tokio::time::Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    let dead: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(dead["kind"], "undecodable", "{dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("undecodable")),
+        "{dead}"
+    );
+    let purge = ["dead-letters", "purge", "--source", "msg", "--config", path];
+    assert_eq!(fixtures::run_outbox(BIN, &purge).trim(), "1");
+    assert!(fixtures::run_outbox(BIN, &list).trim().is_empty());
+
     // Operators' view: status, metrics, health, dead letters; then the slots are dropped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let rows = loop {
@@ -435,7 +465,6 @@ publisher = "rabbit"
         "SIGTERM ends the relay cleanly: {status:?}"
     );
 
-    let path = config.to_str().expect("path");
     fixtures::run_outbox(BIN, &["drop-slot", "msg", "--config", path]);
     fixtures::run_outbox(BIN, &["drop-slot", "tbl", "--config", path]);
     let left: i64 =
