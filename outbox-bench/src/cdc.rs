@@ -12,7 +12,7 @@ use outbox_relay::commands::open_router;
 use crate::Res;
 use crate::broker::Dest;
 use crate::db::{Fixture, event};
-use crate::drive::{Outcome, busy_share, cpu_seconds, machine_cpu, until_published};
+use crate::drive::{Outcome, busy_share, cpu_seconds, machine_cpu, until_published, valid_outcome};
 
 /// Which CDC mode a case runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,18 +156,9 @@ pub async fn drain(prepared: Prepared, expected: u64, cap: Duration) -> Res<Outc
     let machine_busy = busy_share(machine0, machine_cpu());
     let m = running.metrics.snapshot();
     running.stop().await?;
-    if m.dead_lettered > 0 || m.retried > 0 {
-        return Err(format!(
-            "the CDC relay dead-lettered {} and retried {} events: the run is invalid",
-            m.dead_lettered, m.retried
-        )
-        .into());
-    }
-    Ok(Outcome {
-        published: m.published,
-        secs,
-        complete,
-        cpu_secs,
-        machine_busy,
-    })
+    valid_outcome(
+        &m,
+        "the CDC relay",
+        (complete, secs, cpu_secs, machine_busy),
+    )
 }

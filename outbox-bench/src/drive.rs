@@ -211,11 +211,25 @@ pub async fn drive(
     let cpu_secs = cpu_seconds() - cpu0;
     let machine_busy = busy_share(machine0, machine_cpu());
     running.stop().await?;
-    let m = metrics.snapshot();
+    valid_outcome(
+        &metrics.snapshot(),
+        &format!("the relay on {}", fx.table),
+        (complete, secs, cpu_secs, machine_busy),
+    )
+}
+
+/// The [`Outcome`] of a drain whose relay reported `m`, given (complete, seconds, process
+/// CPU seconds, machine busy share); an error naming `relay` if it retried or
+/// dead-lettered anything (the drain is then not a clean measurement).
+pub fn valid_outcome(
+    m: &outbox_core::metrics::MetricsSnapshot,
+    relay: &str,
+    (complete, secs, cpu_secs, machine_busy): (bool, f64, f64, f64),
+) -> Res<Outcome> {
     if m.dead_lettered > 0 || m.retried > 0 {
         return Err(format!(
-            "the relay dead-lettered {} and retried {} events on {}: the run is invalid",
-            m.dead_lettered, m.retried, fx.table
+            "{relay} dead-lettered {} and retried {} events: the run is invalid",
+            m.dead_lettered, m.retried
         )
         .into());
     }

@@ -304,16 +304,7 @@ async fn ceiling(c: &mut Ctx) -> Res<()> {
     }
     eprintln!("[ceiling] raw publish loops, {n} messages per broker");
     for broker in Broker::ALL {
-        let dest = Dest::create(broker, &c.urls, "raw").await?;
-        let events = (0..n)
-            .map(|i| event(i, 1000, &dest.destination))
-            .collect::<Res<Vec<_>>>()?;
-        let machine0 = machine_cpu();
-        let rate = dest.raw_publish(&events).await?;
-        let busy = busy_share(machine0, machine_cpu());
-        check_broker(&dest, n as u64, true).await?;
-        dest.delete().await?;
-        c.raw.insert(broker, rate);
+        let (rate, busy) = raw_loop(c, broker, n).await?;
         let mut r = row(
             "ceiling",
             format!(
@@ -337,21 +328,7 @@ async fn drain(c: &mut Ctx) -> Res<()> {
     for db in Db::ALL {
         for broker in Broker::ALL {
             eprintln!("[drain] {} -> {}, {n} events", db.label(), broker.label());
-            let fx = Fixture::new(db, &c.urls, "drain").await?;
-            let dest = Dest::create(broker, &c.urls, "drain").await?;
-            fx.fill(n, 1000, &dest.destination).await?;
-            let o = drive(
-                &fx,
-                Target::Broker(&dest),
-                &c.relay,
-                n as u64,
-                cap(c.scale.secs(300.0)),
-            )
-            .await?;
-            check_broker(&dest, o.published, o.complete).await?;
-            check_rows(&fx, &o, n).await?;
-            fx.drop_all().await?;
-            dest.delete().await?;
+            let o = drain_case(c, db, broker, n).await?;
             let mut r = row(
                 "drain",
                 format!(
@@ -384,6 +361,27 @@ async fn drain(c: &mut Ctx) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// One polling-relay drain of a backlog of `n` events (1000 keys) from `db` to `broker`,
+/// with the run's relay settings; broker and rows checked, fixtures removed.
+async fn drain_case(c: &Ctx, db: Db, broker: Broker, n: usize) -> Res<Outcome> {
+    let fx = Fixture::new(db, &c.urls, "drain").await?;
+    let dest = Dest::create(broker, &c.urls, "drain").await?;
+    fx.fill(n, 1000, &dest.destination).await?;
+    let o = drive(
+        &fx,
+        Target::Broker(&dest),
+        &c.relay,
+        n as u64,
+        cap(c.scale.secs(300.0)),
+    )
+    .await?;
+    check_broker(&dest, o.published, o.complete).await?;
+    check_rows(&fx, &o, n).await?;
+    fx.drop_all().await?;
+    dest.delete().await?;
+    Ok(o)
 }
 
 /// One PG -> JetStream relay drain of `n` events over `keys` keys at `batch`.
@@ -706,15 +704,23 @@ async fn raw_rate(c: &mut Ctx, broker: Broker, n: usize) -> Res<f64> {
     if let Some(r) = c.raw.get(&broker) {
         return Ok(*r);
     }
+    Ok(raw_loop(c, broker, n).await?.0)
+}
+
+/// The broker client's own pipelined loop publishing `n` events to a fresh destination,
+/// checked and recorded in `c.raw`: its rate and the machine's busy share.
+async fn raw_loop(c: &mut Ctx, broker: Broker, n: usize) -> Res<(f64, f64)> {
     let dest = Dest::create(broker, &c.urls, "raw").await?;
     let events = (0..n)
         .map(|i| event(i, 1000, &dest.destination))
         .collect::<Res<Vec<_>>>()?;
+    let machine0 = machine_cpu();
     let rate = dest.raw_publish(&events).await?;
+    let busy = busy_share(machine0, machine_cpu());
     check_broker(&dest, n as u64, true).await?;
     dest.delete().await?;
     c.raw.insert(broker, rate);
-    Ok(rate)
+    Ok((rate, busy))
 }
 
 /// The polling relay's PG -> `broker` drain: the drain section's, or measured now.
@@ -722,21 +728,7 @@ async fn polling_drain(c: &mut Ctx, broker: Broker, n: usize) -> Res<Outcome> {
     if let Some(o) = c.pg_drains.get(&broker) {
         return Ok(*o);
     }
-    let fx = Fixture::new(Db::Postgres, &c.urls, "drain").await?;
-    let dest = Dest::create(broker, &c.urls, "drain").await?;
-    fx.fill(n, 1000, &dest.destination).await?;
-    let o = drive(
-        &fx,
-        Target::Broker(&dest),
-        &c.relay,
-        n as u64,
-        cap(c.scale.secs(300.0)),
-    )
-    .await?;
-    check_broker(&dest, o.published, o.complete).await?;
-    check_rows(&fx, &o, n).await?;
-    fx.drop_all().await?;
-    dest.delete().await?;
+    let o = drain_case(c, Db::Postgres, broker, n).await?;
     c.pg_drains.insert(broker, o);
     Ok(o)
 }
