@@ -364,17 +364,34 @@ async fn drain(c: &mut Ctx) -> Res<()> {
 }
 
 /// One polling-relay drain of a backlog of `n` events (1000 keys) from `db` to `broker`,
-/// with the run's relay settings; broker and rows checked, fixtures removed.
+/// with the run's relay settings, for at most 300 s.
 async fn drain_case(c: &Ctx, db: Db, broker: Broker, n: usize) -> Res<Outcome> {
-    let fx = Fixture::new(db, &c.urls, "drain").await?;
-    let dest = Dest::create(broker, &c.urls, "drain").await?;
-    fx.fill(n, 1000, &dest.destination).await?;
+    drain_backlog(c, db, broker, n, 1000, &c.relay, 300.0, "drain").await
+}
+
+/// A polling-relay drain of `n` events over `keys` keys from a fresh `db` fixture to a
+/// fresh `broker` destination (both tagged `tag`), with `relay` settings, for at most
+/// `cap_secs` (scaled); broker and rows checked, fixtures removed.
+#[allow(clippy::too_many_arguments)]
+async fn drain_backlog(
+    c: &Ctx,
+    db: Db,
+    broker: Broker,
+    n: usize,
+    keys: usize,
+    relay: &str,
+    cap_secs: f64,
+    tag: &str,
+) -> Res<Outcome> {
+    let fx = Fixture::new(db, &c.urls, tag).await?;
+    let dest = Dest::create(broker, &c.urls, tag).await?;
+    fx.fill(n, keys, &dest.destination).await?;
     let o = drive(
         &fx,
         Target::Broker(&dest),
-        &c.relay,
+        relay,
         n as u64,
-        cap(c.scale.secs(300.0)),
+        cap(c.scale.secs(cap_secs)),
     )
     .await?;
     check_broker(&dest, o.published, o.complete).await?;
@@ -386,22 +403,8 @@ async fn drain_case(c: &Ctx, db: Db, broker: Broker, n: usize) -> Res<Outcome> {
 
 /// One PG -> JetStream relay drain of `n` events over `keys` keys at `batch`.
 async fn pg_nats_drain(c: &Ctx, n: usize, keys: usize, batch: usize) -> Res<Outcome> {
-    let fx = Fixture::new(Db::Postgres, &c.urls, "keys").await?;
-    let dest = Dest::create(Broker::Nats, &c.urls, "keys").await?;
-    fx.fill(n, keys, &dest.destination).await?;
-    let o = drive(
-        &fx,
-        Target::Broker(&dest),
-        &format!("batch_size = {batch}"),
-        n as u64,
-        cap(c.scale.secs(30.0)),
-    )
-    .await?;
-    check_broker(&dest, o.published, o.complete).await?;
-    check_rows(&fx, &o, n).await?;
-    fx.drop_all().await?;
-    dest.delete().await?;
-    Ok(o)
+    let relay = format!("batch_size = {batch}");
+    drain_backlog(c, Db::Postgres, Broker::Nats, n, keys, &relay, 30.0, "keys").await
 }
 
 fn keys_label(k: usize) -> String {

@@ -214,19 +214,24 @@ fn dead_table(slot: &str) -> TableName {
     TableName::with_schema(slot, "dead_letters").expect("name")
 }
 
+/// Whether the slot's confirmed position reached `through` (`None`: no such slot).
+async fn slot_confirmed(pool: &PgPool, spec: &SlotSpec, through: &str) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots \
+         WHERE slot_name = $2",
+    )
+    .bind(through)
+    .bind(&spec.slot)
+    .fetch_optional(pool)
+    .await
+    .expect("slot position")
+}
+
 /// Waits until the slot's confirmed position reached `through` (20 s at most).
 async fn wait_confirmed(pool: &PgPool, spec: &SlotSpec, through: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let confirmed: Option<bool> = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots \
-             WHERE slot_name = $2",
-        )
-        .bind(through)
-        .bind(&spec.slot)
-        .fetch_optional(pool)
-        .await
-        .expect("slot position");
+        let confirmed = slot_confirmed(pool, spec, through).await;
         if confirmed == Some(true) {
             return;
         }
@@ -267,15 +272,7 @@ async fn relay_from_slot(
     let pool = PgPool::connect(url).await.expect("pool");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let confirmed: Option<bool> = sqlx::query_scalar(
-            "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots \
-             WHERE slot_name = $2",
-        )
-        .bind(through)
-        .bind(&spec.slot)
-        .fetch_optional(&pool)
-        .await
-        .expect("slot position");
+        let confirmed = slot_confirmed(&pool, spec, through).await;
         if publisher.delivered_count() >= want && confirmed == Some(true) {
             break;
         }
