@@ -209,6 +209,27 @@ impl Fixture {
         Ok(())
     }
 
+    /// The business insert and the emit of `event` as one statement
+    /// (`outbox_sqlx::postgres::emitting`), in a transaction.
+    pub async fn business_emitting_tx(&self, i: usize, event: &Envelope, prefix: &str) -> Res<()> {
+        let sql = outbox_sqlx::postgres::emitting(
+            &format!(
+                "INSERT INTO {} (customer, total) VALUES ($1, $2)",
+                self.orders
+            ),
+            2,
+        )?;
+        let mut tx = self.pg()?.begin().await?;
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind("c-4711")
+            .bind(4200 + (i % 100) as i64);
+        outbox_sqlx::postgres::bind_events(query, prefix, std::slice::from_ref(event))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The table quoted for its dialect.
     pub fn quoted(&self) -> String {
         self.table.quoted(match self.db {

@@ -7,15 +7,16 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::{AuthError, jetstream};
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use outbox_core::{Envelope, Error, ErrorKind, PublishOutcome, Publisher, Result, transport};
 use tokio::sync::Mutex;
 
 use crate::config::{NatsAuth, NatsConfig};
 
-/// Most publishes of one call awaiting their acknowledgements at once: below the JetStream
-/// context's own limit of unacknowledged publishes (5 000 by default), past which a send
-/// waits for an acknowledgement.
+/// Most publishes of one call awaiting their acknowledgements at once (or `max_in_flight`
+/// when lower): below the JetStream context's own limit of unacknowledged publishes, past
+/// which a send waits for an acknowledgement.
 const ACKS_IN_FLIGHT: usize = 1_000;
 use crate::error::map_publish_error;
 
@@ -301,35 +302,35 @@ impl Publisher for NatsPublisher {
                     .collect();
             }
         };
-        // Up to ACKS_IN_FLIGHT messages are sent (each send only queues it with the client),
-        // then their acknowledgements awaited together, then the next run: the JetStream
-        // context admits only so many unacknowledged publishes, and a send past that limit
-        // would wait for acknowledgements nobody awaits yet.
+        // A sliding window: at most `window` publishes await their acknowledgements; the
+        // oldest is awaited before one more is sent (each send only queues the message with
+        // the client). The JetStream context admits only so many unacknowledged publishes
+        // (`max_in_flight`), and a send past that limit would wait for acknowledgements
+        // nobody awaits; runs sent and then awaited together would leave the connection
+        // idle at every run's end.
+        let window = ACKS_IN_FLIGHT.min(self.config.max_in_flight).max(1);
         let mut outcomes = Vec::with_capacity(events.len());
-        for run in events.chunks(ACKS_IN_FLIGHT) {
-            let mut pending = Vec::with_capacity(run.len());
-            for e in run {
-                let subject = match self.config.subject(e.destination()) {
-                    Ok(s) => s,
-                    Err(why) => {
-                        pending.push(Err(Error::new(
-                            ErrorKind::InvalidInput,
-                            format!("destination {why}"),
-                        )));
-                        continue;
-                    }
-                };
-                match link
+        let mut in_flight = FuturesOrdered::new();
+        for e in events {
+            if in_flight.len() >= window {
+                outcomes.extend(in_flight.next().await);
+            }
+            let sent = match self.config.subject(e.destination()) {
+                Err(why) => Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("destination {why}"),
+                )),
+                Ok(subject) => match link
                     .js
                     .send_publish(subject.clone(), Self::message(e))
                     .await
                 {
-                    Ok(ack) => pending.push(Ok((subject, ack))),
-                    Err(err) => pending.push(Err(map_publish_error(&subject, err))),
-                }
-            }
-            let acks = pending.into_iter().map(|p| async move {
-                match p {
+                    Ok(ack) => Ok((subject, ack)),
+                    Err(err) => Err(map_publish_error(&subject, err)),
+                },
+            };
+            in_flight.push_back(async move {
+                match sent {
                     Err(e) => PublishOutcome::Failed(e),
                     Ok((subject, ack)) => match ack.await {
                         Ok(_) => PublishOutcome::Published,
@@ -337,7 +338,9 @@ impl Publisher for NatsPublisher {
                     },
                 }
             });
-            outcomes.extend(join_all(acks).await);
+        }
+        while let Some(outcome) = in_flight.next().await {
+            outcomes.push(outcome);
         }
         outcomes
     }

@@ -21,6 +21,33 @@ pub const PG_CLAIM_SETTINGS: &str = "SELECT set_config('enable_sort', 'off', tru
 pub const PG_EMIT_MESSAGES: &str = "SELECT pg_logical_emit_message(true, $1, m) \
      FROM unnest($2::bytea[]) WITH ORDINALITY AS t(m, n) ORDER BY n";
 
+/// One statement that runs `statement` (the caller's own `INSERT`, `UPDATE` or `DELETE`,
+/// binding `$1` to `$params`) and emits envelopes as [`PG_EMIT_MESSAGES`] does: `$params+1`
+/// the message prefix, `$params+2` the encoded envelopes. One round trip to the server
+/// instead of two; the write and the events commit or roll back together as ever.
+///
+/// `statement` runs as a data-modifying `WITH` query: exactly once, to completion. Its
+/// `RETURNING` rows, if any, are not returned, and the events are emitted whatever rows it
+/// touched (run the statement and `emit` separately to decide from its result). An empty
+/// statement is an error; PostgreSQL refuses more than one.
+pub fn pg_emit_with(statement: &str, params: usize) -> outbox_core::Result<String> {
+    let invalid = |why: &str| {
+        outbox_core::Error::new(
+            outbox_core::ErrorKind::InvalidInput,
+            format!("the statement to emit with {why}"),
+        )
+    };
+    let body = statement.trim().trim_end_matches(';').trim_end();
+    if body.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    let (prefix, messages) = (params + 1, params + 2);
+    Ok(format!(
+        "WITH business AS ({body}) SELECT pg_logical_emit_message(true, ${prefix}, m) \
+         FROM unnest(${messages}::bytea[]) WITH ORDINALITY AS t(m, n) ORDER BY n"
+    ))
+}
+
 /// PostgreSQL's claim and fenced marks for a table, shared by the sqlx and diesel stores
 /// (retention, backlog figures and dead letters are [`AdminStatements`](crate::admin::AdminStatements)).
 #[derive(Clone, Debug)]

@@ -255,3 +255,99 @@ async fn emitted_envelopes_reach_the_wal_only_when_committed() {
     .await
     .expect("drop publication");
 }
+
+/// `emitting` runs the caller's statement and the emit as one statement: the row and the
+/// events commit together, a rollback keeps neither, and a statement that fails emits
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_emitting_events_commits_both_or_neither() {
+    use outbox_core::codec;
+    use outbox_sqlx::postgres::{bind_events, emitting};
+    let url = outbox_core::service_or_skip!("a_statement_emitting_events", Postgres);
+    let pool = pool(&url).await;
+    let schema = unique_name("outbox_emitting");
+    let slot = unique_name("outbox_emitting");
+    let publication = unique_name("outbox_emitting_pub");
+    // Its own prefix: the other emit test of this binary writes the default one meanwhile.
+    let prefix = unique_name("outbox_emitting_prefix");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.orders \
+         (id bigint PRIMARY KEY, customer text NOT NULL); CREATE PUBLICATION {publication} \
+         FOR TABLE {schema}.orders"
+    )))
+    .execute(&pool)
+    .await
+    .expect("schema, table and publication");
+    sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .expect("slot");
+    let sql = emitting(
+        &format!("INSERT INTO {schema}.orders (id, customer) VALUES ($1, $2);"),
+        2,
+    )
+    .expect("one statement");
+    let insert = |id: i64, events: &[Envelope]| {
+        bind_events(
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .bind("c-4711"),
+            &prefix,
+            events,
+        )
+    };
+
+    let committed = vec![ev("a", 1), ev("b", 2)];
+    let mut tx = pool.begin().await.expect("begin");
+    insert(1, &committed)
+        .execute(&mut *tx)
+        .await
+        .expect("insert + emit");
+    tx.commit().await.expect("commit");
+    let mut tx = pool.begin().await.expect("begin");
+    insert(2, &[ev("c", 3)])
+        .execute(&mut *tx)
+        .await
+        .expect("insert + emit");
+    tx.rollback().await.expect("rollback");
+    let mut tx = pool.begin().await.expect("begin");
+    let err = insert(1, &[ev("d", 4)])
+        .execute(&mut *tx)
+        .await
+        .expect_err("a duplicate key fails the statement");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    drop(tx);
+
+    let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {schema}.orders ORDER BY id"
+    )))
+    .fetch_all(&pool)
+    .await
+    .expect("rows");
+    assert_eq!(ids, vec![1], "only the committed row");
+    let got = slot_messages(&pool, &slot, &publication, &prefix).await;
+    let limits = outbox_core::ValidationLimits::default();
+    let decoded: Vec<Envelope> = got
+        .iter()
+        .map(|m| codec::decode(m, &limits).expect("a decodable envelope"))
+        .collect();
+    assert_eq!(
+        decoded, committed,
+        "the committed events, in order, nothing else"
+    );
+    let empty = emitting(" ; ", 0).expect_err("no statement");
+    assert!(empty.to_string().contains("is empty"), "{empty}");
+
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&pool)
+        .await
+        .expect("drop slot");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP PUBLICATION {publication}; DROP SCHEMA {schema} CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .expect("clean up");
+}
