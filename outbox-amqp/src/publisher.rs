@@ -1,6 +1,6 @@
 //! [`AmqpPublisher`]: publisher confirms, mandatory routing, reconnection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -33,6 +33,8 @@ pub struct AmqpPublisher {
     config: AmqpConfig,
     link: Mutex<Option<Link>>,
     known_exchanges: Mutex<HashSet<String>>,
+    /// One call at a time publishes on the channel (see `publish`).
+    calls: Mutex<()>,
 }
 
 struct Link {
@@ -62,6 +64,7 @@ impl AmqpPublisher {
             config,
             link: Mutex::new(None),
             known_exchanges: Mutex::new(HashSet::new()),
+            calls: Mutex::new(()),
         };
         publisher.channel().await?;
         Ok(publisher)
@@ -190,32 +193,43 @@ impl AmqpPublisher {
         }
     }
 
-    async fn confirm(&self, sent: Sent, timeout: Duration) -> PublishOutcome {
+    /// Awaits one publisher confirm. A message the broker returned comes back beside the
+    /// outcome: lapin hands a return to whichever confirm it resolves next (of several a
+    /// multiple-ack covers, any), so `publish` matches it to its event by message id.
+    async fn confirm(&self, sent: Sent, timeout: Duration) -> (PublishOutcome, Option<Returned>) {
         let (route, confirm) = match sent {
-            Sent::Failed(e) => return PublishOutcome::Failed(e),
+            Sent::Failed(e) => return (PublishOutcome::Failed(e), None),
             Sent::Waiting(r, c) => (r, c),
         };
         let at = format!(
             "exchange {:?}, routing key {:?}",
             route.exchange, route.routing_key
         );
-        match tokio::time::timeout(timeout, confirm).await {
+        let returned = |r: lapin::message::BasicReturnMessage| Returned {
+            message_id: r
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_owned()),
+            reason: format!("broker returned {} {}", r.reply_code, r.reply_text),
+        };
+        let outcome = match tokio::time::timeout(timeout, confirm).await {
             Err(_) => PublishOutcome::Failed(Error::new(
                 ErrorKind::Timeout,
                 format!("no publisher confirm within {timeout:?} ({at})"),
             )),
             Ok(Ok(Confirmation::Ack(None))) => PublishOutcome::Published,
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => PublishOutcome::Failed(Error::new(
-                ErrorKind::DestinationNotFound,
-                format!(
-                    "unroutable: no queue bound for {at} (broker returned {} {})",
-                    returned.reply_code, returned.reply_text
-                ),
-            )),
-            Ok(Ok(Confirmation::Nack(_))) => PublishOutcome::Failed(Error::new(
-                ErrorKind::Unavailable,
-                format!("the broker nacked the message ({at})"),
-            )),
+            Ok(Ok(Confirmation::Ack(Some(r)))) => {
+                return (PublishOutcome::Published, Some(returned(r)));
+            }
+            Ok(Ok(Confirmation::Nack(r))) => {
+                let outcome = PublishOutcome::Failed(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("the broker nacked the message ({at})"),
+                ));
+                return (outcome, r.map(returned));
+            }
             Ok(Ok(Confirmation::NotRequested)) => PublishOutcome::Failed(Error::new(
                 ErrorKind::Unavailable,
                 "publisher confirms were not on for the channel",
@@ -235,12 +249,22 @@ impl AmqpPublisher {
                     PublishOutcome::Failed(mapped)
                 }
             }
-        }
+        };
+        (outcome, None)
     }
+}
+
+/// A message the broker returned as unroutable: its message id (the event id) and why.
+struct Returned {
+    message_id: Option<String>,
+    reason: String,
 }
 
 impl Publisher for AmqpPublisher {
     async fn publish(&self, events: &[Envelope]) -> Vec<PublishOutcome> {
+        // One call at a time on the channel: a returned message is then attached to one
+        // of this call's confirms, and matched to its event below.
+        let _call = self.calls.lock().await;
         let channel = match self.channel().await {
             Ok(c) => c,
             Err(e) => {
@@ -266,7 +290,38 @@ impl Publisher for AmqpPublisher {
             sent.push(self.send(&channel, e, route).await);
         }
         let timeout = self.config.confirm_timeout;
-        let outcomes = join_all(sent.into_iter().map(|s| self.confirm(s, timeout))).await;
+        let confirmed = join_all(sent.into_iter().map(|s| self.confirm(s, timeout))).await;
+        // Each returned message fails the event whose id it carries, whichever confirm
+        // lapin attached it to (the channel serves this call alone, so it is one of ours).
+        let mut returned: HashMap<String, String> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(confirmed.len());
+        for (outcome, r) in confirmed {
+            if let Some(r) = r {
+                match r.message_id {
+                    Some(id) => {
+                        returned.insert(id, r.reason);
+                    }
+                    None => {
+                        tracing::warn!(reason = %r.reason, "RabbitMQ returned a message without a message id")
+                    }
+                }
+            }
+            outcomes.push(outcome);
+        }
+        if !returned.is_empty() {
+            for (e, outcome) in events.iter().zip(outcomes.iter_mut()) {
+                if let Some(reason) = returned.remove(&e.id().to_string()) {
+                    let at = Route::parse(e.destination(), e.event_type()).map_or_else(
+                        |_| format!("destination {:?}", e.destination()),
+                        |r| format!("exchange {:?}, routing key {:?}", r.exchange, r.routing_key),
+                    );
+                    *outcome = PublishOutcome::Failed(Error::new(
+                        ErrorKind::DestinationNotFound,
+                        format!("unroutable: no queue bound for {at} ({reason})"),
+                    ));
+                }
+            }
+        }
         let lost = outcomes.iter().any(|o| {
             matches!(o, PublishOutcome::Failed(e)
                 if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Unavailable))

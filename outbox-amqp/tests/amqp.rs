@@ -162,6 +162,62 @@ async fn unroutable_message_is_a_permanent_error() {
         .expect("delete exchange");
 }
 
+/// Found by the chaos run: RabbitMQ acknowledges many messages with one multiple-ack, and
+/// lapin hands a returned message to any one of the confirms it covers, so an unroutable
+/// event was reported published and a routed one failed as unroutable. Many batches of
+/// routed events with unroutable ones among them, from two calls at once: exactly the
+/// unroutable ones fail, every routed one is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_message_fails_its_own_event_under_multiple_acks() {
+    let url = outbox_core::service_or_skip!("a_returned_message_fails_its_own_event", Amqp);
+    let rabbit = Rabbit::new(&url, &url).await;
+    let lonely = unique_name("outbox_unbound");
+    fixtures::amqp::topic_exchange(&rabbit.channel, &lonely).await;
+    let batch = |round: usize| -> Vec<outbox_core::Envelope> {
+        (0..200)
+            .map(|i| {
+                if i % 37 == 5 {
+                    order_event(&format!("{lonely}/nobody"), &format!("u{round}-{i}"), i)
+                } else {
+                    order_event(&rabbit.destination(), &format!("k{}", i % 7), i)
+                }
+            })
+            .collect()
+    };
+    let mut routed = 0usize;
+    for round in 0..10 {
+        let (a, b) = (batch(2 * round), batch(2 * round + 1));
+        let (out_a, out_b) =
+            tokio::join!(rabbit.publisher.publish(&a), rabbit.publisher.publish(&b));
+        for (events, outs) in [(&a, out_a), (&b, out_b)] {
+            for (e, o) in events.iter().zip(&outs) {
+                let unroutable = e.destination().starts_with(&lonely);
+                match o {
+                    PublishOutcome::Published => {
+                        assert!(!unroutable, "unroutable {} reported published", e.id());
+                        routed += 1;
+                    }
+                    PublishOutcome::Failed(err) => {
+                        assert!(unroutable, "routed {} failed: {err}", e.id());
+                        assert_eq!(err.kind(), ErrorKind::DestinationNotFound, "{err}");
+                    }
+                    other => panic!("an outcome this test does not know: {other:?}"),
+                }
+            }
+        }
+    }
+    let got = rabbit
+        .receive(routed, Duration::from_secs(20))
+        .await
+        .expect("read");
+    assert_eq!(got.len(), routed, "every routed event reached the queue");
+    rabbit
+        .channel
+        .exchange_delete(lonely.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete exchange");
+}
+
 /// The connection is cut (and refused for 1.5 s) while the relay runs: the publisher
 /// reconnects, every event reaches the queue, in key order of first delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

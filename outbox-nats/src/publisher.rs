@@ -189,7 +189,10 @@ async fn open(config: &NatsConfig) -> Result<async_nats::Client> {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
     let shown = outbox_core::redact_url(&config.url);
-    let client = opts.connect(config.url.as_str()).await.map_err(|e| {
+    // The credentials go through the callback above; the client gets the servers without
+    // them, since it logs the addresses it dials (password included) at debug level.
+    let servers = without_credentials(&config.url);
+    let client = opts.connect(servers.as_str()).await.map_err(|e| {
         let kind = match e.kind() {
             async_nats::ConnectErrorKind::Authentication
             | async_nats::ConnectErrorKind::AuthorizationViolation => ErrorKind::Unauthorized,
@@ -201,6 +204,30 @@ async fn open(config: &NatsConfig) -> Result<async_nats::Client> {
     })?;
     opened.store(true, Ordering::SeqCst);
     Ok(client)
+}
+
+/// `url` (one server URL or several, comma-separated) without the `user:password@` or
+/// `token@` of each.
+fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let server = server.trim();
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, server),
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            match scheme {
+                Some(scheme) => format!("{scheme}://{host}{tail}"),
+                None => format!("{host}{tail}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What the connection authenticates with, read once per connection.
@@ -375,6 +402,30 @@ mod tests {
              NKEY Seed printed below can be used to sign and prove identity.\n\n\
              -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
         )
+    }
+
+    /// The chaos run found async-nats logging the dialled URL, password and all, at
+    /// debug level: the client is given the servers without credentials.
+    #[test]
+    fn the_client_dials_servers_without_their_credentials() {
+        assert_eq!(
+            without_credentials("nats://user:s3cret@127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        assert_eq!(
+            without_credentials("tls://tok3n@a.example:4222/x, nats://b.example:4223"),
+            "tls://a.example:4222/x,nats://b.example:4223"
+        );
+        assert_eq!(without_credentials("u:p@localhost"), "localhost");
+        assert_eq!(
+            without_credentials("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+        // The credentials still authenticate, through the callback.
+        assert!(matches!(
+            Credentials::from_url("nats://user:s3cret@127.0.0.1:4222"),
+            Credentials::UserPassword(u, p) if u == "user" && p == "s3cret"
+        ));
     }
 
     #[test]

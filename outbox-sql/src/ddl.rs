@@ -42,6 +42,12 @@ pub fn create_table_sql(table: &TableName, dialect: Dialect) -> Vec<String> {
             def.push_str(" DEFAULT ");
             def.push_str(d);
         }
+        if c.name == "status" {
+            // Only the `RowStatus` codes: a row another tool writes with any other status
+            // would be invisible to the claim (it reads `status < 2`) and never finish, so
+            // the database refuses it, naming the constraint.
+            def.push_str(" CHECK (status BETWEEN 0 AND 3)");
+        }
         defs.push(def);
     }
     if dialect == Dialect::MySql {

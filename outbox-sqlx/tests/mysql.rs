@@ -49,6 +49,10 @@ async fn conformance_suite_on_mariadb() {
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| My::new(&url, &prefix)).await;
     run_operations_suite(|| My::new(&url, &prefix)).await;
+    My::new(&url, &prefix)
+        .await
+        .assert_unknown_status_refused()
+        .await;
     let pool = MySqlPool::connect(&url).await.expect("connect");
     let dbs: Vec<String> = sqlx::query_scalar(
         "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",

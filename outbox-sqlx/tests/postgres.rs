@@ -58,6 +58,10 @@ async fn conformance_suite_on_postgres() {
     let prefix = unique_name("outbox_conf");
     run_store_suite(|| Pg::new(&url, &prefix)).await;
     run_operations_suite(|| Pg::new(&url, &prefix)).await;
+    Pg::new(&url, &prefix)
+        .await
+        .assert_unknown_status_refused()
+        .await;
     drop_schemas(&url, &prefix).await;
 }
 

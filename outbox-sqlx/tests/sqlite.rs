@@ -36,6 +36,7 @@ impl Lite {
 async fn conformance_suite_on_sqlite() {
     run_store_suite(Lite::new).await;
     run_operations_suite(Lite::new).await;
+    Lite::new().await.assert_unknown_status_refused().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ macro_rules! harness {
             orders: String,
             outbox: outbox_sqlx::SqlxOutbox<$backend>,
             store: outbox_sqlx::SqlxStore<$backend>,
+            table: outbox_core::TableName,
             /// The schema, database or file the test owns.
             #[allow(dead_code)]
             owned: String,
@@ -40,12 +41,36 @@ macro_rules! harness {
                 .await
                 .expect("orders table");
                 $name {
-                    outbox: outbox_sqlx::SqlxOutbox::new(table),
+                    outbox: outbox_sqlx::SqlxOutbox::new(table.clone()),
+                    table,
                     store,
                     pool,
                     orders,
                     owned,
                 }
+            }
+
+            /// A row another tool sets to a status outside the `RowStatus` codes is
+            /// refused by the table (the chaos run's "unknown status" row, which the claim
+            /// would never see and no relay would ever finish).
+            async fn assert_unknown_status_refused(&self) {
+                use outbox_sql::Quote as _;
+                let e = common::ev("refused", 0);
+                let mut tx = self.pool.begin().await.expect("begin");
+                self.outbox.enqueue(&mut tx, &e).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+                let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {} SET status = 7",
+                    self.table.quoted(Self::dialect())
+                )))
+                .execute(&self.pool)
+                .await
+                .expect_err("status 7 is refused");
+                let text = err.to_string().to_lowercase();
+                assert!(
+                    text.contains("check") || text.contains("constraint"),
+                    "the error names the check: {text}"
+                );
             }
 
             fn dialect() -> outbox_core::Dialect {

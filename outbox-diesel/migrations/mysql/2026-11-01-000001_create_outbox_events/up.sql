@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS `outbox_events` (
     tracestate VARCHAR(512),
     created_at DATETIME(6) NOT NULL,
     available_at DATETIME(6) NOT NULL,
-    status SMALLINT NOT NULL DEFAULT 0,
+    status SMALLINT NOT NULL DEFAULT 0 CHECK (status BETWEEN 0 AND 3),
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_token BIGINT,
     lease_until DATETIME(6),

@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS "outbox_events" (
     tracestate TEXT,
     created_at INTEGER NOT NULL,
     available_at INTEGER NOT NULL,
-    status INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL DEFAULT 0 CHECK (status BETWEEN 0 AND 3),
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_token INTEGER,
     lease_until INTEGER,
