@@ -58,6 +58,8 @@ pub struct Statements {
     check: Sql,
     retry: Sql,
     dead: Sql,
+    /// Dead-letters a locked row whose id cannot be read: `?` error, `?` seq.
+    bury: Sql,
 }
 
 impl Statements {
@@ -115,6 +117,11 @@ impl Statements {
             dead: format!(
                 "UPDATE {t} SET status = 3, attempts = attempts + 1, last_error = ?, processed_at = {now}, \
                    lease_token = NULL, lease_until = NULL WHERE id = ? AND {HELD}"
+            )
+            .into(),
+            bury: format!(
+                "UPDATE {t} SET status = 3, attempts = attempts + 1, last_error = ?, processed_at = {now}, \
+                   lease_token = NULL, lease_until = NULL WHERE seq = ?"
             )
             .into(),
         }
@@ -186,7 +193,21 @@ impl KeyWalk for MySqlWalk<'_, '_> {
             if seq != expected {
                 break;
             }
-            run.push(MySqlStore::decode(row).map_err(|e| map_sqlx("decoding claimed rows", e))?);
+            match MySqlStore::decode(row) {
+                Ok(r) => run.push(r),
+                Err(e) => {
+                    let Some(why) = MySqlStore::unreadable_id(&e) else {
+                        return Err(map_sqlx("decoding claimed rows", e));
+                    };
+                    tracing::warn!(seq, error = %why, "dead-lettering a row whose id cannot be read");
+                    sqlx::query(sql(Arc::clone(&self.stmts.bury)))
+                        .bind(why)
+                        .bind(seq)
+                        .execute(&mut **self.tx)
+                        .await
+                        .map_err(|e| map_sqlx("dead-lettering a row whose id cannot be read", e))?;
+                }
+            }
         }
         Ok(run)
     }

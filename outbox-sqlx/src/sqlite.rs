@@ -74,6 +74,8 @@ struct WalkSql {
     next: NextKeySql,
     /// Leases a key's run: `?1` token, `?2` lease end, `?3` now, `?4` key, `?5` most rows.
     run: Sql,
+    /// Dead-letters a claimed row whose id cannot be read: `?1` error, `?2` now, `?3` seq.
+    bury: Sql,
 }
 
 impl WalkSql {
@@ -85,6 +87,11 @@ impl WalkSql {
             )
         };
         WalkSql {
+            bury: format!(
+                "UPDATE {t} SET status = 3, attempts = attempts + 1, last_error = ?1, \
+                 processed_at = ?2, lease_token = NULL, lease_until = NULL WHERE seq = ?3"
+            )
+            .into(),
             next: NextKeySql::new(
                 next,
                 [
@@ -144,10 +151,28 @@ impl KeyWalk for SqliteWalk<'_, '_> {
             .fetch_all(&mut **self.tx)
             .await
             .map_err(|e| map_sqlx("claiming outbox rows: leasing a key's run", e))?;
-        rows.iter()
-            .map(SqliteStore::decode)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| map_sqlx("decoding claimed rows", e))
+        let mut run = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match SqliteStore::decode(row) {
+                Ok(r) => run.push(r),
+                Err(e) => {
+                    let Some(why) = SqliteStore::unreadable_id(&e) else {
+                        return Err(map_sqlx("decoding claimed rows", e));
+                    };
+                    let seq: i64 = sqlx::Row::try_get(row, "seq")
+                        .map_err(|e| map_sqlx("decoding claimed rows", e))?;
+                    tracing::warn!(seq, error = %why, "dead-lettering a row whose id cannot be read");
+                    sqlx::query(sql(Arc::clone(&self.sql.bury)))
+                        .bind(why)
+                        .bind(self.now)
+                        .bind(seq)
+                        .execute(&mut **self.tx)
+                        .await
+                        .map_err(|e| map_sqlx("dead-lettering a row whose id cannot be read", e))?;
+                }
+            }
+        }
+        Ok(run)
     }
 }
 

@@ -287,6 +287,18 @@ over_any_driver!(=> {
     }
 
     /// A stored row, as any statement returning [`outbox_sql::SELECT_COLUMNS`] reads it.
+    /// When `e` is [`decode`](Self::decode)'s error for a row whose `id` is no event id
+    /// (another tool wrote it): why, for the row's dead letter. The claim dead-letters such
+    /// a row by its `seq` instead of failing, so one bad row cannot stop the relay.
+    pub(crate) fn unreadable_id(e: &sqlx::Error) -> Option<String> {
+        match e {
+            sqlx::Error::ColumnDecode { index, source } if index == "id" => {
+                Some(format!("the row's id cannot be read: {source}"))
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn decode(row: &<B::Db as Database>::Row) -> std::result::Result<RawRow, sqlx::Error> {
         let time = |column: &str| -> std::result::Result<DateTime<Utc>, sqlx::Error> {
             let stored: B::Time = row.try_get(column)?;

@@ -53,6 +53,10 @@ async fn conformance_suite_on_mariadb() {
         .await
         .assert_unknown_status_refused()
         .await;
+    My::new(&url, &prefix)
+        .await
+        .assert_unreadable_id_is_dead_lettered()
+        .await;
     let pool = MySqlPool::connect(&url).await.expect("connect");
     let dbs: Vec<String> = sqlx::query_scalar(
         "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",

@@ -37,6 +37,10 @@ async fn conformance_suite_on_sqlite() {
     run_store_suite(Lite::new).await;
     run_operations_suite(Lite::new).await;
     Lite::new().await.assert_unknown_status_refused().await;
+    Lite::new()
+        .await
+        .assert_unreadable_id_is_dead_lettered()
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
