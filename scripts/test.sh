@@ -22,6 +22,8 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
 step "cargo test (OUTBOX_REQUIRE_SERVICES=1, PROPTEST_CASES=$PROPTEST_CASES)"
 cargo test --workspace --all-features
+step "chaos run, reduced (10 000 events and 100 faults per database; the full run is in the README)"
+OUTBOX_CHAOS_EVENTS=10000 OUTBOX_CHAOS_FAULTS=100 cargo test -p outbox-relay --test chaos
 step "examples"
 cargo run --quiet -p outbox-examples --example quickstart >/dev/null
 cargo run --quiet -p outbox-examples --example seaorm_orders >/dev/null

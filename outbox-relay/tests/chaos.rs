@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outbox_core::testkit::{Service, TcpProxy, service_url, unique_name};
@@ -351,20 +351,21 @@ publisher = "rabbit"
 
         // Writers and faults at once.
         let counts = Arc::new(FaultCounts::default());
+        let progress = Arc::new(AtomicUsize::new(0));
         let writing = tokio::spawn(write(
             self.db,
             writer_url.clone(),
             name.clone(),
-            self.events,
-            self.keys,
+            (self.events, self.keys),
             self.seed,
+            Arc::clone(&progress),
         ));
         let injecting = tokio::spawn(inject(
             Arc::clone(&slots),
             config.clone(),
             [db_proxy.clone(), nats_proxy.clone(), amqp_proxy.clone()],
             Arc::clone(&counts),
-            self.faults,
+            (self.faults, self.events, progress),
             Rng(self.seed ^ 0x9e37_79b9_7f4a_7c15),
         ));
         let written = writing.await??;
@@ -619,15 +620,16 @@ async fn write(
     db: Db,
     url: String,
     name: String,
-    events: usize,
-    keys: usize,
+    (events, keys): (usize, usize),
     seed: u64,
+    progress: Arc<AtomicUsize>,
 ) -> Res<Written> {
     const WRITERS: usize = 4;
     let table = TableName::with_schema(&name, "outbox_events")?;
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let (url, name, table) = (url.clone(), name.clone(), table.clone());
+        let progress = Arc::clone(&progress);
         let mut rng = Rng(seed.wrapping_mul(w as u64 + 7) | 1);
         tasks.push(tokio::spawn(async move {
             let mut out = Written::default();
@@ -666,6 +668,7 @@ async fn write(
                     continue;
                 }
                 written += n;
+                progress.fetch_add(n, Ordering::SeqCst);
                 for e in &batch {
                     out.committed.insert(e.id());
                     if e.destination().ends_with("/poison") {
@@ -837,17 +840,22 @@ impl Writer {
     }
 }
 
-/// Injects `faults` faults at random moments (every 40 ms on average).
+/// Injects `faults` faults spread over the writing (the i-th once the writers committed
+/// i/faults of the `events`), each a random 0 to 80 ms after its turn.
 async fn inject(
     slots: Arc<Vec<Mutex<Slot>>>,
     config: PathBuf,
     proxies: [TcpProxy; 3],
     counts: Arc<FaultCounts>,
-    faults: usize,
+    (faults, events, progress): (usize, usize, Arc<AtomicUsize>),
     mut rng: Rng,
 ) -> Res<()> {
     let mut running = Vec::new();
-    for _ in 0..faults {
+    for i in 0..faults {
+        let turn = i * events / faults.max(1);
+        while progress.load(Ordering::SeqCst) < turn {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(rng.below(80))).await;
         let kind = rng.below(6);
         let relay = rng.below(RELAYS as u64) as usize;
