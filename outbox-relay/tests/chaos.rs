@@ -341,15 +341,13 @@ publisher = "rabbit"
             (0..RELAYS)
                 .map(|i| {
                     let log = dir.join(format!("relay-{i}.log"));
-                    Ok(Mutex::new(Slot {
-                        child: Some(spawn_relay(&config, &log)?),
-                        log,
-                    }))
+                    Ok(Mutex::new(Slot { child: None, log }))
                 })
                 .collect::<Res<Vec<_>>>()?,
         );
 
-        // Writers and faults at once.
+        // Writers and faults at once. The relays start once a quarter of the events is
+        // written, so they work through a backlog while the faults land.
         let counts = Arc::new(FaultCounts::default());
         let progress = Arc::new(AtomicUsize::new(0));
         let writing = tokio::spawn(write(
@@ -452,7 +450,10 @@ publisher = "rabbit"
             rabbit_ids.len()
         );
         println!(
-            "  lost {}, ghosts {}, order violations {}, duplicates {} (NATS {}, RabbitMQ {})",
+            "  lost {}, ghosts {}, order violations {}, duplicates {} (NATS {}, RabbitMQ {}): \
+             copies re-sent after a relay was killed or stopped past its lease between the \
+             broker's acknowledgement and its mark, or after a lost acknowledgement; NATS \
+             drops them by Nats-Msg-Id within its duplicate window, RabbitMQ keeps them",
             verdict.lost.len(),
             verdict.ghosts.len(),
             verdict.order_violations.len(),
@@ -840,8 +841,9 @@ impl Writer {
     }
 }
 
-/// Injects `faults` faults spread over the writing (the i-th once the writers committed
-/// i/faults of the `events`), each a random 0 to 80 ms after its turn.
+/// Starts the relays once a quarter of the `events` is written, then injects `faults`
+/// faults spread over the rest of the writing (by the writers' progress), each a random 0
+/// to 80 ms after its turn.
 async fn inject(
     slots: Arc<Vec<Mutex<Slot>>>,
     config: PathBuf,
@@ -850,9 +852,17 @@ async fn inject(
     (faults, events, progress): (usize, usize, Arc<AtomicUsize>),
     mut rng: Rng,
 ) -> Res<()> {
+    let backlog = events / 4;
+    while progress.load(Ordering::SeqCst) < backlog {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for slot in slots.iter() {
+        let mut s = slot.lock().await;
+        s.child = Some(spawn_relay(&config, &s.log)?);
+    }
     let mut running = Vec::new();
     for i in 0..faults {
-        let turn = i * events / faults.max(1);
+        let turn = backlog + i * (events - backlog) / faults.max(1);
         while progress.load(Ordering::SeqCst) < turn {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
