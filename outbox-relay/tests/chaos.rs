@@ -401,6 +401,10 @@ publisher = "rabbit"
 
         // Read back from the brokers with their own clients.
         let nats_ids = fixtures::nats::stored_ids(&js, &stream).await;
+        let window = match js.get_stream(&stream).await {
+            Ok(mut s) => s.info().await.map(|i| i.config.duplicate_window).ok(),
+            Err(_) => None,
+        };
         let rabbit_ids = fixtures::amqp::take_ids(&ch, &name).await;
         let dead = rows.dead().await?;
         let status_counts = rows.status_counts().await?;
@@ -461,6 +465,12 @@ publisher = "rabbit"
             verdict.duplicates[0],
             verdict.duplicates[1]
         );
+        if !verdict.duplicate_samples.is_empty() {
+            println!(
+                "  duplicated, for example: {} (the stream's duplicate window: {window:?})",
+                verdict.duplicate_samples.join(", ")
+            );
+        }
         println!(
             "  dead letters {} (expected {} with their errors: {} missing or without the error; {} unexpected); bad rows the database refused: {}",
             dead.len(),
@@ -1046,6 +1056,8 @@ struct Verdict {
     order_violations: Vec<String>,
     /// Deliveries past the first, per broker.
     duplicates: [usize; 2],
+    /// A few duplicated events, with their key and place.
+    duplicate_samples: Vec<String>,
     dead_missing: Vec<String>,
     dead_unexpected: Vec<String>,
     permanent: usize,
@@ -1067,6 +1079,13 @@ fn verify(written: &Written, brokers: &[&Vec<EventId>; 2], dead: &[DeadRow]) -> 
         for id in ids.iter() {
             if !seen.insert(*id) {
                 v.duplicates[b] += 1;
+                if v.duplicate_samples.len() < 5 {
+                    let at = place.get(id).map_or_else(
+                        || "a dead or bad row".to_owned(),
+                        |(key, i)| format!("key {key}, event #{i}"),
+                    );
+                    v.duplicate_samples.push(format!("{id} ({at})"));
+                }
                 continue;
             }
             delivered.insert(*id);
