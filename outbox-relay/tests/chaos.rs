@@ -1074,20 +1074,24 @@ fn verify(written: &Written, brokers: &[&Vec<EventId>; 2], dead: &[DeadRow]) -> 
     }
     let mut delivered: HashSet<EventId> = HashSet::new();
     for (b, ids) in brokers.iter().enumerate() {
-        let mut seen: HashSet<EventId> = HashSet::new();
+        let mut seen: HashMap<EventId, usize> = HashMap::new();
         let mut last: HashMap<&str, usize> = HashMap::new();
-        for id in ids.iter() {
-            if !seen.insert(*id) {
+        for (n, id) in ids.iter().enumerate() {
+            if let Some(first) = seen.get(id) {
                 v.duplicates[b] += 1;
                 if v.duplicate_samples.len() < 5 {
                     let at = place.get(id).map_or_else(
                         || "a dead or bad row".to_owned(),
                         |(key, i)| format!("key {key}, event #{i}"),
                     );
-                    v.duplicate_samples.push(format!("{id} ({at})"));
+                    v.duplicate_samples.push(format!(
+                        "{id} ({at}; copies at {first} and {n} of {})",
+                        ids.len()
+                    ));
                 }
                 continue;
             }
+            seen.insert(*id, n);
             delivered.insert(*id);
             if !written.committed.contains(id) {
                 v.ghosts.push(format!(
