@@ -410,6 +410,30 @@ publisher = "rabbit"
         let status_counts = rows.status_counts().await?;
 
         let verdict = verify(&written, &[&nats_ids, &rabbit_ids], &dead);
+        // What the two copies of a duplicate carried, when JetStream kept both.
+        let mut copies = Vec::new();
+        if let Some((0, a, b)) = verdict.first_duplicate
+            && let Ok(mut s) = js.get_stream(&stream).await
+            && let Ok(info) = s.info().await
+        {
+            let first = info.state.first_sequence;
+            for p in [a, b] {
+                if let Ok(m) = s.get_raw_message(first + p as u64).await {
+                    let header = |name: &str| {
+                        m.headers
+                            .get(name)
+                            .map_or("-".to_owned(), |v| v.as_str().to_owned())
+                    };
+                    copies.push(format!(
+                        "seq {} at {}: Nats-Msg-Id {}, outbox-event-id {}",
+                        m.sequence,
+                        m.time,
+                        header("Nats-Msg-Id"),
+                        header("outbox-event-id")
+                    ));
+                }
+            }
+        }
         let mut leaks = Vec::new();
         for slot in slots.iter() {
             let s = slot.lock().await;
@@ -457,7 +481,8 @@ publisher = "rabbit"
             "  lost {}, ghosts {}, order violations {}, duplicates {} (NATS {}, RabbitMQ {}): \
              copies re-sent after a relay was killed or stopped past its lease between the \
              broker's acknowledgement and its mark, or after a lost acknowledgement; NATS \
-             drops them by Nats-Msg-Id within its duplicate window, RabbitMQ keeps them",
+             drops them by Nats-Msg-Id within its duplicate window (not a retry whose \
+             back-off grew past it), RabbitMQ keeps them",
             verdict.lost.len(),
             verdict.ghosts.len(),
             verdict.order_violations.len(),
@@ -465,6 +490,9 @@ publisher = "rabbit"
             verdict.duplicates[0],
             verdict.duplicates[1]
         );
+        for c in &copies {
+            println!("  a duplicate's copy in JetStream: {c}");
+        }
         if !verdict.duplicate_samples.is_empty() {
             println!(
                 "  duplicated, for example: {} (the stream's duplicate window: {window:?})",
@@ -1058,6 +1086,8 @@ struct Verdict {
     duplicates: [usize; 2],
     /// A few duplicated events, with their key and place.
     duplicate_samples: Vec<String>,
+    /// The broker and the places of both copies of the first duplicate.
+    first_duplicate: Option<(usize, usize, usize)>,
     dead_missing: Vec<String>,
     dead_unexpected: Vec<String>,
     permanent: usize,
@@ -1079,6 +1109,9 @@ fn verify(written: &Written, brokers: &[&Vec<EventId>; 2], dead: &[DeadRow]) -> 
         for (n, id) in ids.iter().enumerate() {
             if let Some(first) = seen.get(id) {
                 v.duplicates[b] += 1;
+                if v.first_duplicate.is_none() {
+                    v.first_duplicate = Some((b, *first, n));
+                }
                 if v.duplicate_samples.len() < 5 {
                     let at = place.get(id).map_or_else(
                         || "a dead or bad row".to_owned(),
