@@ -177,10 +177,20 @@ struct Written {
     refused: Vec<String>,
 }
 
-/// One relay process slot: the child, whether it is stopped, its log file.
+/// One relay process slot: the running child, if any, and its log file.
 struct Slot {
     child: Option<Child>,
     log: PathBuf,
+}
+
+/// A run that ends early (an error, a panic) leaves no relay behind.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[derive(Default)]
