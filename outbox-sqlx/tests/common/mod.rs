@@ -103,22 +103,17 @@ macro_rules! harness {
                     .expect("the claim does not fail on the bad row");
                 let ids: Vec<_> = claim.events.iter().map(|e| e.envelope.id()).collect();
                 assert_eq!(ids, vec![good.id()]);
-                let (status, error): (i64, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(
-                    format!(
-                        "SELECT CAST(status AS SIGNED), last_error FROM {t} WHERE id = 'not-a-uuid'"
-                    )
-                    .replace(
-                        "AS SIGNED",
-                        if Self::dialect() == outbox_core::Dialect::Sqlite {
-                            "AS INTEGER"
-                        } else {
-                            "AS SIGNED"
-                        },
-                    ),
-                ))
-                .fetch_one(&self.pool)
-                .await
-                .expect("the bad row");
+                let int = match Self::dialect() {
+                    outbox_core::Dialect::Sqlite => "INTEGER",
+                    _ => "SIGNED",
+                };
+                let (status, error): (i64, Option<String>) =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT CAST(status AS {int}), last_error FROM {t} WHERE id = 'not-a-uuid'"
+                    )))
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("the bad row");
                 assert_eq!(status, 3, "dead");
                 let error = error.unwrap_or_default();
                 assert!(
