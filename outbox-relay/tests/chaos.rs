@@ -761,6 +761,17 @@ fn event(destination: &str, key: &str, n: usize) -> Res<Envelope> {
         .build()?)
 }
 
+/// Runs `$body` with the writer's pool and outbox bound, whichever database it is on (the
+/// two arms differ only in their types).
+macro_rules! on_writer {
+    ($writer:expr, |$pool:ident, $outbox:ident| $body:expr) => {
+        match $writer {
+            Writer::Pg($pool, $outbox) => $body,
+            Writer::My($pool, $outbox) => $body,
+        }
+    };
+}
+
 /// A writer's connection and outbox.
 enum Writer {
     Pg(sqlx::PgPool, outbox_sqlx::postgres::PgOutbox),
@@ -782,26 +793,15 @@ impl Writer {
     }
 
     async fn enqueue(&self, batch: &[Envelope], rollback: bool) -> Res<()> {
-        match self {
-            Writer::Pg(pool, outbox) => {
-                let mut tx = pool.begin().await?;
-                outbox.enqueue_all(&mut tx, batch).await?;
-                if rollback {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
+        on_writer!(self, |pool, outbox| {
+            let mut tx = pool.begin().await?;
+            outbox.enqueue_all(&mut tx, batch).await?;
+            if rollback {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
             }
-            Writer::My(pool, outbox) => {
-                let mut tx = pool.begin().await?;
-                outbox.enqueue_all(&mut tx, batch).await?;
-                if rollback {
-                    tx.rollback().await?;
-                } else {
-                    tx.commit().await?;
-                }
-            }
-        }
+        });
         Ok(())
     }
 
@@ -835,50 +835,31 @@ impl Writer {
         let mut out = Vec::new();
         for (kind, expect, sql) in kinds {
             let e = event(&format!("{name}.n.orders"), &format!("bad-{kind}"), 0)?;
-            let result = match self {
-                Writer::Pg(pool, outbox) => {
-                    let sql = sql
-                        .replace("{t}", &format!("\"{name}\".outbox_events"))
-                        .replace("{id}", &format!("'{}'", e.id()));
-                    let mut tx = pool.begin().await?;
-                    outbox.enqueue(&mut tx, &e).await?;
-                    match sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut *tx)
-                        .await
-                    {
-                        Ok(_) => {
-                            tx.commit().await?;
-                            Ok(if kind == "uuid" {
-                                "not-a-uuid".to_owned()
-                            } else {
-                                e.id().to_string()
-                            })
-                        }
-                        Err(err) => Err(format!("{kind}: {err}")),
-                    }
-                }
-                Writer::My(pool, outbox) => {
-                    let sql = sql
-                        .replace("{t}", "outbox_events")
-                        .replace("{id}", &format!("'{}'", e.id()));
-                    let mut tx = pool.begin().await?;
-                    outbox.enqueue(&mut tx, &e).await?;
-                    match sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut *tx)
-                        .await
-                    {
-                        Ok(_) => {
-                            tx.commit().await?;
-                            Ok(if kind == "uuid" {
-                                "not-a-uuid".to_owned()
-                            } else {
-                                e.id().to_string()
-                            })
-                        }
-                        Err(err) => Err(format!("{kind}: {err}")),
-                    }
-                }
+            let table = match self {
+                Writer::Pg(..) => format!("\"{name}\".outbox_events"),
+                Writer::My(..) => "outbox_events".to_owned(),
             };
+            let sql = sql
+                .replace("{t}", &table)
+                .replace("{id}", &format!("'{}'", e.id()));
+            let result = on_writer!(self, |pool, outbox| {
+                let mut tx = pool.begin().await?;
+                outbox.enqueue(&mut tx, &e).await?;
+                match sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(_) => {
+                        tx.commit().await?;
+                        Ok(if kind == "uuid" {
+                            "not-a-uuid".to_owned()
+                        } else {
+                            e.id().to_string()
+                        })
+                    }
+                    Err(err) => Err(format!("{kind}: {err}")),
+                }
+            });
             out.push((result, expect));
         }
         // A destination no route takes (there is no default publisher).
