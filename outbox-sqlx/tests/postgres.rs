@@ -161,8 +161,14 @@ async fn injected_table_names_are_refused() {
 }
 
 /// The logical decoding messages with `prefix` a pgoutput slot holds, in WAL order: each
-/// `M` message is `M`, flags, LSN, the prefix (NUL-terminated), a length and the content.
-async fn slot_messages(pool: &PgPool, slot: &str, publication: &str, prefix: &str) -> Vec<Vec<u8>> {
+/// `M` message is `M`, flags, LSN, the prefix (NUL-terminated), a length and the content,
+/// decoded as an envelope.
+async fn slot_messages(
+    pool: &PgPool,
+    slot: &str,
+    publication: &str,
+    prefix: &str,
+) -> Vec<Envelope> {
     let changes: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, \
          'proto_version', '1', 'publication_names', $2, 'messages', 'true')",
@@ -184,7 +190,10 @@ async fn slot_messages(pool: &PgPool, slot: &str, publication: &str, prefix: &st
         assert_eq!(data[1], 1, "the message is transactional");
         out.push(body[4..4 + len].to_vec());
     }
-    out
+    let limits = outbox_core::ValidationLimits::default();
+    out.iter()
+        .map(|m| outbox_core::codec::decode(m, &limits).expect("a decodable envelope"))
+        .collect()
 }
 
 /// `emit` writes the envelope into the WAL inside the caller's transaction: a committed
@@ -236,12 +245,7 @@ async fn emitted_envelopes_reach_the_wal_only_when_committed() {
         .expect("emit with another prefix");
     tx.commit().await.expect("commit");
 
-    let got = slot_messages(&pool, &slot, &publication, codec::MESSAGE_PREFIX).await;
-    let limits = outbox_core::ValidationLimits::default();
-    let decoded: Vec<Envelope> = got
-        .iter()
-        .map(|m| codec::decode(m, &limits).expect("a decodable envelope"))
-        .collect();
+    let decoded = slot_messages(&pool, &slot, &publication, codec::MESSAGE_PREFIX).await;
     assert_eq!(
         decoded, committed,
         "the committed envelopes, in order, nothing else"
@@ -265,7 +269,6 @@ async fn emitted_envelopes_reach_the_wal_only_when_committed() {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_emitting_events_commits_both_or_neither() {
-    use outbox_core::codec;
     use outbox_sqlx::postgres::{bind_events, emitting};
     let url = outbox_core::service_or_skip!("a_statement_emitting_events", Postgres);
     let pool = pool(&url).await;
@@ -330,12 +333,7 @@ async fn a_statement_emitting_events_commits_both_or_neither() {
     .await
     .expect("rows");
     assert_eq!(ids, vec![1], "only the committed row");
-    let got = slot_messages(&pool, &slot, &publication, &prefix).await;
-    let limits = outbox_core::ValidationLimits::default();
-    let decoded: Vec<Envelope> = got
-        .iter()
-        .map(|m| codec::decode(m, &limits).expect("a decodable envelope"))
-        .collect();
+    let decoded = slot_messages(&pool, &slot, &publication, &prefix).await;
     assert_eq!(
         decoded, committed,
         "the committed events, in order, nothing else"
