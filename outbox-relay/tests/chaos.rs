@@ -960,6 +960,16 @@ async fn inject(
     Ok(())
 }
 
+/// Runs `$body` with the table's pool and quoted name bound, whichever database it is on.
+macro_rules! on_rows {
+    ($rows:expr, |$pool:ident, $table:ident| $body:expr) => {
+        match $rows {
+            Rows::Pg($pool, $table) => $body,
+            Rows::My($pool, $table) => $body,
+        }
+    };
+}
+
 /// The outbox table, read directly.
 enum Rows {
     Pg(sqlx::PgPool, String),
@@ -981,22 +991,13 @@ impl Rows {
     }
 
     async fn unfinished(&self) -> Res<i64> {
-        Ok(match self {
-            Rows::Pg(p, t) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT count(*) FROM {t} WHERE status IN (0, 1)"
-                )))
-                .fetch_one(p)
-                .await?
-            }
-            Rows::My(p, t) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT count(*) FROM {t} WHERE status IN (0, 1)"
-                )))
-                .fetch_one(p)
-                .await?
-            }
-        })
+        Ok(on_rows!(self, |p, t| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {t} WHERE status IN (0, 1)"
+            )))
+            .fetch_one(p)
+            .await?
+        }))
     }
 
     async fn status_counts(&self) -> Res<Vec<(i32, i64)>> {
@@ -1022,22 +1023,17 @@ impl Rows {
     }
 
     async fn dead(&self) -> Res<Vec<DeadRow>> {
-        let rows: Vec<(String, Option<String>)> = match self {
-            Rows::Pg(p, t) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT id::text, last_error FROM {t} WHERE status = 3"
-                )))
-                .fetch_all(p)
-                .await?
-            }
-            Rows::My(p, t) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT CAST(id AS CHAR), last_error FROM {t} WHERE status = 3"
-                )))
-                .fetch_all(p)
-                .await?
-            }
+        let id = match self {
+            Rows::Pg(..) => "id::text",
+            Rows::My(..) => "CAST(id AS CHAR)",
         };
+        let rows: Vec<(String, Option<String>)> = on_rows!(self, |p, t| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {id}, last_error FROM {t} WHERE status = 3"
+            )))
+            .fetch_all(p)
+            .await?
+        });
         Ok(rows
             .into_iter()
             .map(|(id, error)| DeadRow {
