@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the C client libraries that diesel's synchronous PostgreSQL and MySQL
-# connections link against (libpq, the MariaDB client), from Debian's packages, if
-# pkg-config cannot find them. Idempotent. Used by scripts/test.sh.
+# connections link against (libpq, the MariaDB client), and OpenSSL, which sqlx's TLS uses,
+# from Debian's packages, if pkg-config cannot find them. Idempotent. Used by
+# scripts/test.sh.
 set -euo pipefail
 
 log() { printf '[deps] %s\n' "$*" >&2; }
@@ -9,10 +10,11 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 missing=()
 pkg-config --exists libpq || missing+=(libpq-dev)
 pkg-config --exists mysqlclient || missing+=(libmariadb-dev libmariadb-dev-compat)
+pkg-config --exists openssl || missing+=(libssl-dev)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 
 if ((${#missing[@]} == 0)); then
-  log "libpq and the MariaDB client library are present"
+  log "libpq, the MariaDB client library and OpenSSL are present"
   exit 0
 fi
 log "installing ${missing[*]}"

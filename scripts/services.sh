@@ -46,8 +46,38 @@ if [ "$(pg_show wal_level)" != logical ]; then
   [ "$(pg_show wal_level)" = logical ] || { log "wal_level is still $(pg_show wal_level)"; exit 1; }
 fi
 log "PostgreSQL wal_level = $(pg_show wal_level)"
-ensure MariaDB 127.0.0.1 3306 60 \
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+# MariaDB with TLS (the TLS tests verify it against its CA): a CA and a server certificate
+# for 127.0.0.1 made once with openssl, passed on mariadbd's command line; a server that
+# runs without TLS is restarted with it.
+my_tls=/var/lib/outbox-mariadb-tls
+if [ ! -s "$my_tls/server.pem" ]; then
+  log "making a CA and a server certificate for MariaDB's TLS in $my_tls"
+  mkdir -p "$my_tls"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=outbox MariaDB test CA" \
+    -keyout "$my_tls/ca-key.pem" -out "$my_tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$my_tls/server-key.pem" -out "$my_tls/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$my_tls/san.ext"
+  openssl x509 -req -in "$my_tls/server.csr" -CA "$my_tls/ca.pem" -CAkey "$my_tls/ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$my_tls/san.ext" -out "$my_tls/server.pem" 2>/dev/null
+  chown -R mysql:mysql "$my_tls" 2>/dev/null || true
+  chmod 600 "$my_tls"/*-key.pem
+fi
+start_mariadb() {
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- \
+    --ssl-ca="$my_tls/ca.pem" --ssl-cert="$my_tls/server.pem" --ssl-key="$my_tls/server-key.pem"
+}
+ensure MariaDB 127.0.0.1 3306 60 start_mariadb
+my_ssl() { mysql -h 127.0.0.1 -u root -N -e "SHOW VARIABLES LIKE 'have_ssl'" | awk '{print $2}'; }
+if [ "$(my_ssl)" != YES ]; then
+  log "MariaDB runs without TLS; restarting it with the certificate in $my_tls"
+  start-stop-daemon --stop --oknodo --exec /usr/sbin/mariadbd --retry 60 >/dev/null
+  start_mariadb
+  wait_up MariaDB 127.0.0.1 3306 60
+  for _ in $(seq 1 40); do mysql -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.25; done
+  [ "$(my_ssl)" = YES ] || { log "MariaDB still has no TLS (have_ssl = $(my_ssl))"; exit 1; }
+fi
+log "MariaDB have_ssl = $(my_ssl)"
 ensure RabbitMQ 127.0.0.1 5672 120 rabbitmq-server -detached
 ensure NATS 127.0.0.1 4222 30 \
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \

@@ -20,6 +20,8 @@ step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --quiet
+step "no OpenTelemetry crate in the tree with the feature off"
+bash scripts/otel-tree.sh
 step "cargo test (OUTBOX_REQUIRE_SERVICES=1, PROPTEST_CASES=$PROPTEST_CASES)"
 cargo test --workspace --all-features
 step "chaos run, reduced (10 000 events and 100 faults per database; the full run is in the README)"

@@ -14,6 +14,12 @@
 //! second delivery into a no-op: each order ships exactly once. The example checks that
 //! and exits with an error if not.
 //!
+//! It also traces (OpenTelemetry through `tracing`, spans kept in memory): each order is
+//! placed in a `place order` span, the relay publishes it in a `send` span that is its
+//! child, and the consumer handles each delivery in a `ship order` span made a child of
+//! the message's context. The example prints the first order's trace and checks that every
+//! committed order has this one trace.
+//!
 //! Needs PostgreSQL, MariaDB and RabbitMQ (`scripts/services.sh` starts them):
 //!
 //! ```text
@@ -26,6 +32,12 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TracerProvider as _};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing::Instrument as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, AsyncPgConnection, RunQueryDsl};
@@ -81,9 +93,13 @@ async fn place_order(
 ) -> Result<bool, BoxError> {
     let order_id = format!("o-{n}");
     let total_cents = i64::try_from(n * 250)?;
-    let event = Envelope::builder("order", &order_id, "order.placed", format!("/{queue}"))
-        .json(&serde_json::json!({ "order_id": order_id, "total_cents": total_cents }))
-        .build()?;
+    // The request's span; the envelope takes its trace context without being told.
+    let request = tracing::info_span!("place order", order_id = %order_id);
+    let event = request.in_scope(|| {
+        Envelope::builder("order", &order_id, "order.placed", format!("/{queue}"))
+            .json(&serde_json::json!({ "order_id": order_id, "total_cents": total_cents }))
+            .build()
+    })?;
     // Every seventh order breaks a business rule after both writes: it rolls back.
     let fails = n.is_multiple_of(7);
     let result = conn
@@ -101,6 +117,7 @@ async fn place_order(
             }
             Ok(())
         })
+        .instrument(request)
         .await;
     match result {
         Ok(()) => Ok(true),
@@ -121,6 +138,11 @@ async fn ship(
         .as_str()
         .ok_or("payload has no order_id")?
         .to_owned();
+    // The consumer's span continues the relay's, which continues the order request's.
+    let span = tracing::info_span!("ship order", order_id = %order_id, otel.kind = "consumer");
+    if let Some(trace) = outbox_amqp::consumer::trace_context(&delivery.properties) {
+        trace.make_parent_of(&span);
+    }
     let inbox = inbox.clone();
     let new = conn
         .transaction::<bool, diesel::result::Error, _>(async move |conn| {
@@ -133,12 +155,88 @@ async fn ship(
                 .await?;
             Ok(true)
         })
+        .instrument(span)
         .await?;
     Ok(new)
 }
 
+/// Spans go to `tracing`, and through its OpenTelemetry layer into memory.
+fn start_tracing() -> InMemorySpanExporter {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("order_shipping"));
+    tracing_subscriber::registry().with(layer).init();
+    exporter
+}
+
+/// The spans of `trace`'s tree below `parent`, printed with their depth.
+fn print_tree(spans: &[SpanData], parent: SpanId, depth: usize) {
+    for s in spans.iter().filter(|s| s.parent_span_id == parent) {
+        println!(
+            "{}{} (span {})",
+            "    ".repeat(depth),
+            s.name,
+            s.span_context.span_id()
+        );
+        print_tree(spans, s.span_context.span_id(), depth + 1);
+    }
+}
+
+/// Checks that each committed order's trace runs writer -> relay -> consumer, and prints
+/// the first one.
+fn check_traces(exporter: &InMemorySpanExporter, committed: &[String]) -> Result<(), BoxError> {
+    let spans = exporter.get_finished_spans()?;
+    let attr = |s: &SpanData, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    let mut whole = 0;
+    for (n, order) in committed.iter().enumerate() {
+        let request = spans
+            .iter()
+            .find(|s| s.name == "place order" && attr(s, "order_id").as_deref() == Some(order))
+            .ok_or_else(|| format!("no `place order` span for {order}"))?;
+        let trace: Vec<SpanData> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id() == request.span_context.trace_id())
+            .cloned()
+            .collect();
+        let send = trace.iter().find(|s| {
+            s.parent_span_id == request.span_context.span_id() && s.name.starts_with("send ")
+        });
+        let shipped = send.is_some_and(|send| {
+            trace
+                .iter()
+                .any(|s| s.name == "ship order" && s.parent_span_id == send.span_context.span_id())
+        });
+        if shipped {
+            whole += 1;
+        }
+        if n == 0 {
+            println!(
+                "\ntrace {} (order {order}):",
+                request.span_context.trace_id()
+            );
+            print_tree(&trace, SpanId::INVALID, 1);
+        }
+    }
+    println!(
+        "{whole} of {} committed orders: one trace from the order request through the relay to the shipping consumer",
+        committed.len()
+    );
+    if whole != committed.len() {
+        return Err("some orders' traces do not run order request -> relay -> consumer".into());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let spans = start_tracing();
     let pg_url = env_or(
         "OUTBOX_TEST_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432/test",
@@ -167,7 +265,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let shipping_url = with_database(&my_url, &shipping_db);
 
-    let outcome = run_example(&orders_url, &shipping_url, &amqp_url, &queue).await;
+    let outcome = run_example(&orders_url, &shipping_url, &amqp_url, &queue, &spans).await;
 
     // Clean-up, whatever happened.
     let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {orders_db} WITH (FORCE)"))
@@ -192,6 +290,7 @@ async fn run_example(
     shipping_url: &str,
     amqp_url: &str,
     queue: &str,
+    spans: &InMemorySpanExporter,
 ) -> Result<(), BoxError> {
     let mut orders_conn = AsyncPgConnection::establish(orders_url).await?;
     for stmt in create_table_sql(&TableName::default(), Dialect::Postgres) {
@@ -317,5 +416,5 @@ async fn run_example(
         .into());
     }
     println!("\nevery order was delivered twice and shipped exactly once");
-    Ok(())
+    check_traces(spans, &committed)
 }

@@ -1,5 +1,6 @@
 //! Connection and publishing settings (serde), and the destination syntax.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use outbox_core::{Error, ErrorKind, Result, duration_serde, redact_url};
@@ -10,6 +11,10 @@ use serde::Deserialize;
 /// ```toml
 /// url = "amqps://relay:secret@rabbit.internal:5671/%2f"   # the password never shows in logs
 /// confirm_timeout = "10s"
+/// [tls]                                  # amqps:// only; all optional
+/// ca_file = "/etc/outbox/rabbit-ca.pem"  # a private CA (PEM), besides the public roots
+/// client_cert = "/etc/outbox/relay.pem"  # a client certificate (PEM), with its key
+/// client_key = "/etc/outbox/relay-key.pem"
 /// ```
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +31,25 @@ pub struct AmqpConfig {
     /// Connection name shown in the management UI (default `outbox-relay`).
     #[serde(default = "default_name")]
     pub connection_name: String,
+    /// TLS settings for an `amqps://` URL.
+    #[serde(default)]
+    pub tls: AmqpTls,
+}
+
+/// TLS settings for `amqps://`: a private CA, a client certificate.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTls {
+    /// Root certificates (PEM) to trust besides the public ones: the CA that signed the
+    /// broker's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM; chain allowed), for brokers that verify peers.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, PKCS#8).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 fn default_confirm_timeout() -> Duration {
@@ -46,6 +70,7 @@ impl AmqpConfig {
             confirm_timeout: default_confirm_timeout(),
             reconnect_delay: default_reconnect_delay(),
             connection_name: default_name(),
+            tls: AmqpTls::default(),
         }
     }
 
@@ -63,6 +88,17 @@ impl AmqpConfig {
         if self.confirm_timeout.is_zero() {
             return bad("confirm_timeout", "must be above zero");
         }
+        let tls = &self.tls;
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            return bad(
+                "tls.client_cert",
+                "and tls.client_key must be given together",
+            );
+        }
+        let any_tls = tls.ca_file.is_some() || tls.client_cert.is_some();
+        if any_tls && !self.url.starts_with("amqps://") {
+            return bad("tls", "is set but url is amqp:// (plain); use amqps://");
+        }
         Ok(())
     }
 }
@@ -74,6 +110,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("confirm_timeout", &self.confirm_timeout)
             .field("reconnect_delay", &self.reconnect_delay)
             .field("connection_name", &self.connection_name)
+            .field("tls", &self.tls)
             .finish()
     }
 }

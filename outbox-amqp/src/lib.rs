@@ -5,7 +5,7 @@ pub mod consumer;
 pub mod error;
 pub mod publisher;
 
-pub use config::{AmqpConfig, Route};
+pub use config::{AmqpConfig, AmqpTls, Route};
 pub use publisher::AmqpPublisher;
 
 outbox_core::adapter_error! {

@@ -84,7 +84,10 @@ impl AmqpPublisher {
         let shown = outbox_core::redact_url(&self.config.url);
         let props = ConnectionProperties::default()
             .with_connection_name(self.config.connection_name.clone().into());
-        let connection = Connection::connect(&self.config.url, props)
+        let tls = tls_config(&self.config.tls)?;
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| map_lapin("starting the AMQP client's runtime", e))?;
+        let connection = Connection::connect_with_config(&self.config.url, props, tls, runtime)
             .await
             .map_err(|e| map_lapin(&format!("connecting to AMQP broker at {shown}"), e))?;
         let channel = connection
@@ -342,4 +345,46 @@ impl Publisher for AmqpPublisher {
     fn ordered_runs(&self) -> bool {
         true
     }
+
+    /// `rabbitmq`.
+    fn messaging_system(&self, _event: &Envelope) -> &'static str {
+        "rabbitmq"
+    }
+}
+
+/// lapin's TLS settings from ours: the CA and the client identity, read from their files
+/// (an error names the setting and the file).
+/// The files are small and read once per connection, so they are read in place.
+fn tls_config(tls: &crate::AmqpTls) -> Result<lapin::tcp::OwnedTLSConfig> {
+    fn read(field: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+        std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("AMQP config: tls.{field} = {}: {e}", path.display()),
+            )
+        })
+    }
+    let cert_chain = match &tls.ca_file {
+        Some(path) => Some(String::from_utf8(read("ca_file", path)?).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "AMQP config: tls.ca_file = {} is not PEM text",
+                    path.display()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    let identity = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read("client_cert", cert)?,
+            key: read("client_key", key)?,
+        }),
+        _ => None,
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }

@@ -17,7 +17,9 @@
 //!   however large the transaction (a crash mid-way replays it whole, with the same ids).
 //! - **TLS.** The URL's `sslmode` (`disable`, `prefer` the default, `require`, `verify-ca`,
 //!   `verify-full`), `sslrootcert`, `sslcert` and `sslkey` parameters are honoured as
-//!   libpq does.
+//!   libpq does, with one difference: `verify-ca` also checks the host name against the
+//!   certificate (pgwire-replication 0.5 forgives only the older form of rustls's name
+//!   error), so name the host as the certificate does and use `verify-full`.
 
 use outbox_core::{Error, ErrorKind, Result, ValidationLimits};
 use pgwire_replication::{

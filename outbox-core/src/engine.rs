@@ -27,7 +27,9 @@
 //!   [`RetryPolicy`] has attempts left, else the event is dead.
 //! - **Metrics and tracing.** Each call runs in an `outbox.publish` span and reports
 //!   [`RelayMetrics::published`]; retries, dead events and out-of-order events are counted
-//!   once per [`PublishEngine::publish`].
+//!   once per [`PublishEngine::publish`]. With the `opentelemetry` feature each event also
+//!   gets a `send` span, child of its stored trace context, whose context the message
+//!   carries (see [`otel`](crate::otel)).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -41,6 +43,21 @@ use crate::error::{Error, ErrorKind};
 use crate::metrics::RelayMetrics;
 use crate::publisher::{PublishOutcome, Publisher};
 use crate::retry::RetryPolicy;
+
+#[cfg(feature = "opentelemetry")]
+use crate::otel::SendSpans;
+
+/// Without the `opentelemetry` feature, the `send` spans are nothing.
+#[cfg(not(feature = "opentelemetry"))]
+struct SendSpans;
+
+#[cfg(not(feature = "opentelemetry"))]
+impl SendSpans {
+    fn open<P: Publisher + ?Sized>(_: &P, _: &mut [Envelope]) -> Self {
+        SendSpans
+    }
+    fn outcome(&self, _: usize, _: &PublishOutcome) {}
+}
 
 /// An event to publish, with the failed attempts it already had.
 #[derive(Clone, Debug)]
@@ -166,8 +183,9 @@ impl<'a, P: Publisher + ?Sized> PublishEngine<'a, P> {
                 // Stopped, or the lease ran out: what was not sent stays released.
                 break;
             }
-            let envelopes: Vec<Envelope> =
+            let mut envelopes: Vec<Envelope> =
                 call.iter().map(|&i| events[i].envelope.clone()).collect();
+            let spans = SendSpans::open(self.publisher, &mut envelopes);
             let limit = self.publish_timeout.min(remaining);
             let span = tracing::debug_span!("outbox.publish", events = envelopes.len());
             let started = Instant::now();
@@ -204,7 +222,7 @@ impl<'a, P: Publisher + ?Sized> PublishEngine<'a, P> {
             }
             let mut outcomes = outcomes.into_iter();
             let mut ok = 0usize;
-            for &i in &call {
+            for (n, &i) in call.iter().enumerate() {
                 let ev = &events[i];
                 let env = &ev.envelope;
                 let outcome = outcomes.next().unwrap_or_else(|| {
@@ -213,6 +231,7 @@ impl<'a, P: Publisher + ?Sized> PublishEngine<'a, P> {
                         "publisher reported no outcome for this event",
                     ))
                 });
+                spans.outcome(n, &outcome);
                 if failed_keys.contains(env.ordering_key()) {
                     // An earlier event of this key in this call failed (ordered runs).
                     if outcome.is_published() {

@@ -369,6 +369,7 @@ impl Envelope {
             },
             limits: ValidationLimits::default(),
             deferred: None,
+            trace_from_span: true,
         }
     }
 
@@ -419,6 +420,12 @@ impl Envelope {
     /// W3C trace context, if the producer had one.
     pub fn trace(&self) -> Option<&TraceContext> {
         self.trace.as_ref()
+    }
+    /// Replaces the trace context (the publish engine gives each message its `send`
+    /// span's context).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn set_trace(&mut self, trace: Option<TraceContext>) {
+        self.trace = trace;
     }
 
     /// Takes the envelope apart, e.g. to bind its fields in an insert.
@@ -621,6 +628,9 @@ pub struct EnvelopeBuilder {
     parts: EnvelopeParts,
     limits: ValidationLimits,
     deferred: Option<EnvelopeError>,
+    /// Whether [`build`](Self::build) may take the current span's trace context.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    trace_from_span: bool,
 }
 
 impl EnvelopeBuilder {
@@ -691,15 +701,44 @@ impl EnvelopeBuilder {
         self.parts.tracestate = trace.tracestate;
         self
     }
+    /// Attaches the trace context of `cx`'s span (feature `opentelemetry`); a context
+    /// without a valid span stores none.
+    #[cfg(feature = "opentelemetry")]
+    pub fn with_otel_context(self, cx: &opentelemetry::Context) -> Self {
+        match TraceContext::from_otel(cx) {
+            Some(trace) => self.with_trace(trace),
+            None => self.without_trace(),
+        }
+    }
+    /// Stores no trace context, not even the current span's (with the `opentelemetry`
+    /// feature, [`build`](Self::build) otherwise takes it).
+    pub fn without_trace(mut self) -> Self {
+        self.parts.traceparent = None;
+        self.parts.tracestate = None;
+        self.trace_from_span = false;
+        self
+    }
     /// Validates against these limits instead of the defaults.
     pub fn with_limits(mut self, limits: ValidationLimits) -> Self {
         self.limits = limits;
         self
     }
     /// Validates and builds the envelope.
-    pub fn build(self) -> Result<Envelope, EnvelopeError> {
+    ///
+    /// With the `opentelemetry` feature, an envelope given no trace context (and not
+    /// [`without_trace`](Self::without_trace)) takes the current span's, if there is one:
+    /// see [`otel`](crate::otel).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+    pub fn build(mut self) -> Result<Envelope, EnvelopeError> {
         if let Some(err) = self.deferred {
             return Err(err);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if self.trace_from_span
+            && self.parts.traceparent.is_none()
+            && let Some(trace) = TraceContext::current()
+        {
+            self = self.with_trace(trace);
         }
         self.parts.into_envelope(&self.limits)
     }

@@ -9,6 +9,8 @@ pub mod event_table;
 pub mod inbox;
 pub mod memory;
 pub mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 pub mod publisher;
 pub mod relay;
 pub mod retry;

@@ -65,6 +65,14 @@ pub trait Publisher: Send + Sync {
     fn ordered_runs(&self) -> bool {
         false
     }
+
+    /// The broker's name in OpenTelemetry's `messaging.system` attribute of the relay's
+    /// `send` span for `event` (`kafka`, `rabbitmq`, `nats`, `aws_sqs`, ...; default
+    /// `other`).
+    fn messaging_system(&self, event: &Envelope) -> &'static str {
+        let _ = event;
+        "other"
+    }
 }
 
 /// The object-safe twin of [`Publisher`], for choosing a publisher at run time
@@ -74,6 +82,8 @@ pub trait DynPublisher: Send + Sync {
     fn publish_dyn<'a>(&'a self, events: &'a [Envelope]) -> BoxFuture<'a, Vec<PublishOutcome>>;
     /// See [`Publisher::ordered_runs`].
     fn ordered_runs_dyn(&self) -> bool;
+    /// See [`Publisher::messaging_system`].
+    fn messaging_system_dyn(&self, event: &Envelope) -> &'static str;
 }
 
 impl<P: Publisher> DynPublisher for P {
@@ -82,6 +92,9 @@ impl<P: Publisher> DynPublisher for P {
     }
     fn ordered_runs_dyn(&self) -> bool {
         self.ordered_runs()
+    }
+    fn messaging_system_dyn(&self, event: &Envelope) -> &'static str {
+        self.messaging_system(event)
     }
 }
 
@@ -92,6 +105,9 @@ impl Publisher for Arc<dyn DynPublisher> {
     fn ordered_runs(&self) -> bool {
         (**self).ordered_runs_dyn()
     }
+    fn messaging_system(&self, event: &Envelope) -> &'static str {
+        (**self).messaging_system_dyn(event)
+    }
 }
 
 /// A shared publisher is a publisher.
@@ -101,5 +117,8 @@ impl<P: Publisher> Publisher for Arc<P> {
     }
     fn ordered_runs(&self) -> bool {
         (**self).ordered_runs()
+    }
+    fn messaging_system(&self, event: &Envelope) -> &'static str {
+        (**self).messaging_system(event)
     }
 }

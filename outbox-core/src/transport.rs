@@ -7,7 +7,7 @@
 //! (`Nats-Msg-Id`, AMQP `message_id`, SQS `MessageDeduplicationId`, the Kafka key for
 //! ordering), but [`EVENT_ID`] is always present.
 
-use crate::envelope::{Envelope, EventId, Headers, RESERVED_HEADER_PREFIX};
+use crate::envelope::{Envelope, EventId, Headers, RESERVED_HEADER_PREFIX, TraceContext};
 
 /// The event id (UUIDv7, hyphenated).
 pub const EVENT_ID: &str = "outbox-event-id";
@@ -84,6 +84,24 @@ pub fn event_id<'a>(received: impl IntoIterator<Item = (&'a str, &'a str)>) -> O
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// The W3C trace context among received `(name, value)` pairs: `traceparent` and
+/// `tracestate` (any case). `None` when there is no `traceparent` or it is not valid: a
+/// consumer goes on without the producer's trace rather than refuse the message.
+pub fn trace_context<'a>(
+    received: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Option<TraceContext> {
+    let mut parent = None;
+    let mut state = None;
+    for (k, v) in received {
+        if k.eq_ignore_ascii_case(TRACEPARENT) {
+            parent = Some(v);
+        } else if k.eq_ignore_ascii_case(TRACESTATE) {
+            state = Some(v);
+        }
+    }
+    TraceContext::new(parent?.trim(), state.map(str::to_owned)).ok()
+}
+
 /// Parses an event id read from a broker field named `field`.
 pub fn parse_event_id(field: &str, value: &str) -> Result<EventId, crate::Error> {
     value.trim().parse().map_err(|_| {
@@ -98,6 +116,15 @@ pub fn parse_event_id(field: &str, value: &str) -> Result<EventId, crate::Error>
 mod tests {
     use super::*;
     use crate::envelope::TraceContext;
+
+    #[test]
+    fn trace_context_reads_both_headers_in_any_case() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = trace_context([("TraceParent", parent), ("tracestate", "v=1")]).expect("trace");
+        assert_eq!((t.traceparent(), t.tracestate()), (parent, Some("v=1")));
+        assert_eq!(trace_context([("tracestate", "v=1")]), None);
+        assert_eq!(trace_context([("traceparent", "00-nothex-01")]), None);
+    }
 
     #[test]
     fn headers_round_trip() {

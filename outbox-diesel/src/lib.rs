@@ -4,6 +4,8 @@ mod backend;
 pub mod error;
 pub mod inbox;
 #[cfg(feature = "async-postgres")]
+pub mod pg_tls;
+#[cfg(feature = "async-postgres")]
 pub mod store;
 #[cfg(any(feature = "postgres", feature = "async-postgres"))]
 mod wal;

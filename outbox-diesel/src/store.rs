@@ -121,23 +121,32 @@ fn uuids(ids: impl Iterator<Item = EventId>) -> Vec<uuid::Uuid> {
 
 impl DieselPgStore {
     /// Opens a pool of `max_size` connections on `url` for `table` (which the migration
-    /// created; name it with its schema if it is not on the search path).
+    /// created; name it with its schema if it is not on the search path). TLS follows the
+    /// URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` as in libpq
+    /// ([`pg_tls`](crate::pg_tls)).
     pub async fn connect(url: &str, table: TableName, max_size: u32) -> Result<Self> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        // TLS as the URL's sslmode/sslrootcert/sslcert/sslkey ask (tokio-postgres alone
+        // knows neither the verify modes nor the files).
+        let mut config = diesel_async::pooled_connection::ManagerConfig::default();
+        config.custom_setup = Box::new(|url| Box::pin(crate::pg_tls::establish(url)));
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+        let opening = || {
+            format!(
+                "opening a diesel-async pool on {}",
+                outbox_core::redact_url(url)
+            )
+        };
+        // One connection first: the pool itself reports a refused connection only as a
+        // timeout, without its cause (a refused certificate, a wrong password).
+        bb8::ManageConnection::connect(&manager)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Connection, opening()).with_source(e))?;
         let pool = Pool::builder()
             .max_size(max_size)
             .build(manager)
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Connection,
-                    format!(
-                        "opening a diesel-async pool on {}",
-                        outbox_core::redact_url(url)
-                    ),
-                )
-                .with_source(e)
-            })?;
+            .map_err(|e| Error::new(ErrorKind::Connection, opening()).with_source(e))?;
         Ok(Self::new(pool, table))
     }
 

@@ -1,8 +1,20 @@
-//! Reading a received message back: the event id for the consumer's inbox.
+//! Reading a received message back: the event id for the consumer's inbox, and the trace
+//! context for the consumer's span.
 
-use outbox_core::transport::{EVENT_ID, parse_event_id};
-use outbox_core::{Error, ErrorKind, EventId, Result};
+use outbox_core::transport::{self, EVENT_ID, parse_event_id};
+use outbox_core::{Error, ErrorKind, EventId, Result, TraceContext};
 use rdkafka::message::{Headers, Message};
+
+/// The trace context the relay's `send` span put on a record (headers `traceparent`,
+/// `tracestate`), if it carries a valid one. With `outbox-core`'s `opentelemetry` feature,
+/// [`TraceContext::make_parent_of`] makes the consumer's span its child.
+pub fn trace_context<M: Message>(message: &M) -> Option<TraceContext> {
+    let headers = message.headers()?;
+    transport::trace_context(headers.iter().filter_map(|h| {
+        let value = std::str::from_utf8(h.value?).ok()?;
+        Some((h.key, value))
+    }))
+}
 
 /// The event id of a record the relay produced, from its `outbox-event-id` header. Pass it
 /// to the inbox (`outbox_sqlx::inbox::Inbox::record` and its diesel and SeaORM twins).
@@ -58,6 +70,14 @@ mod tests {
             value: Some(text.as_str()),
         });
         assert_eq!(event_id(&msg(Some(h))).expect("id"), id);
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some(parent),
+        });
+        let trace = trace_context(&msg(Some(h))).expect("trace");
+        assert_eq!(trace.traceparent(), parent);
+        assert_eq!(trace_context(&msg(None)), None);
         let err = event_id(&msg(None)).expect_err("none");
         assert!(err.message().contains("offset 7"), "{err}");
     }

@@ -5,9 +5,9 @@ pub mod consumer;
 pub mod error;
 pub mod publisher;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, KafkaSasl, KafkaTls};
 pub use error::classify;
-pub use publisher::KafkaPublisher;
+pub use publisher::{KafkaPublisher, LastError};
 
 outbox_core::adapter_error! {
     /// An error of this crate or of rdkafka, for application code that calls both: `?`

@@ -1,9 +1,11 @@
 //! [`KafkaPublisher`]: an idempotent producer with one outcome per event.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
 use outbox_core::{Envelope, Error, ErrorKind, PublishOutcome, Publisher, Result, transport};
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -22,8 +24,35 @@ use crate::error::classify;
 /// - a full local queue waits for room (up to `message_timeout`) instead of failing.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<LastError>,
+    last_error: LastError,
     config: KafkaConfig,
+}
+
+/// The producer's context: remembers librdkafka's last client-level error (a refused TLS
+/// handshake, a failed SASL authentication, an unreachable broker), which a delivery
+/// report ("message timed out") does not carry, so failures can say their cause.
+#[derive(Clone, Default)]
+pub struct LastError(Arc<Mutex<Option<String>>>);
+
+impl LastError {
+    /// The last client-level error librdkafka reported, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "librdkafka client error");
+        // "all brokers are down" follows the error that brought them down: keep that one.
+        let follow_up = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        if let Ok(mut last) = self.0.lock()
+            && !(follow_up && last.is_some())
+        {
+            *last = Some(reason.to_owned());
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -56,14 +85,22 @@ impl KafkaPublisher {
     /// Creates the producer from `config` (validated first).
     pub fn new(config: KafkaConfig) -> Result<Self> {
         config.validate()?;
-        let producer: FutureProducer = config.client_config().create().map_err(|e| {
-            Error::new(ErrorKind::InvalidInput, "creating the Kafka producer").with_source(e)
-        })?;
-        Ok(KafkaPublisher { producer, config })
+        let last_error = LastError::default();
+        let producer: FutureProducer<LastError> = config
+            .client_config()
+            .create_with_context(last_error.clone())
+            .map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, "creating the Kafka producer").with_source(e)
+            })?;
+        Ok(KafkaPublisher {
+            producer,
+            last_error,
+            config,
+        })
     }
 
     /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &FutureProducer<LastError> {
         &self.producer
     }
 
@@ -74,10 +111,14 @@ impl KafkaPublisher {
             .map_err(|e| Error::new(classify(&e), "flushing the Kafka producer").with_source(e))
     }
 
-    fn failed(topic: &str, e: &KafkaError) -> PublishOutcome {
+    fn failed(&self, topic: &str, e: &KafkaError) -> PublishOutcome {
+        let cause = match self.last_error.get() {
+            Some(last) => format!(" (the client's last error: {last})"),
+            None => String::new(),
+        };
         PublishOutcome::Failed(Error::new(
             classify(e),
-            format!("producing to Kafka topic {topic:?}: {e}"),
+            format!("producing to Kafka topic {topic:?}: {e}{cause}"),
         ))
     }
 
@@ -114,7 +155,7 @@ impl KafkaPublisher {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((err, _)) => return Err(Self::failed(topic, &err)),
+                Err((err, _)) => return Err(self.failed(topic, &err)),
             }
         }
     }
@@ -131,7 +172,7 @@ impl Publisher for KafkaPublisher {
                 Err(outcome) => outcome,
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => PublishOutcome::Published,
-                    Ok(Err((err, _))) => Self::failed(topic, &err),
+                    Ok(Err((err, _))) => self.failed(topic, &err),
                     Err(_canceled) => PublishOutcome::Failed(Error::new(
                         ErrorKind::Connection,
                         format!("the Kafka producer shut down before reporting on topic {topic:?}"),
@@ -152,5 +193,10 @@ impl Publisher for KafkaPublisher {
     /// the partition's later messages go on. Its retry carries the same event id.
     fn ordered_runs(&self) -> bool {
         true
+    }
+
+    /// `kafka`.
+    fn messaging_system(&self, _event: &Envelope) -> &'static str {
+        "kafka"
     }
 }

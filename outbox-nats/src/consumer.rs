@@ -1,7 +1,25 @@
-//! Reading a received message back: the event id for the consumer's inbox.
+//! Reading a received message back: the event id for the consumer's inbox, and the trace
+//! context for the consumer's span.
 
-use outbox_core::transport::{EVENT_ID, parse_event_id};
-use outbox_core::{Error, ErrorKind, EventId, Result};
+use outbox_core::transport::{self, EVENT_ID, parse_event_id};
+use outbox_core::{Error, ErrorKind, EventId, Result, TraceContext};
+
+/// The trace context the relay's `send` span put on `message` (`traceparent`,
+/// `tracestate`), if it carries a valid one. With `outbox-core`'s `opentelemetry` feature,
+/// [`TraceContext::make_parent_of`] makes the consumer's span its child.
+pub fn trace_context(message: &async_nats::Message) -> Option<TraceContext> {
+    trace_context_from_headers(message.headers.as_ref())
+}
+
+/// [`trace_context`] from a header map (a JetStream message derefs to its `Message`).
+pub fn trace_context_from_headers(headers: Option<&async_nats::HeaderMap>) -> Option<TraceContext> {
+    let headers = headers?;
+    transport::trace_context(
+        [transport::TRACEPARENT, transport::TRACESTATE]
+            .into_iter()
+            .filter_map(|name| headers.get(name).map(|v| (name, v.as_str()))),
+    )
+}
 
 /// The event id of a message the relay published, from its `outbox-event-id` header (or
 /// `Nats-Msg-Id`, which carries the same id). Pass it to the inbox
@@ -48,5 +66,15 @@ mod tests {
                 .contains("nope")
         );
         assert!(event_id_from_headers(None).is_err());
+    }
+
+    #[test]
+    fn reads_the_trace_context() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("traceparent", parent);
+        let t = trace_context_from_headers(Some(&h)).expect("trace");
+        assert_eq!((t.traceparent(), t.tracestate()), (parent, None));
+        assert_eq!(trace_context_from_headers(None), None);
     }
 }

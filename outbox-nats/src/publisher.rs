@@ -182,6 +182,12 @@ async fn open(config: &NatsConfig) -> Result<async_nats::Client> {
     .event_callback(|event| async move {
         tracing::info!(%event, "NATS connection event");
     });
+    // async-nats's TLS (asked for here, or by the server) takes rustls's process default
+    // provider, which does not exist when the program's dependencies build rustls with two
+    // (AWS's SDK brings `aws-lc-rs`, async-nats `ring`): install `ring` unless one is.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     if let Some(ca) = &config.tls.ca_file {
         opts = opts.add_root_certificates(ca.clone());
     }
@@ -388,6 +394,11 @@ impl Publisher for NatsPublisher {
     /// limit, which does not hold its key back).
     fn ordered_runs(&self) -> bool {
         self.owned
+    }
+
+    /// `nats`.
+    fn messaging_system(&self, _event: &Envelope) -> &'static str {
+        "nats"
     }
 }
 

@@ -460,50 +460,117 @@ pub async fn status(path: &Path, json: bool) -> CmdResult {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
-        "{:<20} {:>10} {:>10} {:>8} {:>14} {:>16}",
-        "source", "pending", "in flight", "dead", "oldest age", "published/1 min"
-    );
-    for r in &rows {
-        let name = r["source"].as_str().unwrap_or_default();
-        match r.get("error") {
-            Some(e) => println!("{name:<20} error: {}", e.as_str().unwrap_or_default()),
-            None => println!(
-                "{name:<20} {:>10} {:>10} {:>8} {:>14} {:>16}",
-                r["pending"],
-                r["in_flight"],
-                r["dead"],
-                r["oldest_unpublished_age_s"]
-                    .as_f64()
-                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
-                r["published_last_minute"],
-            ),
-        }
+    for line in text_table(&rows, &SOURCE_COLUMNS, 1) {
+        println!("{line}");
     }
     if !cdc_rows.is_empty() {
-        println!(
-            "\n{:<20} {:<24} {:>7} {:>18} {:>12} {:>9} {:>8}",
-            "cdc", "slot", "active", "confirmed LSN", "lag bytes", "lag time", "dead"
-        );
-    }
-    for r in &cdc_rows {
-        let name = r["cdc"].as_str().unwrap_or_default();
-        match r.get("error") {
-            Some(e) => println!("{name:<20} error: {}", e.as_str().unwrap_or_default()),
-            None => println!(
-                "{name:<20} {:<24} {:>7} {:>18} {:>12} {:>9} {:>8}",
-                r["slot"].as_str().unwrap_or_default(),
-                r["active"],
-                r["confirmed_lsn"].as_str().unwrap_or("-"),
-                r["lag_bytes"],
-                r["lag_seconds"]
-                    .as_f64()
-                    .map_or("-".to_owned(), |s| format!("{s:.1}s")),
-                r["dead"],
-            ),
+        println!();
+        for line in text_table(&cdc_rows, &CDC_COLUMNS, 2) {
+            println!("{line}");
         }
     }
     Ok(())
+}
+
+/// `outbox status`'s table of sources: header, JSON field, how it shows.
+const SOURCE_COLUMNS: [(&str, &str, Cell); 6] = [
+    ("source", "source", Cell::Text),
+    ("pending", "pending", Cell::Text),
+    ("in flight", "in_flight", Cell::Text),
+    ("dead", "dead", Cell::Text),
+    ("oldest age", "oldest_unpublished_age_s", Cell::Seconds),
+    ("published/1 min", "published_last_minute", Cell::Text),
+];
+
+/// `outbox status`'s table of CDC sources.
+#[cfg_attr(not(feature = "cdc"), allow(dead_code))]
+const CDC_COLUMNS: [(&str, &str, Cell); 7] = [
+    ("cdc", "cdc", Cell::Text),
+    ("slot", "slot", Cell::Text),
+    ("active", "active", Cell::Text),
+    ("confirmed LSN", "confirmed_lsn", Cell::Text),
+    ("lag bytes", "lag_bytes", Cell::Text),
+    ("lag time", "lag_seconds", Cell::Seconds),
+    ("dead", "dead", Cell::Text),
+];
+
+/// How `outbox status` shows a value: as it is (`-` for none), or as seconds.
+#[derive(Clone, Copy)]
+enum Cell {
+    Text,
+    Seconds,
+}
+
+impl Cell {
+    fn show(self, v: &serde_json::Value) -> String {
+        match (self, v) {
+            (Cell::Seconds, v) => v.as_f64().map_or("-".to_owned(), |s| format!("{s:.1}s")),
+            (Cell::Text, serde_json::Value::String(s)) => s.clone(),
+            (Cell::Text, serde_json::Value::Null) => "-".to_owned(),
+            (Cell::Text, other) => other.to_string(),
+        }
+    }
+}
+
+/// The lines of a text table of `rows` (JSON objects), one column per `(header, field,
+/// cell)`, each as wide as its widest cell (header included): the first `left` columns
+/// aligned left, the rest right. A row with an `error` shows its first column, then the
+/// error.
+fn text_table(
+    rows: &[serde_json::Value],
+    columns: &[(&str, &str, Cell)],
+    left: usize,
+) -> Vec<String> {
+    let cells: Vec<Result<Vec<String>, (String, String)>> = rows
+        .iter()
+        .map(|r| {
+            let first = columns
+                .first()
+                .map_or(String::new(), |(_, f, c)| c.show(&r[*f]));
+            match r.get("error") {
+                Some(e) => Err((first, e.as_str().unwrap_or_default().to_owned())),
+                None => Ok(columns.iter().map(|(_, f, c)| c.show(&r[*f])).collect()),
+            }
+        })
+        .collect();
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _, _)| h.chars().count()).collect();
+    for row in &cells {
+        let shown: Vec<&String> = match row {
+            Ok(c) => c.iter().collect(),
+            Err((name, _)) => vec![name],
+        };
+        for (w, c) in widths.iter_mut().zip(shown) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            let pad = " ".repeat(w.saturating_sub(c.chars().count()));
+            if i < left {
+                out.push_str(c);
+                out.push_str(&pad);
+            } else {
+                out.push_str(&pad);
+                out.push_str(c);
+            }
+        }
+        out.trim_end().to_owned()
+    };
+    let mut out = vec![line(&mut columns.iter().map(|(h, _, _)| *h))];
+    for row in &cells {
+        out.push(match row {
+            Ok(c) => line(&mut c.iter().map(String::as_str)),
+            Err((name, e)) => {
+                let first = widths.first().copied().unwrap_or(0);
+                format!("{name:<first$}  error: {e}")
+            }
+        });
+    }
+    out
 }
 
 /// What to do with dead letters.
@@ -669,4 +736,39 @@ async fn dead_letter_action<A: DeadLetterAdmin + StoreStats>(
 /// Resolves once `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_columns_line_up_under_their_headers() {
+        let rows = vec![
+            serde_json::json!({"source": "a-rather-long-source-name", "pending": 12345678901u64,
+                "in_flight": 0, "dead": 3, "oldest_unpublished_age_s": 1.52,
+                "published_last_minute": 7}),
+            serde_json::json!({"source": "s", "pending": 1, "in_flight": 22, "dead": 0,
+                "oldest_unpublished_age_s": null, "published_last_minute": 100}),
+            serde_json::json!({"source": "broken", "error": "connection refused"}),
+        ];
+        let columns = SOURCE_COLUMNS;
+        let header: Vec<&str> = columns.iter().map(|(h, _, _)| *h).collect();
+        let lines = text_table(&rows, &columns, 1);
+        // Right-aligned columns end where their header ends; the names start together.
+        for h in &header[1..] {
+            let end = lines[0].find(h).expect("header") + h.len();
+            for l in &lines[1..3] {
+                let before = &l[..end];
+                assert!(
+                    !before.ends_with(' ') && l[end..].chars().next().is_none_or(|c| c == ' '),
+                    "column {h:?} does not end at {end} in {l:?}\n{}",
+                    lines.join("\n")
+                );
+            }
+        }
+        assert!(lines[3].starts_with("broken ") && lines[3].contains("error: connection refused"));
+        let second = lines[0].find("pending").expect("header");
+        assert!(lines.iter().all(|l| l.len() >= second));
+    }
 }

@@ -32,11 +32,16 @@
 //! [[routes]]                             # first match wins; else default_publisher
 //! destination_prefix = "orders."
 //! publisher = "bus"
+//!
+//! [telemetry]                            # optional: export spans over OTLP/HTTP
+//! otlp_endpoint = "http://127.0.0.1:4318" # else OTEL_EXPORTER_OTLP_ENDPOINT; off if neither
 //! ```
 //!
 //! An environment variable `OUTBOX__SOURCES__ORDERS__URL=...` replaces
 //! `sources.orders.url` (keys are lower-cased; `__` separates them), so secrets need not
-//! sit in the file.
+//! sit in the file. Any secret-bearing key ([`SECRET_FILE_KEYS`]: `url`, `password`,
+//! `token`, ...) can instead name a file holding it, `url_file = "/run/secrets/orders-db"`
+//! (or `OUTBOX__SOURCES__ORDERS__URL_FILE=...`), as container orchestrators mount secrets.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +78,42 @@ pub struct Config {
     /// The metrics and health endpoint (off unless set).
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// Span export over OTLP (`outbox run`, feature `opentelemetry`; off unless an endpoint
+    /// is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    #[serde(default)]
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// Where `outbox run` exports its spans (OTLP/HTTP). Each field left out falls back to the
+/// standard OpenTelemetry environment variable named in its docs.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
+    /// appended); else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (as is) or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `http/protobuf` (default) or `http/json`; else `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The `service.name` resource attribute; else `OTEL_SERVICE_NAME`, else
+    /// `outbox-relay`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+}
+
+impl std::fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(redact_url),
+            )
+            .field("protocol", &self.protocol)
+            .field("service_name", &self.service_name)
+            .finish()
+    }
 }
 
 /// Where `/metrics` and `/healthz` listen.
@@ -296,6 +337,9 @@ mod opt_duration {
 /// A named publisher.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// Read once at start-up: the size of its variants does not matter (clippy says it does
+// when only NATS is built in).
+#[allow(clippy::large_enum_variant)]
 pub enum PublisherConfig {
     /// NATS JetStream.
     #[cfg(feature = "nats")]
@@ -371,6 +415,8 @@ impl Config {
                     .map_err(|why| ConfigError(format!("environment {key}: {why}")))?;
             }
         }
+        read_secret_files(&mut value, "")
+            .map_err(|why| ConfigError(format!("config file {origin}: {why}")))?;
         let config: Config = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError(format!("config file {origin}: {e}")))?;
@@ -456,6 +502,59 @@ fn set_path(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), S
     Ok(())
 }
 
+/// The keys whose value may instead come from a file: `<key>_file = "/run/secrets/..."`
+/// (how container orchestrators mount secrets).
+pub const SECRET_FILE_KEYS: [&str; 7] = [
+    "url",
+    "password",
+    "token",
+    "secret_access_key",
+    "session_token",
+    "sasl_password",
+    "sasl.password",
+];
+
+/// Replaces every `<key>_file` of [`SECRET_FILE_KEYS`], at any depth, by `<key>` = the
+/// file's contents (one trailing newline dropped). Errors name the key and the file, never
+/// its contents.
+fn read_secret_files(table: &mut toml::Table, at: &str) -> Result<(), String> {
+    let names: Vec<String> = table.keys().cloned().collect();
+    for name in names {
+        let here = if at.is_empty() {
+            name.clone()
+        } else {
+            format!("{at}.{name}")
+        };
+        if let Some(toml::Value::Table(inner)) = table.get_mut(&name) {
+            read_secret_files(inner, &here)?;
+            continue;
+        }
+        let Some(key) = name
+            .strip_suffix("_file")
+            .filter(|k| SECRET_FILE_KEYS.contains(k))
+        else {
+            continue;
+        };
+        if table.contains_key(key) {
+            return Err(format!("{here} and {key} are both set; give one"));
+        }
+        let Some(toml::Value::String(path)) = table.remove(&name) else {
+            return Err(format!("{here} must be a file path (a string)"));
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{here} = {path:?}: cannot read the file: {e}"))?;
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        if text.is_empty() {
+            return Err(format!("{here} = {path:?}: the file is empty"));
+        }
+        table.insert(key.to_owned(), toml::Value::String(text.to_owned()));
+    }
+    Ok(())
+}
+
 /// How long `duration_serde` understands, re-exported for the CLI's flags.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     duration_serde::parse(text)
@@ -464,6 +563,115 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Debug` of a configuration with a password in every URL and credential field shows
+    /// none of them.
+    #[test]
+    fn debug_shows_no_secret() {
+        let text = r#"
+[http]
+listen = "127.0.0.1:9464"
+[sources.pg]
+url = "postgres://relay:pw-src-1@db/app?sslmode=verify-full"
+[event_tables.ledger]
+url = "mysql://relay:pw-evt-2@db/bank"
+[event_tables.ledger.mapping]
+table = "ledger"
+position = "id"
+aggregate_id = "account"
+event_type = "kind"
+payload = "body"
+destination = "ledger"
+[cdc.pay]
+url = "postgres://relay:pw-cdc-3@db/pay"
+mode = "message"
+[publishers.nats]
+kind = "nats"
+url = "nats://relay:pw-nats-4@bus:4222"
+[publishers.nats_auth]
+kind = "nats"
+url = "nats://bus:4222"
+[publishers.nats_auth.auth]
+kind = "user_password"
+user = "relay"
+password = "pw-nats-5"
+[publishers.token]
+kind = "nats"
+url = "nats://bus:4222"
+[publishers.token.auth]
+kind = "token"
+token = "pw-token-6"
+[publishers.rabbit]
+kind = "amqp"
+url = "amqps://relay:pw-amqp-7@rabbit:5671/%2f"
+[publishers.kafka]
+kind = "kafka"
+bootstrap_servers = "k:9093"
+[publishers.kafka.properties]
+"sasl.password" = "pw-kafka-8"
+[publishers.sqs]
+kind = "sqs"
+region = "eu-west-1"
+[publishers.sqs.credentials]
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "pw-sqs-9"
+session_token = "pw-sqs-10"
+[telemetry]
+otlp_endpoint = "http://otel:pw-otel-11@collector:4318"
+"#;
+        let config = Config::parse(text, "t.toml", []).expect("config");
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("pw-"), "{shown}");
+        assert!(shown.contains("db/app"), "the rest still shows: {shown}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_errors_do_not_show_them() {
+        let dir = std::env::temp_dir().join(format!("outbox-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = dir.join("url");
+        std::fs::write(&url, "sqlite:///tmp/s3cr3t.db\n").expect("write");
+        let text = format!(
+            "[sources.a]\nurl_file = {:?}\n[publishers.out]\nkind = \"stdout\"\n",
+            url.display().to_string()
+        );
+        let c = Config::parse(&text, "t.toml", []).expect("config");
+        assert_eq!(c.sources["a"].url, "sqlite:///tmp/s3cr3t.db");
+        // From the environment too.
+        let c = Config::parse(
+            "[publishers.out]\nkind = \"stdout\"\n",
+            "t.toml",
+            [(
+                "OUTBOX__SOURCES__B__URL_FILE".to_owned(),
+                url.display().to_string(),
+            )],
+        )
+        .expect("config");
+        assert_eq!(c.sources["b"].url, "sqlite:///tmp/s3cr3t.db");
+        // Both given, a missing file: errors name the key, never the secret.
+        let both = format!(
+            "[sources.a]\nurl = \"x\"\nurl_file = {:?}\n",
+            url.display().to_string()
+        );
+        let e = Config::parse(&both, "t.toml", []).expect_err("both").0;
+        assert!(
+            e.contains("sources.a.url_file") && !e.contains("s3cr3t"),
+            "{e}"
+        );
+        let e = Config::parse("[sources.a]\nurl_file = \"/nonexistent/x\"\n", "t.toml", [])
+            .expect_err("missing")
+            .0;
+        assert!(
+            e.contains("sources.a.url_file") && e.contains("/nonexistent/x"),
+            "{e}"
+        );
+        // A path field that merely ends in `_file` is left alone.
+        let nats = "[publishers.n]\nkind = \"nats\"\nurl = \"nats://127.0.0.1\"\n[publishers.n.tls]\nca_file = \"/ca.pem\"\n";
+        let mut t: toml::Table = toml::from_str(nats).expect("toml");
+        read_secret_files(&mut t, "").expect("untouched");
+        assert!(t.to_string().contains("ca_file"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     const SAMPLE: &str = r#"
 default_publisher = "out"

@@ -90,6 +90,10 @@ impl Publisher for Watched {
     fn ordered_runs(&self) -> bool {
         self.inner.ordered_runs()
     }
+
+    fn messaging_system(&self, event: &Envelope) -> &'static str {
+        self.inner.messaging_system(event)
+    }
 }
 
 fn order_event(order: u32, cents: u32) -> outbox_core::Result<Envelope> {

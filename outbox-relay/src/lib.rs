@@ -9,6 +9,8 @@ pub mod demo;
 pub mod http;
 pub mod router;
 pub mod sink;
+#[cfg(feature = "opentelemetry")]
+pub mod telemetry;
 
 pub use config::{Config, ConfigError};
 pub use router::Router;

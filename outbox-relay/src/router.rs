@@ -142,6 +142,13 @@ impl Publisher for Router {
     fn ordered_runs(&self) -> bool {
         self.publishers.iter().all(|(_, p)| p.ordered_runs_dyn())
     }
+
+    /// The system of the publisher `event` is routed to.
+    fn messaging_system(&self, event: &Envelope) -> &'static str {
+        self.target(event).map_or("other", |t| {
+            self.publishers[t].1.messaging_system_dyn(event)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,12 @@ pub fn line(e: &Envelope) -> serde_json::Value {
     };
     if let Some(o) = v.as_object_mut() {
         o.insert(key.to_owned(), value);
+        if let Some(t) = e.trace() {
+            o.insert("traceparent".to_owned(), t.traceparent().into());
+            if let Some(state) = t.tracestate() {
+                o.insert("tracestate".to_owned(), state.into());
+            }
+        }
     }
     v
 }

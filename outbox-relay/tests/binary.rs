@@ -72,21 +72,6 @@ fn config_errors_name_the_file_and_key() {
     let _ = std::fs::remove_file(path);
 }
 
-/// The response to `GET path` on the relay's HTTP port, retried while it starts.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    for _ in 0..50 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the relay's HTTP port {port} never answered");
-}
-
 /// Three sources (PostgreSQL and SQLite written through sqlx, MariaDB through SeaORM), three
 /// routed publishers (RabbitMQ for the MariaDB events, NATS for the PostgreSQL ones, a
 /// JSON-lines file for the rest). The relay is
@@ -105,7 +90,7 @@ async fn run_relays_mixed_sources_and_survives_sigkill() {
         .map_or(my_url.as_str(), |(b, _)| b)
         .to_owned();
     let config = temp("outbox_e2e").with_extension("toml");
-    let http_port = free_port();
+    let http_port = fixtures::free_port();
     // Every source: short leases and polls, so a SIGKILL's claims come back within seconds.
     let fast = "lease = \"2s\"\npublish_timeout = \"1500ms\"\npoll_interval = \"20ms\"\nmax_poll_interval = \"200ms\"";
     std::fs::write(
@@ -290,13 +275,13 @@ publisher = "bus"
         assert_eq!(r["in_flight"], 0, "{r}");
         assert!(r["published_last_minute"].as_u64().unwrap_or(0) > 0, "{r}");
     }
-    let health = http_get(http_port, "/healthz");
+    let health = fixtures::http_get(http_port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(
         health.contains("source pg") && health.contains("publisher bus"),
         "{health}"
     );
-    let metrics = http_get(http_port, "/metrics");
+    let metrics = fixtures::http_get(http_port, "/metrics");
     let published = metrics
         .lines()
         .find(|l| l.starts_with("outbox_published_total{source=\"maria\"}"))
@@ -332,14 +317,6 @@ publisher = "bus"
     for p in [&sqlite, &sink, &config] {
         let _ = std::fs::remove_file(p);
     }
-}
-
-/// A loopback port nothing listens on (yet).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The `[event_tables.ledger]` section relaying the table [`create_ledger`] makes at `url`.
@@ -583,7 +560,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
     let sink = temp("outbox_both_sink").with_extension("jsonl");
     let config = temp("outbox_both").with_extension("toml");
     let url = format!("sqlite://{}?mode=rwc", db.display());
-    let http_port = free_port();
+    let http_port = fixtures::free_port();
     std::fs::write(
         &config,
         format!(
@@ -627,7 +604,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
         "12 outbox events and 7 ledger rows"
     );
     // The counters move when a publish call returns, a moment after the file was written.
-    let mut page = http_get(http_port, "/metrics");
+    let mut page = fixtures::http_get(http_port, "/metrics");
     for _ in 0..100 {
         let done = metric(&page, "outbox_published_total", "orders") == Some(12.0)
             && metric(&page, "outbox_published_total", "ledger") == Some(7.0);
@@ -635,7 +612,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        page = http_get(http_port, "/metrics");
+        page = fixtures::http_get(http_port, "/metrics");
     }
     assert_eq!(
         metric(&page, "outbox_published_total", "orders"),
@@ -666,7 +643,7 @@ async fn run_reports_outbox_and_event_table_sources_alike() {
         metric(&page, "outbox_claimed_rows_total", "ledger").is_some_and(|v| v >= 7.0),
         "{page}"
     );
-    let health = http_get(http_port, "/healthz");
+    let health = fixtures::http_get(http_port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(
         health.contains("\"source orders\":\"ok\"") && health.contains("\"source ledger\":\"ok\""),

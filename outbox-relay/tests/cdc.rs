@@ -217,26 +217,6 @@ fn check(source: &str, delivered: &[EventId], written: &Written, kills: &[u64]) 
     );
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cdc_sources_survive_sigkills_at_random_points() {
     let [pg_url, nats_url, amqp_url] =
@@ -244,7 +224,7 @@ async fn cdc_sources_survive_sigkills_at_random_points() {
     let name = unique_name("outbox_cdcrun");
     let stream = name.to_uppercase();
     let table = TableName::with_schema(&name, "outbox_events").expect("name");
-    let http_port = free_port();
+    let http_port = fixtures::free_port();
     let config: PathBuf = std::env::temp_dir().join(format!("{name}.toml"));
     let retry = "[cdc.{s}.relay]\npublish_timeout = \"2s\"\n[cdc.{s}.relay.retry]\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 1000";
     std::fs::write(
@@ -443,7 +423,7 @@ publisher = "rabbit"
         (0, 0),
         "table mode marked every row: {stats:?}"
     );
-    let metrics = http_get(http_port, "/metrics");
+    let metrics = fixtures::http_get(http_port, "/metrics");
     for source in ["msg", "tbl"] {
         let line = format!("outbox_published_total{{source=\"{source}\"}} ");
         let published: f64 = metrics
@@ -453,7 +433,7 @@ publisher = "rabbit"
             .unwrap_or_else(|| panic!("no published counter for {source}: {metrics}"));
         assert!(published > 0.0, "{source}: {metrics}");
     }
-    let health = http_get(http_port, "/healthz");
+    let health = fixtures::http_get(http_port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(
         health.contains("source msg") && health.contains("source tbl"),

@@ -99,6 +99,7 @@ impl AnyPool {
         };
         // Unused in a build with SQLite alone.
         let _ = (max_connections, &open);
+        crate::install_crypto_provider();
         match dialect_of(url)? {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => Ok(AnyPool::Postgres(

@@ -30,6 +30,22 @@ pub mod store;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use any::{AnyPool, AnyStore, dialect_of};
 pub use error::{classify, map_sqlx};
+
+/// Installs rustls's `ring` crypto provider as the process default, unless one is
+/// installed already (then it does nothing).
+///
+/// sqlx picks its TLS provider itself, except for the certificate check of
+/// `sslmode=verify-ca` (PostgreSQL) and `ssl-mode=VERIFY_CA` (MySQL), which uses the
+/// process default; when a program's dependencies build rustls with two providers (AWS's
+/// SDK brings `aws-lc-rs`, other clients `ring`), there is none, and that check panics.
+/// [`AnyPool::connect`] calls this first; a program opening its own pools with `verify-ca`
+/// should call it (or install a provider of its choice) at start-up.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err means another thread installed one in between: as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use store::{Backend, SqlxOutbox, SqlxStore};
 

@@ -22,6 +22,10 @@ pub struct SqsConfig {
     /// Static credentials; otherwise the standard provider chain.
     #[serde(default)]
     pub credentials: Option<SqsCredentials>,
+    /// A CA (PEM) to trust besides the system's roots, for an `https://` `endpoint_url`
+    /// whose certificate a private CA signed.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Static credentials. Secrets print as `***`.
@@ -46,6 +50,7 @@ impl std::fmt::Debug for SqsConfig {
                 &self.endpoint_url.as_deref().map(outbox_core::redact_url),
             )
             .field("credentials", &self.credentials)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

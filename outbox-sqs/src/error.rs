@@ -65,7 +65,9 @@ where
             e.err().code().unwrap_or("unknown"),
             e.err().message().unwrap_or("")
         ),
-        other => other.to_string(),
+        // "dispatch failure" alone says nothing: the context has the cause (a refused
+        // certificate, a connection refused, ...).
+        other => aws_sdk_sqs::error::DisplayErrorContext(other).to_string(),
     };
     (kind, detail)
 }

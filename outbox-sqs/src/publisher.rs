@@ -44,6 +44,31 @@ struct Pending<'a> {
     message: Outgoing,
 }
 
+/// An HTTPS client (rustls, aws-lc) that trusts the CA in `ca_file` besides the system's
+/// roots.
+fn https_client_trusting(
+    ca_file: &std::path::Path,
+) -> Result<aws_sdk_sqs::config::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    let bad = |why: String| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("SQS config: ca_file = {}: {why}", ca_file.display()),
+        )
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
 impl SqsPublisher {
     /// Builds a client from `config` and the standard AWS environment.
     pub async fn connect(config: &SqsConfig) -> Result<Self> {
@@ -54,6 +79,9 @@ impl SqsPublisher {
         }
         if let Some(url) = &config.endpoint_url {
             loader = loader.endpoint_url(url);
+        }
+        if let Some(ca) = &config.ca_file {
+            loader = loader.http_client(https_client_trusting(ca)?);
         }
         if let Some(c) = &config.credentials {
             loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
@@ -283,5 +311,10 @@ impl Publisher for SqsPublisher {
                 })
             })
             .collect()
+    }
+
+    /// `aws_sqs`.
+    fn messaging_system(&self, _event: &Envelope) -> &'static str {
+        "aws_sqs"
     }
 }

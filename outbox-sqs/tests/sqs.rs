@@ -21,6 +21,7 @@ async fn publisher(endpoint: &str) -> SqsPublisher {
             secret_access_key: "test".into(),
             session_token: None,
         }),
+        ca_file: None,
     })
     .await
     .expect("client")

@@ -317,3 +317,173 @@ pub fn migrate(bin: &str, config: &Path) {
     let config = config.to_str().expect("a UTF-8 config path");
     run_outbox(bin, &["migrate", "--config", config]);
 }
+
+/// A loopback port nothing listens on (for a relay's `[http] listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The whole response to `GET path` on a loopback port, retried for five seconds while
+/// the server starts.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing answered on port {port}");
+}
+
+/// Certificates made for a test: a private CA, a server certificate for `127.0.0.1` and
+/// `localhost`, and a client certificate, written as PEM files in a directory of their own.
+pub mod tls {
+    use std::path::{Path, PathBuf};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+
+    /// PEM files: `ca.pem`, `server.pem` + `server-key.pem`, `client.pem` + `client-key.pem`.
+    pub struct Pki {
+        /// The directory holding them.
+        pub dir: PathBuf,
+    }
+
+    impl Pki {
+        /// The CA certificate.
+        pub fn ca(&self) -> PathBuf {
+            self.dir.join("ca.pem")
+        }
+        /// The server certificate (signed by the CA).
+        pub fn server_cert(&self) -> PathBuf {
+            self.dir.join("server.pem")
+        }
+        /// The server's key.
+        pub fn server_key(&self) -> PathBuf {
+            self.dir.join("server-key.pem")
+        }
+        /// The client certificate (signed by the CA).
+        pub fn client_cert(&self) -> PathBuf {
+            self.dir.join("client.pem")
+        }
+        /// The client's key.
+        pub fn client_key(&self) -> PathBuf {
+            self.dir.join("client-key.pem")
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn write(dir: &Path, name: &str, pem: String) {
+        std::fs::write(dir.join(name), pem).expect("write a PEM file");
+    }
+
+    /// A TLS listener on a loopback port, with `pki`'s server certificate, that relays each
+    /// connection to `upstream` (a service without TLS); with `client_certificates`, it
+    /// refuses a client without a certificate signed by `pki`'s CA. Returns its port.
+    pub async fn front(
+        pki: &Pki,
+        upstream: std::net::SocketAddr,
+        client_certificates: bool,
+    ) -> u16 {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.server_cert())
+            .expect("server certificate")
+            .collect::<Result<_, _>>()
+            .expect("PEM");
+        let key = PrivateKeyDer::from_pem_file(pki.server_key()).expect("server key");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let builder = if client_certificates {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(pki.ca()).expect("CA") {
+                roots.add(ca.expect("PEM")).expect("CA certificate");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(certs, key).expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A refused handshake just closes the connection, as a server's would.
+                    if let Ok(mut tls) = acceptor.accept(tcp).await
+                        && let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A new CA (named `ca_name`) with a server and a client certificate, under a fresh
+    /// directory in the temporary directory.
+    pub fn pki(ca_name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(outbox_core::testkit::unique_name("outbox_pki"));
+        std::fs::create_dir_all(&dir).expect("PKI directory");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        write(&dir, "ca.pem", ca.pem());
+        for (name, sans, usage) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            (
+                "client",
+                vec!["outbox-relay".to_owned()],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+        ] {
+            let mut params = CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca).expect("certificate");
+            write(&dir, &format!("{name}.pem"), cert.pem());
+            write(&dir, &format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Pki { dir }
+    }
+}

@@ -251,6 +251,7 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
             secret_access_key: "test".into(),
             session_token: None,
         }),
+        ca_file: None,
     })
     .await
     .expect("sqs");
