@@ -11,6 +11,9 @@ bash scripts/services.sh
 export OUTBOX_REQUIRE_SERVICES=1
 export PROPTEST_CASES="${PROPTEST_CASES:-512}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A one-off build gains nothing from incremental state, which would double the target
+# directory on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
