@@ -17,6 +17,15 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The build needs about 6 GiB in target/ (a failed run once ran out of disk): say what there
+# is, so such a failure reads as what it is.
+step "free disk space"
+df -h . | tail -n 1
+avail_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${avail_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: less than 8 GiB free here; the build may run out of disk" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy (all targets, all features, warnings are errors)"

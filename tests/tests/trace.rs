@@ -19,7 +19,7 @@ use futures::StreamExt;
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use outbox_core::testkit::unique_name;
-use outbox_core::{Envelope, Relay, RelayConfig, TableName, TraceContext};
+use outbox_core::{Envelope, Publisher, Relay, RelayConfig, Store, TableName, TraceContext};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -153,12 +153,19 @@ async fn assert_one_trace(
     );
 }
 
-fn relay_config() -> RelayConfig {
-    RelayConfig {
+/// Runs a relay over `store` until it is empty and checks that it published the one event.
+async fn relay_one(store: impl Store + 'static, publisher: impl Publisher + 'static) {
+    let config = RelayConfig {
         lease: Duration::from_secs(10),
         publish_timeout: Duration::from_secs(5),
         ..RelayConfig::default()
-    }
+    };
+    let report = Relay::new(store, publisher, config)
+        .expect("relay")
+        .drain()
+        .await
+        .expect("drain");
+    assert_eq!(report.published, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,12 +174,7 @@ async fn in_memory_relay_joins_writer_and_consumer() {
     let store = outbox_core::InMemoryStore::new();
     store.enqueue_committed([event.clone()]).expect("enqueue");
     let publisher = outbox_core::InMemoryPublisher::new();
-    let report = Relay::new(store, publisher.clone(), relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, 1);
+    relay_one(store, publisher.clone()).await;
     let sent = publisher
         .deliveries()
         .into_iter()
@@ -208,12 +210,7 @@ async fn postgres_outbox_to_nats_one_trace() {
     let stream =
         outbox_tests::nats::memory_stream(&js, &stream_name, &format!("{stream_name}.>")).await;
     let store = outbox_sqlx::postgres::PgStore::new(pg.clone(), table);
-    let report = Relay::new(store, publisher, relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, 1);
+    relay_one(store, publisher).await;
 
     // Consumer: a pull consumer on the stream.
     let consumer = stream
@@ -263,12 +260,7 @@ async fn mariadb_outbox_to_rabbitmq_one_trace() {
         .await
         .expect("rabbitmq");
     let store = outbox_sqlx::mysql::MySqlStore::new(my.clone(), table.clone());
-    let report = Relay::new(store, publisher, relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, 1);
+    relay_one(store, publisher).await;
 
     // Consumer: basic.get on the queue.
     let got = channel
