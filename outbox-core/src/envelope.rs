@@ -494,6 +494,42 @@ impl EnvelopeParts {
         })
     }
 
+    /// Moves a valid W3C `traceparent` header (and its `tracestate`, names in any case) out
+    /// of [`headers`](Self::headers) into the trace fields, when those are empty. A source
+    /// whose rows keep the trace among their headers (an event table's JSON column) thereby
+    /// joins the writer's trace like an outbox row does. A `traceparent` that is not valid
+    /// stays a plain header and the event has no trace: a malformed trace never costs the
+    /// event.
+    pub fn take_trace_from_headers(&mut self) {
+        if self.traceparent.is_some() {
+            return;
+        }
+        let key = |name: &str| {
+            self.headers
+                .keys()
+                .find(|k| k.eq_ignore_ascii_case(name))
+                .cloned()
+        };
+        let Some(parent_key) = key(crate::transport::TRACEPARENT) else {
+            return;
+        };
+        let state_key = key(crate::transport::TRACESTATE);
+        let parent = self.headers.get(&parent_key).cloned().unwrap_or_default();
+        let state = state_key
+            .as_ref()
+            .and_then(|k| self.headers.get(k))
+            .cloned();
+        if TraceContext::new(parent.clone(), state.clone()).is_err() {
+            return;
+        }
+        self.headers.remove(&parent_key);
+        if let Some(k) = &state_key {
+            self.headers.remove(k);
+        }
+        self.traceparent = Some(parent);
+        self.tracestate = state;
+    }
+
     /// Validates the parts against `limits` and builds the envelope.
     pub fn into_envelope(self, limits: &ValidationLimits) -> Result<Envelope, EnvelopeError> {
         check_name("aggregate_type", &self.aggregate_type, MAX_NAME_BYTES)?;
@@ -764,6 +800,41 @@ mod tests {
         assert_eq!(env.ordering_key(), "o-1");
         assert_eq!(env.available_at(), env.created_at());
         assert_eq!(env.id().as_uuid().get_version_num(), 7);
+    }
+
+    #[test]
+    fn a_valid_trace_header_becomes_the_trace() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let parts = |headers: &[(&str, &str)]| {
+            let mut p = base().without_trace().build().expect("valid").into_parts();
+            p.headers = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            p.take_trace_from_headers();
+            p
+        };
+
+        let p = parts(&[("TraceParent", parent), ("tracestate", "v=1"), ("x", "y")]);
+        assert_eq!(p.traceparent.as_deref(), Some(parent));
+        assert_eq!(p.tracestate.as_deref(), Some("v=1"));
+        assert_eq!(p.headers.keys().collect::<Vec<_>>(), ["x"]);
+        let env = p
+            .into_envelope(&ValidationLimits::default())
+            .expect("valid");
+        assert_eq!(env.trace().map(TraceContext::traceparent), Some(parent));
+
+        // Not valid: it stays a header and the event has no trace.
+        let p = parts(&[("traceparent", "00-nothex-01"), ("tracestate", "v=1")]);
+        assert_eq!((p.traceparent, p.headers.len()), (None, 2));
+
+        // A trace already set wins over a header.
+        let mut p = parts(&[]);
+        p.traceparent = Some(parent.replace("b7ad", "c7ad"));
+        p.headers.insert("traceparent".into(), parent.into());
+        p.take_trace_from_headers();
+        assert_eq!(p.headers.len(), 1);
+        assert!(p.traceparent.is_some_and(|t| t.contains("c7ad")));
     }
 
     #[test]

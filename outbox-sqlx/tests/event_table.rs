@@ -547,3 +547,77 @@ async fn an_unmappable_row_is_skipped_and_named() {
         cp.dead[0].error
     );
 }
+
+/// A valid `traceparent` among a row's JSON headers is the event's trace (so the relay's
+/// `send` span is its child); one that is not valid stays a plain header.
+async fn a_trace_among_the_headers(kind: &str) {
+    let Some(l) = Ledger::new(kind).await else {
+        return;
+    };
+    let (json_type, uuid) = match kind {
+        "pg" => ("JSONB", "gen_random_uuid(), "),
+        "my" => ("JSON", ""),
+        _ => ("TEXT", ""),
+    };
+    l.exec(&format!(
+        "ALTER TABLE {} ADD COLUMN meta {json_type} NULL",
+        l.table
+    ))
+    .await;
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let uuid_col = if uuid.is_empty() { "" } else { "event_uuid, " };
+    l.exec(&format!(
+        "INSERT INTO {t} ({uuid_col}account_id, kind, body, meta) VALUES \
+         ({uuid}'a', 'posted', '{{}}', '{{\"traceparent\": \"{parent}\", \"tracestate\": \"v=1\", \"x\": \"y\"}}'), \
+         ({uuid}'b', 'posted', '{{}}', '{{\"traceparent\": \"00-nothex-01\"}}'), \
+         ({uuid}'c', 'posted', '{{}}', NULL)",
+        t = l.table
+    ))
+    .await;
+    let mapping = EventTableMapping {
+        headers: Some("meta".into()),
+        ..l.source().mapping().clone()
+    };
+    let source = EventTableSource::new(l.pool.clone(), l.name.clone(), mapping).expect("mapping");
+    source.migrate().await.expect("migrate");
+    let publisher = InMemoryPublisher::new();
+    let relay = LogRelay::new(source, publisher.clone(), config()).expect("relay");
+    assert_eq!(relay.drain().await.expect("drain").published, 3, "{kind}");
+
+    let by_account: HashMap<String, outbox_core::Envelope> = publisher
+        .deliveries()
+        .into_iter()
+        .map(|d| (d.envelope.aggregate_id().to_owned(), d.envelope))
+        .collect();
+    let a = &by_account["a"];
+    let trace = a.trace().expect("a's trace");
+    assert_eq!(
+        (trace.traceparent(), trace.tracestate()),
+        (parent, Some("v=1")),
+        "{kind}"
+    );
+    assert_eq!(a.headers().keys().collect::<Vec<_>>(), ["x"], "{kind}");
+    let b = &by_account["b"];
+    assert!(b.trace().is_none(), "{kind}");
+    assert_eq!(
+        b.headers().get("traceparent").map(String::as_str),
+        Some("00-nothex-01")
+    );
+    assert!(by_account["c"].trace().is_none() && by_account["c"].headers().is_empty());
+    l.drop_tables().await;
+}
+
+#[tokio::test]
+async fn a_trace_among_the_headers_postgres() {
+    a_trace_among_the_headers("pg").await;
+}
+
+#[tokio::test]
+async fn a_trace_among_the_headers_mariadb() {
+    a_trace_among_the_headers("my").await;
+}
+
+#[tokio::test]
+async fn a_trace_among_the_headers_sqlite() {
+    a_trace_among_the_headers("lite").await;
+}

@@ -35,7 +35,10 @@
 //!   integer is Unix microseconds and text is an ISO-8601 time.
 //! - `event_id`: a UUID (or its text). Without one, ids are derived from the source name
 //!   and the position ([`outbox_core::event_table::derived_event_id`]), stable across replays.
-//! - `headers`: a JSON object of string values.
+//! - `headers`: a JSON object of string values. A valid W3C `traceparent` (with its
+//!   `tracestate`) among them is the event's trace context, as an outbox row's trace columns
+//!   are: the relay's `send` span is its child and the message carries that span in its
+//!   place. One that is not valid is relayed as a plain header, without a trace.
 //!
 //! # Gap detection per database
 //!
@@ -357,7 +360,7 @@ impl EventTableSource {
             }
             None => Default::default(),
         };
-        let parts = EnvelopeParts {
+        let mut parts = EnvelopeParts {
             id,
             aggregate_type,
             aggregate_id,
@@ -372,6 +375,7 @@ impl EventTableSource {
             traceparent: None,
             tracestate: None,
         };
+        parts.take_trace_from_headers();
         parts
             .into_envelope(&self.limits)
             .map(|envelope| LogRecord { position, envelope })
