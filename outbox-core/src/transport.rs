@@ -28,11 +28,22 @@ pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
 
-/// Every header of `envelope`'s message: user headers first, then the toolkit's.
+/// Every header of `envelope`'s message: user headers first, then the toolkit's. A user
+/// header the toolkit sets itself (`content-type`; `traceparent` and `tracestate` when the
+/// event has a trace; names in any case) is left out, so a broker that keeps repeated
+/// headers (Kafka) never carries two, and a consumer reading the first gets the toolkit's.
 pub fn message_headers(envelope: &Envelope) -> Vec<(&str, String)> {
+    let trace = envelope.trace();
+    let set_here = |name: &str| {
+        name.eq_ignore_ascii_case(CONTENT_TYPE)
+            || (trace.is_some()
+                && (name.eq_ignore_ascii_case(TRACEPARENT)
+                    || name.eq_ignore_ascii_case(TRACESTATE)))
+    };
     let mut out: Vec<(&str, String)> = envelope
         .headers()
         .iter()
+        .filter(|(k, _)| !set_here(k))
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     out.extend([
@@ -49,7 +60,7 @@ pub fn message_headers(envelope: &Envelope) -> Vec<(&str, String)> {
         ),
         (CONTENT_TYPE, envelope.content_type().to_owned()),
     ]);
-    if let Some(t) = envelope.trace() {
+    if let Some(t) = trace {
         out.push((TRACEPARENT, t.traceparent().to_owned()));
         if let Some(s) = t.tracestate() {
             out.push((TRACESTATE, s.to_owned()));
@@ -116,6 +127,51 @@ pub fn parse_event_id(field: &str, value: &str) -> Result<EventId, crate::Error>
 mod tests {
     use super::*;
     use crate::envelope::TraceContext;
+
+    #[test]
+    fn a_user_header_the_toolkit_sets_is_not_sent_twice() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with_headers = |trace: Option<TraceContext>| {
+            let mut b = Envelope::builder("order", "o-1", "order.placed", "orders")
+                .with_header("Content-Type", "text/plain")
+                .with_header("TraceParent", "00-nothex-01")
+                .with_header("tracestate", "theirs=1")
+                .with_header("x-tenant", "acme")
+                .json(&serde_json::json!({}));
+            b = match trace {
+                Some(t) => b.with_trace(t),
+                None => b.without_trace(),
+            };
+            b.build().expect("valid")
+        };
+        let count = |h: &[(&str, String)], name: &str| {
+            h.iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .count()
+        };
+
+        let traced = with_headers(Some(TraceContext::new(parent, None).expect("valid")));
+        let h = message_headers(&traced);
+        assert_eq!(count(&h, CONTENT_TYPE), 1);
+        assert_eq!(count(&h, TRACEPARENT), 1);
+        assert_eq!(
+            count(&h, TRACESTATE),
+            0,
+            "another trace's state is not carried"
+        );
+        let pairs = h.iter().map(|(k, v)| (*k, v.as_str()));
+        assert_eq!(
+            trace_context(pairs).map(|t| t.traceparent().to_owned()),
+            Some(parent.into())
+        );
+        assert_eq!(count(&h, "x-tenant"), 1);
+
+        // Without a trace of its own, the toolkit leaves the user's trace headers alone.
+        let untraced = with_headers(None);
+        let h = message_headers(&untraced);
+        assert_eq!((count(&h, TRACEPARENT), count(&h, TRACESTATE)), (1, 1));
+        assert_eq!(count(&h, CONTENT_TYPE), 1);
+    }
 
     #[test]
     fn trace_context_reads_both_headers_in_any_case() {
