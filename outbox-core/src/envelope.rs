@@ -501,33 +501,19 @@ impl EnvelopeParts {
     /// stays a plain header and the event has no trace: a malformed trace never costs the
     /// event.
     pub fn take_trace_from_headers(&mut self) {
+        use crate::transport::{TRACEPARENT, TRACESTATE, trace_context};
         if self.traceparent.is_some() {
             return;
         }
-        let key = |name: &str| {
-            self.headers
-                .keys()
-                .find(|k| k.eq_ignore_ascii_case(name))
-                .cloned()
-        };
-        let Some(parent_key) = key(crate::transport::TRACEPARENT) else {
+        let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let Some(trace) = trace_context(pairs) else {
             return;
         };
-        let state_key = key(crate::transport::TRACESTATE);
-        let parent = self.headers.get(&parent_key).cloned().unwrap_or_default();
-        let state = state_key
-            .as_ref()
-            .and_then(|k| self.headers.get(k))
-            .cloned();
-        if TraceContext::new(parent.clone(), state.clone()).is_err() {
-            return;
-        }
-        self.headers.remove(&parent_key);
-        if let Some(k) = &state_key {
-            self.headers.remove(k);
-        }
-        self.traceparent = Some(parent);
-        self.tracestate = state;
+        self.headers.retain(|k, _| {
+            !k.eq_ignore_ascii_case(TRACEPARENT) && !k.eq_ignore_ascii_case(TRACESTATE)
+        });
+        self.traceparent = Some(trace.traceparent().to_owned());
+        self.tracestate = trace.tracestate().map(str::to_owned);
     }
 
     /// Validates the parts against `limits` and builds the envelope.

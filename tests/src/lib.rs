@@ -12,6 +12,26 @@ use std::process::{Child, Command, Stdio};
 
 use outbox_core::{Envelope, EventId};
 
+/// Runs a relay over `store` until it is empty (10 s lease, 5 s publish timeout) and checks
+/// that it published `expected` events.
+pub async fn drain_into(
+    store: impl outbox_core::Store + 'static,
+    publisher: impl outbox_core::Publisher + 'static,
+    expected: usize,
+) {
+    let config = outbox_core::RelayConfig {
+        lease: std::time::Duration::from_secs(10),
+        publish_timeout: std::time::Duration::from_secs(5),
+        ..outbox_core::RelayConfig::default()
+    };
+    let report = outbox_core::Relay::new(store, publisher, config)
+        .expect("relay")
+        .drain()
+        .await
+        .expect("drain");
+    assert_eq!(report.published, expected);
+}
+
 /// The ids of `events`, as a set.
 pub fn event_ids(events: &[Envelope]) -> HashSet<EventId> {
     events.iter().map(Envelope::id).collect()

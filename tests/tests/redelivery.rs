@@ -16,18 +16,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use outbox_core::testkit::unique_name;
-use outbox_core::{Envelope, EventId, Relay, RelayConfig, TableName};
+use outbox_core::{Envelope, EventId, TableName};
 use sqlx::AssertSqlSafe;
 
 const EVENTS: usize = 20;
-
-fn relay_config() -> RelayConfig {
-    RelayConfig {
-        lease: Duration::from_secs(10),
-        publish_timeout: Duration::from_secs(5),
-        ..RelayConfig::default()
-    }
-}
 
 fn events(destination: &str) -> Vec<Envelope> {
     (0..EVENTS)
@@ -38,19 +30,6 @@ fn events(destination: &str) -> Vec<Envelope> {
                 .expect("valid envelope")
         })
         .collect()
-}
-
-/// Drains the producer's outbox into the broker: all [`EVENTS`] are published.
-async fn relay_all(
-    store: impl outbox_core::Store + 'static,
-    publisher: impl outbox_core::Publisher + 'static,
-) {
-    let report = Relay::new(store, publisher, relay_config())
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, EVENTS);
 }
 
 /// The deliveries a consumer saw, and how many of them its inbox recognised as repeats.
@@ -134,7 +113,7 @@ async fn nats_redelivery_mariadb_outbox_postgres_inbox() {
     let stream =
         outbox_tests::nats::memory_stream(&js, &stream_name, &format!("{stream_name}.>")).await;
     let store = outbox_sqlx::mysql::MySqlStore::new(my.clone(), outbox_table);
-    relay_all(store, publisher).await;
+    outbox_tests::drain_into(store, publisher, EVENTS).await;
 
     // Consumer: the inbox and an effects table on PostgreSQL.
     let pg = sqlx::PgPool::connect(&pg_url).await.expect("postgres");
@@ -258,7 +237,7 @@ async fn sqs_redelivery_sqlite_outbox_seaorm_inbox() {
     let client = publisher.client().clone();
     let queue_url = outbox_tests::sqs::create_queue(&client, &queue).await;
     let store = outbox_sqlx::sqlite::SqliteStore::new(lite.clone(), TableName::default());
-    relay_all(store, publisher).await;
+    outbox_tests::drain_into(store, publisher, EVENTS).await;
 
     // Consumer: SeaORM on MariaDB, the inbox and an effects table.
     let db = sea_orm::Database::connect(&my_url).await.expect("mariadb");

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use outbox_core::testkit::unique_name;
-use outbox_core::{Envelope, Publisher, Relay, RelayConfig, Store, TableName, TraceContext};
+use outbox_core::{Envelope, TableName, TraceContext};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -153,28 +153,13 @@ async fn assert_one_trace(
     );
 }
 
-/// Runs a relay over `store` until it is empty and checks that it published the one event.
-async fn relay_one(store: impl Store + 'static, publisher: impl Publisher + 'static) {
-    let config = RelayConfig {
-        lease: Duration::from_secs(10),
-        publish_timeout: Duration::from_secs(5),
-        ..RelayConfig::default()
-    };
-    let report = Relay::new(store, publisher, config)
-        .expect("relay")
-        .drain()
-        .await
-        .expect("drain");
-    assert_eq!(report.published, 1);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_relay_joins_writer_and_consumer() {
     let (event, writer) = write_in_span("orders");
     let store = outbox_core::InMemoryStore::new();
     store.enqueue_committed([event.clone()]).expect("enqueue");
     let publisher = outbox_core::InMemoryPublisher::new();
-    relay_one(store, publisher.clone()).await;
+    outbox_tests::drain_into(store, publisher.clone(), 1).await;
     let sent = publisher
         .deliveries()
         .into_iter()
@@ -210,7 +195,7 @@ async fn postgres_outbox_to_nats_one_trace() {
     let stream =
         outbox_tests::nats::memory_stream(&js, &stream_name, &format!("{stream_name}.>")).await;
     let store = outbox_sqlx::postgres::PgStore::new(pg.clone(), table);
-    relay_one(store, publisher).await;
+    outbox_tests::drain_into(store, publisher, 1).await;
 
     // Consumer: a pull consumer on the stream.
     let consumer = stream
@@ -260,7 +245,7 @@ async fn mariadb_outbox_to_rabbitmq_one_trace() {
         .await
         .expect("rabbitmq");
     let store = outbox_sqlx::mysql::MySqlStore::new(my.clone(), table.clone());
-    relay_one(store, publisher).await;
+    outbox_tests::drain_into(store, publisher, 1).await;
 
     // Consumer: basic.get on the queue.
     let got = channel
